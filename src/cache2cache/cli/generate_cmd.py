@@ -1,0 +1,155 @@
+"""`c2c generate`: answer prompts with the receiver reading the sharer's fused cache (or a baseline mode)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..alignment.tokens import STRATEGIES
+from ..errors import C2CError
+from ..fuser.config import PRESETS
+from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.pipeline import MODES, GenerateOptions, GenerationOutput
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="answer prompts through fused KV caches",
+        description=(
+            "The sharer(s) prefill the prompt, each fuser projects its sharer's KV cache into the receiver's\n"
+            "cache, and the receiver answers from the fused cache. --mode receiver / sharer run the single-model\n"
+            "baselines through the same code; --compare runs them all side by side.\n\n"
+            f"Defaults: receiver {DEFAULT_RECEIVER}, sharer {DEFAULT_SHARER} (pulled on first use).\n"
+            "Without --fuser an untrained fuser is used, which leaves the receiver's answer unchanged."
+        ),
+        epilog=(
+            "examples:\n"
+            "  c2c generate --prompt 'Why is the sky blue?' --compare\n"
+            "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt a --prompt b --json\n"
+            "  c2c generate --fuser runs/my-fuser --prompt 'Explain GQA' --stream"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
+    p.add_argument("--sharer", action="append", default=None,
+                   help=f"sharer model; repeat for several (default {DEFAULT_SHARER})")  # fmt: skip
+    p.add_argument("--fuser", action="append", default=[], type=Path,
+                   help="trained fuser directory; one per --sharer, same order")  # fmt: skip
+    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
+    p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
+    p.add_argument("--mode", choices=MODES, default="c2c", help="who answers (default c2c)")
+    p.add_argument("--compare", action="store_true", help="run receiver, sharer and c2c side by side")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=_float, default=1.0)
+    p.add_argument("--top-p", type=_float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are decoded (one prompt)")
+    p.add_argument("--no-chat", action="store_true", help="feed the prompt as raw text, no chat template")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 real, fp32 tiny), float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    untrained = p.add_argument_group("untrained fuser (when no --fuser is given)")
+    untrained.add_argument("--preset", choices=list(PRESETS), default="compact")
+    untrained.add_argument("--layer-alignment", default="terminal", help="terminal, spread, or 'r:s,r:s'")
+    untrained.add_argument("--token-alignment", choices=STRATEGIES, default="offsets")
+    p.add_argument("--json", action="store_true", help="print one JSON object (texts, token counts, timings)")
+    p.set_defaults(func=run)
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        try:
+            prompts += [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise C2CError(f"cannot read prompt file {args.prompt_file}: {e}") from None
+    if not prompts:
+        raise C2CError("give at least one --prompt or a --prompt-file")
+    return prompts
+
+
+def run(args) -> int:
+    prompts = _prompts(args)
+    options = GenerateOptions(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                              temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    receiver = args.receiver or DEFAULT_RECEIVER
+    sharers = args.sharer if args.sharer is not None else ([DEFAULT_SHARER] if args.receiver is None else [])
+    modes = [m for m in MODES if m != "sharer" or sharers] if args.compare else [args.mode]
+    if args.stream and (len(prompts) > 1 or args.json or args.compare):
+        raise C2CError("--stream takes exactly one prompt and no --json/--compare")
+    console = Console(stderr=True)
+    with console.status("loading models..."):
+        model = build(receiver, sharers, args.fuser, dtype=args.dtype, device=args.device,
+                      cache_dir=args.cache_dir, chat=not args.no_chat, preset=args.preset,
+                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip
+    if args.stream:
+        for piece in model.stream(prompts[0], modes[0], options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    outputs = []
+    for mode in modes:
+        with console.status(f"generating ({mode}, {len(prompts)} prompt(s))..."):
+            outputs.append(model.generate(prompts, mode, options))
+    if args.json:
+        print(json.dumps({
+            "receiver": model.receiver.name,
+            "sharers": [s.name for s in model.sharers],
+            "fusers": [{"path": str(p)} for p in args.fuser] or [{"path": None, "untrained": True}] * len(sharers),
+            "fuser_parameters": [f.num_parameters() for f in model.fusers],
+            "prompts": prompts,
+            "outputs": [o.to_dict() for o in outputs],
+        }, indent=2, ensure_ascii=False))  # fmt: skip
+    else:
+        _print(prompts, outputs, model)
+    return 0
+
+
+def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
+    console = Console()
+    names = {"c2c": f"C2C ({model.receiver.name} <- {', '.join(s.name for s in model.sharers)})",
+             "receiver": f"receiver alone ({model.receiver.name})",
+             "sharer": f"sharer alone ({model.sharers[0].name})" if model.sharers else "sharer"}  # fmt: skip
+    for i, prompt in enumerate(prompts):
+        table = Table(title=f"prompt {i + 1}: {prompt[:100]}", title_justify="left", show_lines=True)
+        table.add_column("mode", style="bold")
+        table.add_column("answer")
+        table.add_column("tokens", justify="right")
+        for out in outputs:
+            r = out.results[i]
+            table.add_row(names[out.mode], r.text.strip(), f"{r.prompt_tokens}+{r.new_tokens}")
+        console.print(table)
+    timing = Table(title="timings for the whole batch (seconds)", title_justify="left")
+    for col in ("mode", "sharer prefill", "fuse", "receiver prefill", "decode", "total"):
+        timing.add_column(col, justify="right" if col != "mode" else "left")
+    for out in outputs:
+        t = out.timings
+        timing.add_row(out.mode, *(f"{v:.3f}" for v in (t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s,
+                                                      t.decode_s, t.total_s)))  # fmt: skip
+    console.print(timing)

@@ -1,0 +1,76 @@
+"""FuserConfig: everything needed to rebuild a fuser and to check it against a model pair."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .. import __version__
+from ..errors import C2CError
+
+# Named sizes. "compact" is a few percent of a 135M receiver; "paper" matches the C2C paper's widths.
+PRESETS: dict[str, dict] = {
+    "compact": {"hidden_dim": 128, "num_blocks": 1, "ffn_mult": 2},
+    "base": {"hidden_dim": 256, "num_blocks": 2, "ffn_mult": 2},
+    "paper": {"hidden_dim": 1024, "num_blocks": 3, "ffn_mult": 4},
+}
+
+
+@dataclass
+class FuserConfig:
+    """Config of one receiver<-sharer fuser. Saved as config.json next to model.safetensors."""
+
+    receiver: str = field(default="", metadata={"help": "receiver model name (catalog name, dir name or hub id)"})
+    sharer: str = field(default="", metadata={"help": "sharer model name"})
+    receiver_geometry: dict = field(default_factory=dict, metadata={"help": "receiver KV shapes (kv.ModelGeometry)"})
+    sharer_geometry: dict = field(default_factory=dict, metadata={"help": "sharer KV shapes (kv.ModelGeometry)"})
+    layer_map: list = field(default_factory=list, metadata={"help": "per receiver layer: sharer layer or null"})
+    layer_alignment: str = field(default="terminal", metadata={"help": "rule that produced layer_map"})
+    token_alignment: str = field(default="offsets", metadata={"help": "offsets, first or longest"})
+    hidden_dim: int = field(default=128, metadata={"help": "width of the projection MLP"})
+    num_blocks: int = field(default=1, metadata={"help": "normalised feed-forward blocks in the projection"})
+    ffn_mult: int = field(default=2, metadata={"help": "expansion factor inside each block"})
+    gate_init: float = field(default=1.0, metadata={"help": "initial gate logit (>0: open at inference)"})
+    zero_init: bool = field(default=True, metadata={"help": "zero output projection: an untrained fuser is a no-op"})
+    c2c_version: str = field(default=__version__, metadata={"help": "cache2cache version that wrote this config"})
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_dim", "num_blocks", "ffn_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "num_blocks" else 1):
+                raise C2CError(f"FuserConfig.{name} must be a positive integer, got {value!r}")
+        n_recv = len(self.receiver_geometry.get("layers", [])) if self.receiver_geometry else None
+        if n_recv is not None and len(self.layer_map) != n_recv:
+            raise C2CError(f"layer_map has {len(self.layer_map)} entries but the receiver has {n_recv} layers")
+
+    def fused_layers(self) -> list[tuple[int, int]]:
+        """(receiver layer, sharer layer) pairs that this fuser writes to."""
+        return [(r, s) for r, s in enumerate(self.layer_map) if s is not None]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def save(self, directory: Path) -> None:
+        (directory / "config.json").write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "FuserConfig":
+        path = directory / "config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise C2CError(f"not a fuser directory (no config.json): {directory}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise C2CError(f"corrupt fuser config {path}: {e}") from None
+        if not isinstance(raw, dict):
+            raise C2CError(f"corrupt fuser config {path}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown fuser config keys {unknown} (written by a newer cache2cache?)")
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as e:
+            raise C2CError(f"corrupt fuser config {path}: {e}") from None

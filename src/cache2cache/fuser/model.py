@@ -1,0 +1,175 @@
+"""Fuser: all layer fusers for one receiver<-sharer pair, with PEFT-style save/load.
+
+A saved fuser is a directory: config.json (with both models' names and KV geometry), model.safetensors
+(fuser tensors only) and README.md (a short model card). Loading checks the pair before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Cache
+
+from ..alignment.layers import layer_map
+from ..errors import C2CError
+from ..kv import ModelGeometry
+from .config import PRESETS, FuserConfig
+from .layer import LayerFuser
+
+WEIGHTS = "model.safetensors"
+
+LayerDeltas = dict[int, tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+class Fuser(nn.Module):
+    """Projects a sharer's KV cache into a receiver's, layer by layer (only mapped layers have weights)."""
+
+    def __init__(self, config: FuserConfig) -> None:
+        super().__init__()
+        self.config = config
+        recv = ModelGeometry.from_dict(config.receiver_geometry)
+        shar = ModelGeometry.from_dict(config.sharer_geometry)
+        self.layers = nn.ModuleDict(
+            {
+                str(r): LayerFuser(shar.layers[s].kv_dim, recv.layers[r].kv_heads, recv.layers[r].head_dim, config)
+                for r, s in config.fused_layers()
+            }
+        )
+
+    @classmethod
+    def for_pair(
+        cls,
+        receiver_name: str,
+        receiver_geometry: ModelGeometry,
+        sharer_name: str,
+        sharer_geometry: ModelGeometry,
+        preset: str = "compact",
+        layer_alignment: str = "terminal",
+        token_alignment: str = "offsets",
+        **overrides,
+    ) -> "Fuser":
+        """A new, untrained fuser for a pair; `preset` picks the size (compact, base, paper)."""
+        if preset not in PRESETS:
+            raise C2CError(f"unknown fuser preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        config = FuserConfig(
+            receiver=receiver_name,
+            sharer=sharer_name,
+            receiver_geometry=receiver_geometry.to_dict(),
+            sharer_geometry=sharer_geometry.to_dict(),
+            layer_map=layer_map(layer_alignment, receiver_geometry.num_layers, sharer_geometry.num_layers),
+            layer_alignment=layer_alignment,
+            token_alignment=token_alignment,
+            **{**PRESETS[preset], **overrides},
+        )
+        return cls(config)
+
+    # ---- what a pipeline calls --------------------------------------------------------------------------
+
+    def check_pair(
+        self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str, sharer_geometry: ModelGeometry
+    ) -> None:
+        """Raise C2CError unless this fuser was built for exactly this receiver and sharer."""
+        cfg = self.config
+        want = f"receiver {cfg.receiver} <- sharer {cfg.sharer}"
+        got = f"receiver {receiver_name} <- sharer {sharer_name}"
+        if (cfg.receiver, cfg.sharer) != (receiver_name, sharer_name):
+            raise C2CError(f"this fuser was trained for {want}, not {got}")
+        if cfg.receiver_geometry != receiver_geometry.to_dict() or cfg.sharer_geometry != sharer_geometry.to_dict():
+            raise C2CError(f"this fuser's KV shapes do not match {got} (same names, different models?)")
+
+    def deltas(self, receiver_cache: Cache, sharer_cache: Cache, sharer_index: torch.Tensor) -> LayerDeltas:
+        """Per fused receiver layer, the (dk, dv) to add to its cached keys and values.
+
+        Args:
+            receiver_cache: the receiver's cache after prefilling T prompt tokens (sliding-window layers
+                hold only their last positions; those are the ones fused).
+            sharer_cache: the sharer's cache after its prefill, with every position kept.
+            sharer_index: (B, T) long, for each receiver position the sharer position aligned to it.
+        """
+        out: LayerDeltas = {}
+        dtype = next(self.parameters()).dtype
+        for r, s in self.config.fused_layers():
+            fuser = self.layers[str(r)]
+            rl, sl = receiver_cache.layers[r], sharer_cache.layers[s]
+            t = rl.keys.shape[-2]  # a sliding layer keeps the last t <= T positions
+            idx = sharer_index[:, -t:]  # (B, t)
+            gather = idx[:, None, :, None].expand(-1, sl.keys.shape[1], -1, sl.keys.shape[-1])  # (B, Hs, t, ds)
+            sk = sl.keys.gather(2, gather).to(dtype)
+            sv = sl.values.gather(2, gather).to(dtype)
+            dk, dv = fuser(rl.keys.to(dtype), rl.values.to(dtype), sk, sv)
+            if dk is not None or dv is not None:
+                out[r] = (dk, dv)
+        return out
+
+    def set_temperature(self, temperature: float) -> None:
+        for layer in self.layers.values():
+            layer.temperature = temperature
+
+    def gate_logits(self) -> dict[int, tuple[float, float]]:
+        """Per fused receiver layer, the (key, value) gate logits; > 0 means open at inference."""
+        return {int(r): tuple(layer.gate_logit.detach().float().tolist()) for r, layer in self.layers.items()}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- save / load ------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors and README.md atomically (a temp dir renamed into place)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.config.save(tmp)
+            tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "fuser"})
+            (tmp / "README.md").write_text(self.model_card())
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Fuser":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise C2CError(f"fuser directory not found: {directory}")
+        fuser = cls(FuserConfig.load(directory))
+        try:
+            state = load_file(directory / WEIGHTS)
+        except FileNotFoundError:
+            raise C2CError(f"fuser weights missing: {directory / WEIGHTS}") from None
+        except (SafetensorError, OSError) as e:
+            raise C2CError(f"corrupt fuser weights {directory / WEIGHTS}: {e}") from None
+        missing, unexpected = fuser.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise C2CError(
+                f"fuser weights do not match its config ({len(missing)} missing, {len(unexpected)} unexpected, "
+                f"e.g. {(missing or unexpected)[0]})"
+            )
+        return fuser.to(device).eval()
+
+    def model_card(self) -> str:
+        cfg = self.config
+        gates = self.gate_logits()
+        open_layers = sum(1 for k, v in gates.values() if k > 0 or v > 0)
+        return (
+            f"# cache2cache fuser: {cfg.receiver} <- {cfg.sharer}\n\n"
+            f"A Cache-to-Cache fuser (Fu et al., 2025, arXiv 2510.03215) that projects the KV cache of "
+            f"`{cfg.sharer}` (sharer) into `{cfg.receiver}` (receiver).\n\n"
+            f"- parameters: {self.num_parameters():,}\n"
+            f"- width {cfg.hidden_dim}, {cfg.num_blocks} block(s), ffn x{cfg.ffn_mult}\n"
+            f"- layer alignment: {cfg.layer_alignment}; token alignment: {cfg.token_alignment}\n"
+            f"- fused receiver layers: {len(gates)}, gates open at inference: {open_layers}\n"
+            f"- written by cache2cache {cfg.c2c_version}\n\n"
+            "Load with `cache2cache.Fuser.from_pretrained(dir)`, or use `c2c generate --fuser DIR`.\n"
+        )

@@ -1,0 +1,57 @@
+"""Build a C2CModel from names and paths, as the CLI, evaluation and a server all need to."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import C2CError
+from ..fuser.model import Fuser
+from ..kv import ModelGeometry
+from ..models.loading import LoadedModel, load_model
+from .pipeline import C2CModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECEIVER = "SmolLM2-135M-Instruct"
+DEFAULT_SHARER = "Qwen2.5-Coder-0.5B-Instruct"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def untrained_fuser(receiver: LoadedModel, sharer: LoadedModel, **kwargs) -> Fuser:
+    """A fresh fuser for a pair (zero-initialised output: the receiver's answers are unchanged)."""
+    return Fuser.for_pair(
+        receiver.name, ModelGeometry.from_config(receiver.model.config),
+        sharer.name, ModelGeometry.from_config(sharer.model.config), **kwargs,
+    )  # fmt: skip
+
+
+def build(
+    receiver: str,
+    sharers: Sequence[str] = (),
+    fusers: Sequence[str | Path] = (),
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    chat: bool = True,
+    **untrained_kwargs,
+) -> C2CModel:
+    """Load the models and fusers. With no fuser paths an untrained fuser is made per sharer (a warning says so);
+    with fuser paths there must be exactly one per sharer, in the same order."""
+    if fusers and len(fusers) != len(sharers):
+        raise C2CError(f"give one --fuser per --sharer (got {len(sharers)} sharer(s), {len(fusers)} fuser(s))")
+    device = device or default_device()
+    loaded_fusers = [Fuser.from_pretrained(f, device) for f in fusers]  # fail fast, before loading big models
+    r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
+    ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir) for s in sharers]
+    if not loaded_fusers and ss:
+        log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
+        loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]
+    return C2CModel(r, ss, loaded_fusers, chat=chat)

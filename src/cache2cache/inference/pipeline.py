@@ -1,0 +1,344 @@
+"""Fused generation: prefill sharer(s) and receiver, fuse the caches, decode with the receiver's `generate()`.
+
+The receiver prefills every prompt token but the last (C2C paper, Sec. 3.1); the fused cache is then handed to
+transformers' `generate()` together with the full prompt, so generation feeds the last prompt token and decodes
+from there with the model's own Cache classes, masks, sampling and streamers. Batches are left-padded;
+positions come from the attention mask, so a padded row computes the same thing it would alone.
+
+The baselines run through the same code: mode "receiver" skips the sharers and fusion, mode "sharer" lets the
+first sharer answer alone with its own chat template.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from transformers import Cache, GenerationConfig, TextIteratorStreamer
+
+from ..alignment.tokens import AlignedPrompt, Messages, TokenAligner, encode, render
+from ..errors import C2CError
+from ..fuser.model import Fuser, LayerDeltas
+from ..kv import ModelGeometry, new_cache
+from ..models.loading import LoadedModel
+
+MODES = ("c2c", "receiver", "sharer")
+
+Prompt = str | Messages
+
+
+@dataclass
+class GenerateOptions:
+    """Decoding settings shared by every mode (so baselines decode exactly like C2C)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise C2CError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise C2CError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise C2CError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise C2CError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading)."""
+
+    sharer_prefill_s: float = 0.0
+    fuse_s: float = 0.0
+    receiver_prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.sharer_prefill_s + self.fuse_s + self.receiver_prefill_s + self.decode_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_s": self.total_s}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int  # tokens of the answering model's prompt
+    new_tokens: int  # generated tokens up to and including EOS
+    sharer_prompt_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    mode: str
+    results: list[GenerationResult]
+    timings: Timings
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "results": [asdict(r) for r in self.results], "timings": self.timings.to_dict()}
+
+
+@dataclass
+class Batch:
+    """Left-padded tensors for one batch of prompts."""
+
+    ids: torch.Tensor  # (B, L) the answering model's prompt
+    mask: torch.Tensor  # (B, L)
+    sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    width = max(len(r) for r in rows)
+    pads = [width - len(r) for r in rows]
+    ids = torch.tensor([[pad_id] * p + list(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
+    return ids, mask, pads
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: each row starts at 0 on its first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def to_messages(prompt: Prompt) -> Messages:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise C2CError("the prompt is empty")
+        return [{"role": "user", "content": prompt}]
+    if not prompt or not any(m.get("content", "").strip() for m in prompt):
+        raise C2CError("the prompt is empty")
+    return prompt
+
+
+class C2CModel:
+    """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
+
+    Holds no global state: several instances (say, one per model pair in a server) can live side by side.
+    """
+
+    def __init__(
+        self,
+        receiver: LoadedModel,
+        sharers: Sequence[LoadedModel] = (),
+        fusers: Sequence[Fuser] = (),
+        chat: bool = True,
+    ) -> None:
+        if len(fusers) != len(sharers):
+            raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
+        self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
+        r_geo = ModelGeometry.from_config(receiver.model.config)
+        self.aligners: list[TokenAligner] = []
+        for sharer, fuser in zip(self.sharers, self.fusers):
+            fuser.check_pair(receiver.name, r_geo, sharer.name, ModelGeometry.from_config(sharer.model.config))
+            fuser.to(receiver.device).eval()
+            self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
+        self._fusion_enabled = True
+
+    @contextlib.contextmanager
+    def disable_fuser(self) -> Iterator[None]:
+        """Within this block, mode "c2c" still prefills the sharers but adds nothing to the receiver's cache."""
+        self._fusion_enabled = False
+        try:
+            yield
+        finally:
+            self._fusion_enabled = True
+
+    # ---- preparing a batch ----------------------------------------------------------------------------
+
+    def encode(self, prompts: Sequence[Prompt], mode: str = "c2c") -> Batch:
+        """Tokenise, align and left-pad. Raises C2CError for empty or over-long prompts."""
+        if mode not in MODES:
+            raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode in ("c2c", "sharer") and not self.sharers:
+            raise C2CError(f"mode {mode!r} needs at least one sharer")
+        if not prompts:
+            raise C2CError("no prompts given")
+        messages = [to_messages(p) for p in prompts]
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        if mode != "c2c":
+            rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
+            for r in rows:
+                self._check_length(answerer, len(r))
+            ids, mask, _ = _left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
+            return Batch(ids, mask, [])
+        aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat) for m in messages] for al in self.aligners]
+        rows = [a.receiver_ids for a in aligned[0]]
+        for r in rows:
+            self._check_length(self.receiver, len(r))
+        ids, mask, pads = _left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
+        sharers = []
+        for sharer, per_prompt in zip(self.sharers, aligned):
+            for a in per_prompt:
+                self._check_length(sharer, len(a.sharer_ids), new_tokens=0)
+            s_ids, s_mask, s_pads = _left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
+                                              sharer.device)  # fmt: skip
+            index = torch.zeros_like(ids)
+            for b, a in enumerate(per_prompt):  # receiver padded position -> sharer padded position
+                index[b, pads[b]:] = torch.tensor(a.sharer_index, device=ids.device) + s_pads[b]
+            sharers.append((s_ids, s_mask, index))
+        return Batch(ids, mask, sharers)
+
+    def _check_length(self, model: LoadedModel, n: int, new_tokens: int | None = None) -> None:
+        new = new_tokens if new_tokens is not None else self._max_new_tokens
+        if n + new > model.max_length:
+            raise C2CError(
+                f"prompt ({n} tokens) + {new} new tokens exceeds {model.name}'s context of {model.max_length} tokens"
+            )
+
+    _max_new_tokens = 0  # set per call by generate(), read by _check_length
+
+    # ---- prefill and fusion ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, batch: Batch, mode: str = "c2c") -> tuple[Cache, Timings]:
+        """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in."""
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        timings = Timings()
+        device = answerer.device
+        sharer_caches = []
+        t0 = _clock(device)
+        if mode == "c2c":
+            for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
+                cache = new_cache(sharer.model.config, keep_full_history=True)
+                sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=_positions(s_mask),
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                sharer_caches.append(cache)
+        t1 = _clock(device)
+        cache = new_cache(answerer.model.config)
+        if batch.ids.shape[1] > 1:
+            ids, mask = batch.ids[:, :-1], batch.mask[:, :-1]
+            answerer.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)  # fmt: skip
+        t2 = _clock(device)
+        if mode == "c2c" and self._fusion_enabled and batch.ids.shape[1] > 1:
+            self.fuse(cache, sharer_caches, batch)
+        t3 = _clock(device)
+        timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
+        return cache, timings
+
+    def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch) -> None:
+        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place."""
+        per_fuser: list[LayerDeltas] = [
+            fuser.deltas(cache, s_cache, index[:, :-1])
+            for fuser, s_cache, (_, _, index) in zip(self.fusers, sharer_caches, batch.sharers)
+        ]
+        valid = batch.mask[:, None, :-1, None]  # (B, 1, T, 1): padding positions stay untouched
+        for r in sorted({r for d in per_fuser for r in d}):
+            layer = cache.layers[r]
+            t = layer.keys.shape[-2]
+            dk = sum(d[r][0] for d in per_fuser if r in d and d[r][0] is not None)
+            dv = sum(d[r][1] for d in per_fuser if r in d and d[r][1] is not None)
+            if isinstance(dk, torch.Tensor):
+                layer.keys = layer.keys + (dk * valid[:, :, -t:]).to(layer.keys.dtype)
+            if isinstance(dv, torch.Tensor):
+                layer.values = layer.values + (dv * valid[:, :, -t:]).to(layer.values.dtype)
+
+    # ---- generation -----------------------------------------------------------------------------------
+
+    def _generation_config(self, model: LoadedModel, options: GenerateOptions) -> GenerationConfig:
+        base = model.model.generation_config
+        sampling = (
+            dict(do_sample=True, temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+            if options.do_sample
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
+        return GenerationConfig(
+            max_new_tokens=options.max_new_tokens,
+            eos_token_id=base.eos_token_id if base.eos_token_id is not None else model.tokenizer.eos_token_id,
+            pad_token_id=model.tokenizer.pad_token_id,
+            bos_token_id=base.bos_token_id,
+            **sampling,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        mode: str = "c2c",
+        options: GenerateOptions | None = None,
+        streamer=None,
+    ) -> GenerationOutput:
+        """Answer a batch of prompts (str or chat messages) in `mode`; see the module docstring."""
+        options = options or GenerateOptions()
+        self._max_new_tokens = options.max_new_tokens
+        batch = self.encode(prompts, mode)
+        cache, timings = self.prefill(batch, mode)
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        t0 = _clock(answerer.device)
+        out = answerer.model.generate(
+            input_ids=batch.ids, attention_mask=batch.mask, past_key_values=cache,
+            generation_config=self._generation_config(answerer, options), streamer=streamer,
+        )  # fmt: skip
+        timings.decode_s = _clock(answerer.device) - t0
+        new = out[:, batch.ids.shape[1]:]
+        results = []
+        eos = self._eos_ids(answerer)
+        for b in range(new.shape[0]):
+            row = new[b].tolist()
+            n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            results.append(
+                GenerationResult(
+                    text=answerer.tokenizer.decode(row[:n], skip_special_tokens=True),
+                    prompt_tokens=int(batch.mask[b].sum()),
+                    new_tokens=n,
+                    sharer_prompt_tokens=[int(s_mask[b].sum()) for _, s_mask, _ in batch.sharers],
+                )
+            )
+        return GenerationOutput(mode=mode, results=results, timings=timings)
+
+    @torch.no_grad()
+    def next_token_logits(self, prompts: Sequence[Prompt], mode: str = "c2c") -> torch.Tensor:
+        """(B, V) float32 logits for the token after each prompt, from the (fused) cache: what scoring by
+        answer-letter logits reads, and the most sensitive thing to compare between modes."""
+        self._max_new_tokens = 1
+        batch = self.encode(prompts, mode)
+        cache, _ = self.prefill(batch, mode)
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
+                             position_ids=_positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
+        return out.logits[:, -1].float()
+
+    @staticmethod
+    def _eos_ids(model: LoadedModel) -> set[int]:
+        eos = model.model.generation_config.eos_token_id
+        if eos is None:
+            eos = model.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos])
+
+    def stream(self, prompt: Prompt, mode: str = "c2c", options: GenerateOptions | None = None) -> Iterator[str]:
+        """Yield the answer to one prompt piece by piece as it is decoded."""
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        streamer = TextIteratorStreamer(answerer.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate([prompt], mode, options, streamer=streamer)
+            except BaseException as e:  # handed to the consumer below, never lost
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
