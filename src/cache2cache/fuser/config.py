@@ -10,11 +10,12 @@ from pathlib import Path
 from .. import __version__
 from ..errors import C2CError
 
-# Named sizes. "compact" is a few percent of a 135M receiver; "paper" matches the C2C paper's widths.
+# Named sizes. "compact" is a few percent of a 135M receiver; "paper" has the width (1024) and MLP depth of the
+# C2C paper's projector, which is larger than a 135M receiver itself.
 PRESETS: dict[str, dict] = {
     "compact": {"hidden_dim": 128, "num_blocks": 1, "ffn_mult": 2},
     "base": {"hidden_dim": 256, "num_blocks": 2, "ffn_mult": 2},
-    "paper": {"hidden_dim": 1024, "num_blocks": 3, "ffn_mult": 4},
+    "paper": {"hidden_dim": 1024, "num_blocks": 1, "ffn_mult": 1},  # 1024 wide, 4 linear layers deep
 }
 
 
