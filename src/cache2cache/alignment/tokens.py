@@ -44,14 +44,17 @@ class AlignedPrompt:
     sharer_index: list[int]  # len == len(receiver_ids); each a valid index into sharer_ids
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: Messages, chat: bool = True) -> str:
-    """The exact text a model reads: its chat template (or a plain fallback) with the generation prompt."""
+def render(
+    tokenizer: PreTrainedTokenizerBase, messages: Messages, chat: bool = True, add_generation_prompt: bool = True
+) -> str:
+    """The exact text a model reads: its chat template (or a plain fallback), by default with the generation
+    prompt (a prompt to answer); without it for a finished conversation (a training example)."""
     if not chat:
         return "".join(m["content"] for m in messages)
     template = None if tokenizer.chat_template else PLAIN_TEMPLATE
     try:
         return tokenizer.apply_chat_template(
-            messages, chat_template=template, add_generation_prompt=True, tokenize=False
+            messages, chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False
         )
     except Exception as e:  # jinja raises its own types for templates that reject a conversation
         raise C2CError(f"chat template of {tokenizer.name_or_path!r} rejected the prompt: {e}") from e

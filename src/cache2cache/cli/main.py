@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..errors import C2CError
-from . import generate_cmd, models_cmd
+from . import generate_cmd, models_cmd, train_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     models_cmd.register(sub)
     generate_cmd.register(sub)
+    train_cmd.register(sub)
     return parser
 
 

