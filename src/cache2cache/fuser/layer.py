@@ -30,6 +30,7 @@ class FeedForwardBlock(nn.Module):
         self.down = nn.Linear(dim * mult, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.norm.weight.dtype)  # under autocast a Linear hands back bf16; the norm wants its own dtype
         return x + self.down(nn.functional.silu(self.up(self.norm(x))))
 
 
@@ -58,7 +59,7 @@ class KVProjector(nn.Module):
         xs = sharer.transpose(1, 2).reshape(b, t, -1)  # (B, T, Hs*ds)
         xr = receiver.transpose(1, 2).reshape(b, t, -1)  # (B, T, Hr*dr)
         h = self.blocks(self.inp(torch.cat([self.sharer_norm(xs), self.receiver_norm(xr)], dim=-1)))
-        h = self.out_norm(h)
+        h = self.out_norm(h.to(self.out_norm.weight.dtype))
         delta = self.out(h).view(b, t, self.heads, self.head_dim)  # (B, T, Hr, dr)
         weight = torch.sigmoid(self.head_weight(h)).unsqueeze(-1)  # (B, T, Hr, 1)
         return (weight * delta).transpose(1, 2)  # (B, Hr, T, dr)

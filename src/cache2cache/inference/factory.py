@@ -50,7 +50,7 @@ def build(
     device = device or default_device()
     loaded_fusers = [Fuser.from_pretrained(f, device) for f in fusers]  # fail fast, before loading big models
     r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
-    ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir) for s in sharers]
+    ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir, prefill_only=True) for s in sharers]
     if not loaded_fusers and ss:
         log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
         loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]

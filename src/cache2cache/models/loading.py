@@ -62,13 +62,18 @@ def load_model(
     device: str | torch.device = "cpu",
     cache_dir: Path | None = None,
     auto_pull: bool = True,
+    prefill_only: bool = False,
 ) -> LoadedModel:
     """Load `spec` frozen and in eval mode.
 
     `dtype="auto"` means float32 for the tiny test models (exact comparisons) and bfloat16 for real ones
-    (2-3x faster than float32 on CPU, and the usual GPU choice).
+    (the usual GPU choice, and faster for decoding on CPU), except that a model used mostly for prefill (a
+    sharer: `prefill_only=True`) is float32 on CPU, where short-prompt prefill measured 2.4x faster than bf16
+    (docs/RESULTS.md).
     """
     want = parse_dtype(dtype)
+    if want is None and prefill_only and torch.device(device).type == "cpu":
+        want = torch.float32
     entry = find(spec)
     if entry is not None and entry.kind == "tiny":
         model, tokenizer = build_tiny(entry.name)

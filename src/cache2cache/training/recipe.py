@@ -94,7 +94,7 @@ class FuserTrainer:
     def _setup_model(self, ckpt: dict | None) -> None:
         cfg = self.cfg
         receiver = load_model(cfg.receiver, dtype=cfg.dtype, device=self.device)
-        sharer = load_model(cfg.sharer, dtype=cfg.dtype, device=self.device)
+        sharer = load_model(cfg.sharer, dtype=cfg.dtype, device=self.device, prefill_only=True)
         if ckpt:
             fuser = Fuser.from_pretrained(ckpt["fuser_dir"], self.device)
             self.step = ckpt["trainer_state"]["step"]
@@ -168,10 +168,17 @@ class FuserTrainer:
 
     def loss_sum(self, tb: TrainBatch) -> torch.Tensor:
         """Summed cross-entropy over the response tokens of a micro-batch (gradients reach the fuser only)."""
+        return self.response_loss(tb, *self.prefill(tb))
+
+    @torch.no_grad()
+    def prefill(self, tb: TrainBatch) -> tuple[list, object]:
+        """The frozen part of a step: sharer caches and the receiver's prompt cache, without gradients."""
+        m = self.model
+        return m.prefill_sharers(tb.prompt), m.prefill_answerer(tb.prompt, m.receiver)
+
+    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> torch.Tensor:
+        """Fuse (with gradients), then run the receiver over the response from the fused cache."""
         m, p = self.model, tb.prompt
-        with torch.no_grad():
-            sharer_caches = m.prefill_sharers(p)
-            cache = m.prefill_answerer(p, m.receiver)
         with self._autocast():
             m.fuse(cache, sharer_caches, p)
             b, r = tb.response_ids.shape
