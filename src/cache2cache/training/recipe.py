@@ -181,13 +181,7 @@ class FuserTrainer:
         m, p = self.model, tb.prompt
         with self._autocast():
             m.fuse(cache, sharer_caches, p)
-            b, r = tb.response_ids.shape
-            ones = torch.ones(b, 1, dtype=p.mask.dtype, device=p.mask.device)
-            x = torch.cat([p.ids[:, -1:], tb.response_ids[:, :-1]], dim=1)  # last prompt token, then response
-            x_mask = torch.cat([ones, tb.response_mask[:, :-1]], dim=1)
-            positions = (p.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
-            logits = m.receiver.model(input_ids=x, attention_mask=torch.cat([p.mask[:, :-1], x_mask], dim=1),
-                                      position_ids=positions, past_key_values=cache, use_cache=True).logits
+            logits = m.continuation_logits(p, cache, m.receiver, tb.response_ids, tb.response_mask)
         ce = F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
         return (ce * tb.response_mask.flatten()).sum()
 

@@ -1,0 +1,62 @@
+"""Arguments and helpers shared by the subcommands that load a receiver, sharers and fusers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from ..alignment.tokens import STRATEGIES
+from ..fuser.config import PRESETS
+from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.pipeline import C2CModel
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
+    p.add_argument("--sharer", action="append", default=None,
+                   help=f"sharer model; repeat for several (default {DEFAULT_SHARER})")  # fmt: skip
+    p.add_argument("--fuser", action="append", default=[], type=Path,
+                   help="trained fuser directory; one per --sharer, same order")  # fmt: skip
+    p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    untrained = p.add_argument_group("untrained fuser (when no --fuser is given)")
+    untrained.add_argument("--preset", choices=list(PRESETS), default="compact")
+    untrained.add_argument("--layer-alignment", default="terminal", help="terminal, spread, or 'r:s,r:s'")
+    untrained.add_argument("--token-alignment", choices=STRATEGIES, default="offsets")
+
+
+def model_names(args) -> tuple[str, list[str]]:
+    """The receiver and sharers asked for; with no --receiver and no --sharer, the default pair."""
+    receiver = args.receiver or DEFAULT_RECEIVER
+    sharers = args.sharer if args.sharer is not None else ([DEFAULT_SHARER] if args.receiver is None else [])
+    return receiver, sharers
+
+
+def build_from_args(args) -> C2CModel:
+    receiver, sharers = model_names(args)
+    with Console(stderr=True).status("loading models..."):
+        return build(receiver, sharers, args.fuser, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
+                     chat=not args.no_chat, preset=args.preset, layer_alignment=args.layer_alignment,
+                     token_alignment=args.token_alignment)  # fmt: skip

@@ -1,0 +1,174 @@
+"""Run a task in several modes through the same prompts and code, and write honest, reproducible results.
+
+Modes: receiver (alone), sharer (alone), t2t (the sharer writes notes in text, up to a token budget; the
+receiver answers with them in its prompt), c2c (the receiver answers from the fused cache).
+Outputs, each written atomically: records.jsonl (one line per example and mode), summary.json (accuracy with
+a 95% Wilson interval, latency means, config, identities, versions, seed), results.md, accuracy.png,
+latency.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import C2CError
+from ..inference.pipeline import C2CModel, GenerateOptions, Timings
+from .scoring import (METHODS, extract_letter, extract_number, letter_token_ids, prompt_for, t2t_prompt,
+                      wilson_interval)  # fmt: skip
+from .tasks import Item, get_task
+
+EVAL_MODES = ("receiver", "sharer", "t2t", "c2c")
+
+
+@dataclass
+class EvalConfig:
+    task: str
+    split: str
+    modes: list[str]
+    method: str = "letter"
+    limit: int = 0  # 0 = every item
+    subjects: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    t2t_tokens: int = 64  # the sharer's text budget in t2t mode
+    gen_tokens: int = 256  # generation budget for the generate method
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in EVAL_MODES]
+        if bad or not self.modes:
+            raise C2CError(f"unknown or no mode(s) {bad}: choose from {', '.join(EVAL_MODES)}")
+        if self.method not in METHODS:
+            raise C2CError(f"unknown scoring method {self.method!r}: choose from {', '.join(METHODS)}")
+        if self.limit < 0 or self.batch_size < 1 or self.t2t_tokens < 1 or self.gen_tokens < 1:
+            raise C2CError("limit must be >= 0 and batch_size, t2t_tokens, gen_tokens >= 1")
+
+
+def select_items(cfg: EvalConfig) -> list[Item]:
+    task = get_task(cfg.task)
+    if task.kind == "gen" and cfg.method != "generate":
+        raise C2CError(f"task {cfg.task} is scored by generation: use --method generate")
+    items = task.load(cfg.split, cfg.subjects or None)
+    if cfg.limit:
+        items = random.Random(cfg.seed).sample(items, min(cfg.limit, len(items)))  # spread over subjects
+    return items
+
+
+def _prompt_hash(prompt) -> str:
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Evaluator:
+    def __init__(self, model: C2CModel, cfg: EvalConfig) -> None:
+        if any(m in ("sharer", "t2t", "c2c") for m in cfg.modes) and not model.sharers:
+            raise C2CError("modes sharer, t2t and c2c need a sharer")
+        self.model, self.cfg = model, cfg
+
+    def _answer_mode(self, mode: str) -> str:
+        return {"t2t": "receiver"}.get(mode, mode)
+
+    def _notes(self, items: list[Item]) -> tuple[list[str], Timings]:
+        out = self.model.generate([t2t_prompt(it) for it in items], "sharer",
+                                  GenerateOptions(max_new_tokens=self.cfg.t2t_tokens))  # fmt: skip
+        return [r.text for r in out.results], out.timings
+
+    def score_batch(self, items: list[Item], mode: str) -> list[dict]:
+        cfg, model = self.cfg, self.model
+        answer_mode = self._answer_mode(mode)
+        answerer = model.sharers[0] if answer_mode == "sharer" else model.receiver
+        notes, t2t_timings = self._notes(items) if mode == "t2t" else ([None] * len(items), Timings())
+        prompts = [prompt_for(it, cfg.method, n) for it, n in zip(items, notes)]
+        if cfg.method == "letter":
+            logits, timings = model.next_token_logits_timed(prompts, answer_mode)
+            preds = []
+            for b, it in enumerate(items):
+                ids = letter_token_ids(answerer.tokenizer, len(it.choices))
+                preds.append(int(torch.tensor([logits[b, i].max() for i in ids]).argmax()))
+        elif cfg.method == "cloze":
+            flat_prompts = [p for p, it in zip(prompts, items) for _ in it.choices]
+            conts = [f" {c}" for it in items for c in it.choices]
+            logps, timings = model.continuation_logprobs(flat_prompts, conts, answer_mode)
+            preds, k = [], 0
+            for it in items:
+                per_char = [logps[k + j] / max(1, len(conts[k + j])) for j in range(len(it.choices))]
+                preds.append(max(range(len(per_char)), key=per_char.__getitem__))
+                k += len(it.choices)
+        else:
+            out = model.generate(prompts, answer_mode, GenerateOptions(max_new_tokens=cfg.gen_tokens))
+            timings = out.timings
+            preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
+                     for r, it in zip(out.results, items)]  # fmt: skip
+        parts = {**timings.to_dict(), "t2t_sharer_s": t2t_timings.total_s}
+        parts["total_s"] = timings.total_s + t2t_timings.total_s
+        share = {k: v / len(items) for k, v in parts.items()}  # each example's share of the batch
+        return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
+                 "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,
+                 "correct": pred == it.answer, "notes": n, "latency_s": share}
+                for it, p, pred, n in zip(items, prompts, preds, notes)]  # fmt: skip
+
+    def run(self, items: list[Item]) -> list[dict]:
+        records = []
+        bs = self.cfg.batch_size
+        batches = [items[i:i + bs] for i in range(0, len(items), bs)]
+        with tqdm(total=len(batches) * len(self.cfg.modes), desc="eval", unit="batch", dynamic_ncols=True) as bar:
+            for mode in self.cfg.modes:
+                for batch in batches:
+                    records += self.score_batch(batch, mode)
+                    bar.update(1)
+                    done = [r for r in records if r["mode"] == mode]
+                    bar.set_postfix(mode=mode, acc=f"{sum(r['correct'] for r in done) / len(done):.3f}")
+        return records
+
+
+def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
+    per_mode = {}
+    for mode in cfg.modes:
+        rows = [r for r in records if r["mode"] == mode]
+        correct = sum(r["correct"] for r in rows)
+        lo, hi = wilson_interval(correct, len(rows))
+        latency = {k: sum(r["latency_s"][k] for r in rows) / len(rows) for k in rows[0]["latency_s"]}
+        per_mode[mode] = {"accuracy": correct / len(rows), "ci95": [lo, hi], "n": len(rows), "correct": correct,
+                          "latency_s_mean": latency}  # fmt: skip
+    return {"task": cfg.task, "split": cfg.split, "method": cfg.method, "config": asdict(cfg), "modes": per_mode,
+            "models": identities, "seed": cfg.seed, "created": datetime.now(timezone.utc).isoformat(),
+            "versions": {"cache2cache": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "python": platform.python_version()},
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}  # fmt: skip
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"### {summary['task']} / {summary['split']} ({summary['method']})", "",
+             "| mode | accuracy | 95% CI | n | mean latency per example (s) |", "|---|---:|---|---:|---:|"]
+    for mode, m in summary["modes"].items():
+        lo, hi = m["ci95"]
+        lines.append(f"| {mode} | {m['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {m['n']} | "
+                     f"{m['latency_s_mean']['total_s']:.3f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(out_dir: Path, records: list[dict], summary: dict) -> None:
+    from .plots import plot_accuracy, plot_latency
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
+    _atomic_write(out_dir / "results.md", markdown(summary))
+    plot_accuracy(summary, out_dir / "accuracy.png")
+    plot_latency(summary, out_dir / "latency.png")

@@ -1,0 +1,98 @@
+"""How a question becomes a prompt, and how a model's output becomes an answer.
+
+Methods:
+- letter (the C2C paper's protocol): the question with lettered options; the answer turn is pre-filled with
+  "The correct answer is" and the logits of the option letters at the next position decide.
+- cloze: option log-likelihood after "Question: ...\\nAnswer:", normalised per character (needed for base
+  models, which do not follow the lettered format).
+- generate: free generation, then answer extraction (the first option letter, or GSM8K's final number).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from transformers import PreTrainedTokenizerBase
+
+from ..inference.pipeline import Prompt
+from .tasks import Item
+
+METHODS = ("letter", "cloze", "generate")
+ANSWER_PREFIX = "The correct answer is"
+LETTERS = "ABCDEFGHIJ"
+
+
+def options_block(item: Item) -> str:
+    return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+
+
+def question_block(item: Item, notes: str | None = None) -> str:
+    """The user turn: question, options, optional notes from another model (T2T), and the instruction."""
+    parts = [f"Question: {item.question.strip()}"]
+    if item.choices:
+        parts.append(options_block(item))
+    if notes is not None:
+        parts.append(f"Notes from another model:\n{notes.strip()}")
+    if item.choices:
+        parts.append("Answer with the letter of the correct option.")
+    else:
+        parts.append("Solve the problem step by step, then finish with 'The answer is N'.")
+    return "\n\n".join(parts)
+
+
+def prompt_for(item: Item, method: str, notes: str | None = None) -> Prompt:
+    """Chat messages for the answering model (the letter method pre-fills the start of the answer)."""
+    if method == "cloze":
+        text = f"Question: {item.question.strip()}\n"
+        if notes is not None:
+            text += f"Notes from another model: {notes.strip()}\n"
+        return [{"role": "user", "content": text + "Answer:"}]
+    messages = [{"role": "user", "content": question_block(item, notes)}]
+    if method == "letter":
+        messages.append({"role": "assistant", "content": ANSWER_PREFIX})
+    return messages
+
+
+def t2t_prompt(item: Item) -> Prompt:
+    """What the sharer is asked in text-to-text mode: useful context, in text, for another model."""
+    block = f"Question: {item.question.strip()}"
+    if item.choices:
+        block += "\n\n" + options_block(item)
+    return [{"role": "user", "content": block + "\n\nBriefly explain the facts and reasoning needed to answer this "
+                                                "question, for another model that will choose the answer."}]
+
+
+def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[int]]:
+    """For each option letter, the single-token spellings a model may use next (" A" and "A")."""
+    out = []
+    for letter in LETTERS[:n]:
+        ids = {tuple(tokenizer.encode(v, add_special_tokens=False)) for v in (f" {letter}", letter)}
+        out.append(sorted({t[0] for t in ids if len(t) == 1}) or [tokenizer.encode(f" {letter}", add_special_tokens=False)[-1]])
+    return out
+
+
+def extract_letter(text: str, n: int) -> int | None:
+    m = re.search(rf"\b([{LETTERS[:n]}])\b", text)
+    return LETTERS.index(m.group(1)) if m else None
+
+
+def extract_number(text: str) -> str | None:
+    """GSM8K: the number after 'answer is', else the last number in the text (commas and $ removed)."""
+    clean = text.replace(",", "").replace("$", "")
+    m = re.search(r"answer is\s*:?\s*(-?\d+(?:\.\d+)?)", clean, flags=re.IGNORECASE)
+    numbers = [m.group(1)] if m else re.findall(r"-?\d+(?:\.\d+)?", clean)
+    if not numbers:
+        return None
+    value = numbers[-1].rstrip(".")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (well-behaved near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

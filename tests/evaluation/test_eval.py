@@ -1,0 +1,143 @@
+"""Evaluation on tiny models: every mode and method runs, results are complete and deterministic, and a fuser
+whose gates are all closed scores exactly like the receiver alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cache2cache import C2CModel
+from cache2cache.cli.main import main
+from cache2cache.errors import C2CError
+from cache2cache.evaluation.runner import EvalConfig, Evaluator, select_items, summarise, write_results
+from cache2cache.evaluation.scoring import extract_letter, extract_number, wilson_interval
+from cache2cache.evaluation.tasks import load_jsonl_task
+
+from ..conftest import make_fuser, tiny
+
+TASK = Path(__file__).resolve().parents[2] / "examples" / "tiny_mc.jsonl"
+
+
+def _model(closed=False, sharer="tiny-gemma3"):
+    r, s = tiny("tiny-llama"), tiny(sharer)
+    fuser = make_fuser(r, s)
+    if closed:
+        with torch.no_grad():
+            for layer in fuser.layers.values():
+                layer.gate_logit.fill_(-1.0)
+    return C2CModel(r, [s], [fuser])
+
+
+def _cfg(**kw):
+    base = dict(task=f"jsonl:{TASK}", split="all", modes=["receiver", "sharer", "t2t", "c2c"], batch_size=2,
+                t2t_tokens=6, gen_tokens=6)
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["letter", "cloze", "generate"])
+def test_all_modes_and_methods_write_complete_results(tmp_path, method):
+    cfg = _cfg(method=method)
+    model = _model()
+    items = select_items(cfg)
+    records = Evaluator(model, cfg).run(items)
+    assert len(records) == len(items) * 4
+    summary = summarise(records, cfg, {"receiver": "tiny-llama"})
+    write_results(tmp_path, records, summary)
+    for name in ("records.jsonl", "summary.json", "results.md", "accuracy.png", "latency.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    for mode, m in summary["modes"].items():
+        assert m["n"] == len(items) and 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
+    t2t = [r for r in records if r["mode"] == "t2t"]
+    assert all(r["notes"] is not None and r["latency_s"]["t2t_sharer_s"] > 0 for r in t2t)
+    c2c = [r for r in records if r["mode"] == "c2c"]
+    assert all(r["latency_s"]["sharer_prefill_s"] > 0 and r["latency_s"]["fuse_s"] > 0 for r in c2c)
+    # Deterministic: the same run gives the same predictions.
+    again = Evaluator(model, cfg).run(items)
+    assert [r["prediction"] for r in again] == [r["prediction"] for r in records]
+
+
+@pytest.mark.parametrize("method", ["letter", "cloze"])
+def test_closed_gates_score_exactly_like_the_receiver(method):
+    cfg = _cfg(method=method, modes=["receiver", "c2c"])
+    model = _model(closed=True)
+    items = select_items(cfg)
+    ev = Evaluator(model, cfg)
+    for batch in (items[:3], items[3:]):
+        a = ev.score_batch(batch, "receiver")
+        b = ev.score_batch(batch, "c2c")
+        assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+    prompts = [[{"role": "user", "content": it.question}] for it in items]
+    assert torch.equal(model.next_token_logits(prompts, "c2c"), model.next_token_logits(prompts, "receiver"))
+    conts = [" " + it.choices[0] for it in items]
+    assert model.continuation_logprobs(prompts, conts, "c2c")[0] == model.continuation_logprobs(prompts, conts,
+                                                                                                "receiver")[0]
+
+
+def test_open_gates_change_scores():
+    model = _model()
+    items = select_items(_cfg())
+    prompts = [[{"role": "user", "content": it.question}] for it in items]
+    conts = [" " + it.choices[0] for it in items]
+    a = model.continuation_logprobs(prompts, conts, "c2c")[0]
+    b = model.continuation_logprobs(prompts, conts, "receiver")[0]
+    assert max(abs(x - y) for x, y in zip(a, b)) > 1e-3
+
+
+def test_limit_is_a_seeded_sample():
+    a = select_items(_cfg(limit=3, seed=1))
+    b = select_items(_cfg(limit=3, seed=1))
+    assert [i.id for i in a] == [i.id for i in b] and len(a) == 3
+
+
+def test_extraction_and_interval():
+    assert extract_letter("The answer is (C).", 4) == 2 and extract_letter("no idea", 4) is None
+    assert extract_number("so 3 + 4 = 7. The answer is 1,200.") == "1200"
+    assert extract_number("we get $18 in total") == "18" and extract_number("none") is None
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_malformed_task_files(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    for text, needle in [('{"question": "q", "choices": ["a"], "answer": 0}', "at least two"),
+                         ('{"question": "q", "choices": ["a", "b"], "answer": 5}', "not a choice"),
+                         ("not json", "malformed"), ('{"choices": ["a", "b"], "answer": 0}', "malformed")]:
+        bad.write_text(text + "\n")
+        with pytest.raises(C2CError, match=needle):
+            load_jsonl_task(bad)
+    with pytest.raises(C2CError, match="not found"):
+        load_jsonl_task(tmp_path / "none.jsonl")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--task", "nope"], "unknown task"),
+    (["--task", "jsonl:/no/file.jsonl", "--split", "all"], "not found"),
+    (["--limit", "0"], "at least 1"),
+    (["--modes", "receiver,telepathy"], "unknown or no mode"),
+    (["--task", "arc_easy", "--split", "train"], "no split"),
+])
+def test_cli_errors(capsys, argv, needle):
+    try:
+        code = main(["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", *argv])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_cli_eval_json(capsys, tmp_path):
+    code = main(["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--task", f"jsonl:{TASK}",
+                 "--split", "all", "--modes", "receiver,c2c", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["modes"]) == {"receiver", "c2c"} and summary["models"]["receiver"] == "tiny-llama"
+
+
+@pytest.mark.slow
+def test_bundled_tasks_load():
+    from cache2cache.evaluation.tasks import TASKS
+
+    sizes = {(name, split): len(t.load(split)) for name, t in TASKS.items() for split in t.splits}
+    assert sizes[("arc_challenge", "validation")] == 299 and sizes[("mmlu", "validation")] == 1531
