@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..errors import C2CError
-from . import eval_cmd, generate_cmd, models_cmd, train_cmd
+from . import bench_cmd, eval_cmd, generate_cmd, models_cmd, train_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.register(sub)
     train_cmd.register(sub)
     eval_cmd.register(sub)
+    bench_cmd.register(sub)
     return parser
 
 

@@ -41,10 +41,13 @@ class GenerateOptions:
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    min_new_tokens: int = 0  # > 0 ignores EOS until then (benchmarks decode a fixed number of tokens)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise C2CError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise C2CError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.temperature <= 0:
             raise C2CError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -280,6 +283,7 @@ class C2CModel:
         )
         return GenerationConfig(
             max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.min_new_tokens or None,
             eos_token_id=base.eos_token_id if base.eos_token_id is not None else model.tokenizer.eos_token_id,
             pad_token_id=model.tokenizer.pad_token_id,
             bos_token_id=base.bos_token_id,

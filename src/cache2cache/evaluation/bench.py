@@ -1,0 +1,143 @@
+"""`c2c bench`: latency of each mode, measured the way a user would feel it.
+
+For every mode, on real questions: time to first token (TTFT) and end-to-end latency for a fixed number of new
+tokens, with the phase breakdown (sharer prefill, fuse, receiver prefill, decode; T2T's sharer generation),
+medians over repeats after a warm-up; then tokens/s of C2C and of the receiver at several batch sizes; peak
+memory. CUDA is synchronised at every clock reading.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .. import __version__
+from ..inference.pipeline import C2CModel, GenerateOptions, Timings
+from .scoring import question_block, t2t_prompt
+from .tasks import Item
+
+BENCH_MODES = ("receiver", "sharer", "t2t", "c2c")
+
+
+class FirstTokenClock(BaseStreamer):
+    """A streamer that only notes when generate() emits its first new token (its second `put`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.calls, self.first = device, 0, None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.first is None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class BenchConfig:
+    modes: list[str] = field(default_factory=lambda: list(BENCH_MODES))
+    new_tokens: int = 32
+    t2t_tokens: int = 64
+    repeats: int = 5
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+
+def _sync_clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+def run_once(model: C2CModel, item: Item, mode: str, cfg: BenchConfig) -> dict:
+    """One request, batch 1: TTFT, end-to-end and the phase breakdown in seconds."""
+    device = model.receiver.device
+    options = GenerateOptions(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    start = _sync_clock(device)
+    t2t = Timings()
+    notes = None
+    if mode == "t2t":
+        out = model.generate([t2t_prompt(item)], "sharer", GenerateOptions(cfg.t2t_tokens, min_new_tokens=cfg.t2t_tokens))
+        notes, t2t = out.results[0].text, out.timings
+    clock = FirstTokenClock(device)
+    answer_mode = "receiver" if mode == "t2t" else mode
+    prompt = [{"role": "user", "content": question_block(item, notes)}]
+    out = model.generate([prompt], answer_mode, options, streamer=clock)
+    end = _sync_clock(device)
+    parts = out.timings.to_dict()
+    parts["t2t_sharer_s"] = t2t.total_s
+    return {"ttft_s": clock.first - start, "e2e_s": end - start, "parts": parts,
+            "new_tokens": out.results[0].new_tokens}  # fmt: skip
+
+
+def latency(model: C2CModel, items: list[Item], cfg: BenchConfig, progress=None) -> dict:
+    results = {}
+    for mode in cfg.modes:
+        if model.receiver.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(model.receiver.device)
+        run_once(model, items[0], mode, cfg)  # warm-up
+        runs = [run_once(model, items[i % len(items)], mode, cfg) for i in range(cfg.repeats)]
+        keys = runs[0]["parts"].keys()
+        results[mode] = {
+            "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+            "e2e_s": statistics.median(r["e2e_s"] for r in runs),
+            "parts_median_s": {k: statistics.median(r["parts"][k] for r in runs) for k in keys},
+            "runs": len(runs),
+            "peak_memory_mb": _peak_memory_mb(model.receiver.device),
+        }  # fmt: skip
+        if progress:
+            progress(mode)
+    return results
+
+
+def throughput(model: C2CModel, items: list[Item], cfg: BenchConfig, modes=("receiver", "c2c")) -> dict:
+    """Generated tokens per second at each batch size (median of `repeats` after a warm-up)."""
+    out: dict = {}
+    options = GenerateOptions(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
+    for mode in modes:
+        out[mode] = {}
+        for bs in cfg.batch_sizes:
+            prompts = [[{"role": "user", "content": question_block(items[i % len(items)])}] for i in range(bs)]
+            model.generate(prompts, mode, options)
+            times = []
+            for _ in range(max(1, cfg.repeats // 2)):
+                t0 = _sync_clock(model.receiver.device)
+                model.generate(prompts, mode, options)
+                times.append(_sync_clock(model.receiver.device) - t0)
+            out[mode][str(bs)] = bs * cfg.new_tokens / statistics.median(times)
+    return out
+
+
+def ratios(lat: dict) -> dict:
+    r = {}
+    if "c2c" in lat:
+        p = lat["c2c"]["parts_median_s"]
+        r["fuse_over_receiver_prefill"] = p["fuse_s"] / p["receiver_prefill_s"]
+        if "t2t" in lat:
+            r["t2t_e2e_over_c2c_e2e"] = lat["t2t"]["e2e_s"] / lat["c2c"]["e2e_s"]
+        if "receiver" in lat:
+            r["c2c_ttft_over_receiver_ttft"] = lat["c2c"]["ttft_s"] / lat["receiver"]["ttft_s"]
+    return r
+
+
+def environment(model: C2CModel) -> dict:
+    dev = model.receiver.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()} CPU"
+    return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cache2cache": __version__, "receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
+            "dtypes": {"receiver": str(model.receiver.model.dtype),
+                       "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
