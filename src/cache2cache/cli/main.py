@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..errors import C2CError
-from . import bench_cmd, eval_cmd, generate_cmd, models_cmd, train_cmd
+from . import bench_cmd, eval_cmd, generate_cmd, models_cmd, reuse_cmd, train_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.register(sub)
     eval_cmd.register(sub)
     bench_cmd.register(sub)
+    reuse_cmd.register(sub)
     return parser
 
 

@@ -181,14 +181,17 @@ class TinySpec:
     family: str
     config: Callable[[PreTrainedTokenizerFast], PretrainedConfig]
     seed: int
+    perturb: float = 0.0  # > 0: add seeded Gaussian noise of this scale, a stand-in for a fine-tune
 
 
 TINY_MODELS: dict[str, TinySpec] = {
     "tiny-llama": TinySpec("llama", _llama_config, seed=1),
     "tiny-qwen2": TinySpec("qwen2", _qwen2_config, seed=2),
     "tiny-gemma3": TinySpec("gemma3", _gemma3_config, seed=3),
-    # Same architecture and tokenizer as tiny-llama, other weights: a stand-in for "another fine-tune".
+    # Same architecture and tokenizer as tiny-llama, other weights: an unrelated model sharing a tokenizer.
     "tiny-llama-b": TinySpec("llama", _llama_config, seed=11),
+    # tiny-llama with its weights nudged: a same-base "fine-tune" for cache reuse.
+    "tiny-llama-ft": TinySpec("llama", _llama_config, seed=1, perturb=0.02),
 }
 
 
@@ -199,6 +202,11 @@ def build_tiny(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = AutoModelForCausalLM.from_config(spec.config(tokenizer), dtype=torch.float32)
+        if spec.perturb:
+            noise = torch.Generator().manual_seed(spec.seed + 1000)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=noise) * spec.perturb)
     model.config.name_or_path = name
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

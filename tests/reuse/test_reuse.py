@@ -1,0 +1,132 @@
+"""Same-base cache reuse on tiny models: a model and its perturbed copy (tiny-llama / tiny-llama-ft), and
+perturbed copies of the Gemma-3 (sliding window) and Qwen2 tiny models."""
+
+import json
+
+import pytest
+import torch
+
+from cache2cache import C2CModel, load_model
+from cache2cache.cli.main import main
+from cache2cache.errors import C2CError
+from cache2cache.models.loading import LoadedModel
+from cache2cache.reuse.capture import Capture, capture
+from cache2cache.reuse.compat import check_same_base
+from cache2cache.reuse.partial import RecomputePlan, build_cache, next_token_logits
+from cache2cache.reuse.profile import plan_for_budget, profile
+
+from ..conftest import tiny
+
+PROMPTS = ["What is the capital of France? The correct answer is", "hi",
+           "a prompt long enough to overflow the eight-token sliding window of the tiny gemma model"]
+
+
+def _perturbed(name: str) -> LoadedModel:
+    m = load_model(name)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in m.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return m
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma3", "tiny-qwen2"])
+def pair(request):
+    if request.param == "tiny-llama":
+        return tiny("tiny-llama"), tiny("tiny-llama-ft")
+    return tiny(request.param), _perturbed(request.param)
+
+
+def test_recompute_everything_equals_b_own_prefill(pair):
+    a, b = pair
+    cap = capture(a, PROMPTS)
+    n = len(cap.keys)
+    own = C2CModel(b).next_token_logits(PROMPTS, "receiver")
+    assert torch.equal(next_token_logits(b, cap, RecomputePlan.parse("all", n)), own)
+    batch = C2CModel(b).encode(PROMPTS, "receiver")
+    b_cache = C2CModel.prefill_answerer(batch, b)
+    reused = build_cache(b, cap, RecomputePlan.parse("all", n))
+    for i in range(n):
+        assert torch.equal(reused.layers[i].keys, b_cache.layers[i].keys)
+
+
+def test_reuse_everything_equals_a_cache(pair):
+    a, b = pair
+    cap = capture(a, PROMPTS)
+    reused = build_cache(b, cap, RecomputePlan.parse("none", len(cap.keys)))
+    a_cache = C2CModel.prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
+    for i in range(len(cap.keys)):
+        assert torch.equal(reused.layers[i].keys, a_cache.layers[i].keys)
+        assert torch.equal(reused.layers[i].values, a_cache.layers[i].values)
+    # ... so B reading A's whole cache differs from B's own prefill (the models differ).
+    own = C2CModel(b).next_token_logits(PROMPTS, "receiver")
+    assert (next_token_logits(b, cap, RecomputePlan.parse("none", len(cap.keys))) - own).abs().max() > 1e-3
+
+
+def test_partial_plan_recomputes_only_its_layers(pair):
+    a, b = pair
+    cap = capture(a, PROMPTS)
+    n = len(cap.keys)
+    plan = RecomputePlan.of([(1, 3)], n)
+    reused = build_cache(b, cap, plan)
+    a_cache = C2CModel.prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
+    for i in range(n):
+        same = torch.equal(reused.layers[i].keys, a_cache.layers[i].keys)
+        assert same == (i not in plan.layers)
+
+
+def test_capture_round_trips_through_safetensors(tmp_path):
+    a, b = tiny("tiny-llama"), tiny("tiny-llama-ft")
+    cap = capture(a, PROMPTS)
+    cap.save(tmp_path / "c.safetensors")
+    loaded = Capture.load(tmp_path / "c.safetensors")
+    plan = RecomputePlan.of([(0, 1), (3, 4)], 4)
+    assert torch.equal(next_token_logits(b, cap, plan), next_token_logits(b, loaded, plan))
+    sizes = cap.bytes_per_token()
+    assert sizes["kv"] == 4 * 2 * 2 * 16 * 4  # layers x (K, V) x kv heads x head dim x fp32 bytes
+    assert sizes["e_cache"] == 4 * 64 * 4  # layers x hidden x fp32 bytes
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(C2CError, match="not a cache2cache capture"):
+        Capture.load(tmp_path / "bad.safetensors")
+
+
+def test_plans_validate():
+    assert RecomputePlan.parse("0-1,2-3", 8).groups == ((0, 4),)  # touching groups merge
+    assert str(RecomputePlan.parse("5,1-2", 8)) == "1-2,5-5"
+    assert RecomputePlan.parse("none", 8).layers == [] and len(RecomputePlan.parse("all", 8).layers) == 8
+    for bad in ("3-9", "x", "2-1", "0-3,2-4"):
+        with pytest.raises(C2CError):
+            RecomputePlan.parse(bad, 8)
+    assert str(plan_for_budget([0.1, 0.9, 0.8, 0.0], 0.5)) == "1-2"
+    assert plan_for_budget([0.1, 0.9, 0.8, 0.0], 0.0).groups == ()
+
+
+def test_incompatible_pairs_are_refused():
+    with pytest.raises(C2CError, match="different cache shapes"):
+        check_same_base(tiny("tiny-llama"), tiny("tiny-qwen2"))
+    check_same_base(tiny("tiny-llama"), tiny("tiny-llama-b"))  # same shapes and tokenizer: allowed
+    cap = capture(tiny("tiny-llama"), ["hello there"])
+    with pytest.raises(C2CError, match="does not fit"):
+        build_cache(tiny("tiny-qwen2"), cap, RecomputePlan.parse("none", 6))
+
+
+def test_profile_reports_every_budget():
+    a, b = tiny("tiny-llama"), tiny("tiny-llama-ft")
+    cap = capture(a, PROMPTS)
+    result = profile(b, cap, [0.25, 0.5], repeats=1)
+    assert len(result["sensitivity_kl"]) == 4 and all(s >= 0 for s in result["sensitivity_kl"])
+    budgets = [p["budget"] for p in result["plans"]]
+    assert budgets == [0.0, 0.25, 0.5, 1.0]
+    assert result["plans"][-1]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert result["plans"][-1]["top1_agreement"] == 1.0
+
+
+def test_cli(capsys, tmp_path):
+    code = main(["reuse", "generate", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--prompt", "hi there",
+                 "--plan", "0-1", "--max-new-tokens", "3", "--json", "--save-capture", str(tmp_path / "c.st")])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["plan"] == "0-1" and len(out["texts"]) == 1 and (tmp_path / "c.st").is_file()
+    code = main(["reuse", "generate", "--a", "tiny-llama", "--b", "tiny-gemma3", "--prompt", "x"])
+    assert code == 2 and "different cache shapes" in capsys.readouterr().err
+    code = main(["reuse", "generate", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--prompt", "x", "--plan", "7-9"])
+    assert code == 2 and "outside" in capsys.readouterr().err
