@@ -37,10 +37,12 @@ class DataReport:
     records: int = 0
     used: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    not_needed: int = 0  # usable records left unread because the run needs fewer examples
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
-        return f"{self.source}: {self.records} records, {self.used} used, skipped: {skipped}"
+        rest = f", {self.not_needed} not needed by this run" if self.not_needed else ""
+        return f"{self.source}: {self.records} records, {self.used} used, skipped: {skipped}{rest}"
 
 
 def _to_conversation(record) -> Conversation | str:

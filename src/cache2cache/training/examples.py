@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
 from ..inference.pipeline import Batch, C2CModel
@@ -43,12 +44,15 @@ def response_ids(aligner: TokenAligner, conv: Conversation) -> list[int]:
 
 
 def build_examples(
-    aligner: TokenAligner, conversations: Sequence[Conversation], max_prompt_tokens: int, max_response_tokens: int
+    aligner: TokenAligner, conversations: Sequence[Conversation], max_prompt_tokens: int, max_response_tokens: int,
+    needed: int | None = None, progress: bool = False,
 ) -> tuple[list[TrainExample], Counter]:
-    """Tokenise and align; over-long prompts are skipped (cutting would break the template), responses are
-    truncated. Returns the examples and the skip reasons with counts."""
+    """Tokenise and align, in order, until `needed` examples exist (all by default); over-long prompts are skipped
+    (cutting would break the template), responses are truncated. Returns the examples and skip reasons."""
     out, skipped = [], Counter()
-    for conv in conversations:
+    for conv in tqdm(conversations, desc="tokenise + align", unit="conv", disable=not progress, dynamic_ncols=True):
+        if needed is not None and len(out) >= needed:
+            break
         prompt = aligner.align(conv.prompt)
         if len(prompt.receiver_ids) > max_prompt_tokens or len(prompt.sharer_ids) > max_prompt_tokens:
             skipped["prompt too long"] += 1

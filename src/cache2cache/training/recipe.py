@@ -117,16 +117,19 @@ class FuserTrainer:
     def _setup_data(self) -> None:
         cfg = self.cfg
         convs, report = load_conversations(cfg.data, limit=cfg.limit or None)
-        examples, skipped = build_examples(self.model.aligners[0], convs, cfg.max_prompt_tokens,
-                                           cfg.max_response_tokens)  # fmt: skip
+        order = torch.randperm(len(convs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        # A run of max_steps needs only so many examples: tokenise and align those, not the whole corpus.
+        needed = cfg.val_size + cfg.max_steps * cfg.batch_size if cfg.max_steps else None
+        examples, skipped = build_examples(self.model.aligners[0], [convs[i] for i in order], cfg.max_prompt_tokens,
+                                           cfg.max_response_tokens, needed=needed, progress=self.is_main)  # fmt: skip
         report.skipped.update(skipped)
         report.used = len(examples)
+        report.not_needed = len(convs) - len(examples) - sum(skipped.values())
         self.data_report = report
         if len(examples) <= cfg.val_size:
             raise C2CError(f"only {len(examples)} usable examples for val_size {cfg.val_size} ({report.summary()})")
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        self.val = [examples[i] for i in order[: cfg.val_size]]
-        self.train_set = [examples[i] for i in order[cfg.val_size:]]
+        self.val = examples[: cfg.val_size]
+        self.train_set = examples[cfg.val_size:]
         self.steps_per_epoch = len(self.train_set) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise C2CError(f"{len(self.train_set)} training examples are fewer than one batch ({cfg.batch_size})")
