@@ -7,7 +7,6 @@ decode) on a real pair. Prints tables and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
+from cache2cache.atomic import write_json
 from cache2cache import C2CModel, GenerateOptions, ModelGeometry, __version__
 from cache2cache.fuser.config import PRESETS
 from cache2cache.fuser.model import Fuser
@@ -91,10 +91,7 @@ def main() -> None:
     result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
               f"{'cuda' if torch.cuda.is_available() else 'cpu'}", "c2c_version": __version__,
               "torch": torch.__version__, "fuser_sizes": sizes, "breakdown": t}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"\nwrote {args.out}")
 
 

@@ -15,7 +15,6 @@ Tokens = receiver prompt + response tokens. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cache2cache.atomic import write_json
 from cache2cache import __version__
 from cache2cache.training.config import load_config
 from cache2cache.training.examples import collate
@@ -108,10 +108,7 @@ def main() -> None:
         print(f"  {k:40} {v:8.0f} tok/s")
     print(f"  ratio (train step / receiver fwd+bwd): {result['ratio_vs_baseline']:.2f}"
           f"  (sharer KV precomputed: {result['ratio_vs_baseline_sharer_kv_precomputed']:.2f})")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,7 @@ from cache2cache.fuser.config import PRESETS
 from cache2cache.fuser.layer import gumbel_sigmoid
 from cache2cache.kv import new_cache
 
-from .conftest import PAIRS, PROMPTS, make_fuser, tiny
+from .conftest import PAIRS, make_fuser, tiny
 
 
 @pytest.mark.parametrize("receiver,sharer", PAIRS)

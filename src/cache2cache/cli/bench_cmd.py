@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from datetime import date
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import write_json
 from ..errors import C2CError
 from ..evaluation.bench import BENCH_MODES, BenchConfig, environment, latency, ratios, throughput
 from ..evaluation.tasks import get_task
@@ -74,10 +74,7 @@ def run(args) -> int:
     result = {"date": date.today().isoformat(), "environment": environment(model), "config": vars(cfg),
               "fusers": [str(f) for f in args.fuser] or ["untrained"], "latency": lat, "throughput_tok_s": tput,
               "ratios": ratios(lat)}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     _plot(result, args.out.with_suffix(".png"))
     if args.json:
         print(json.dumps(result, indent=2))

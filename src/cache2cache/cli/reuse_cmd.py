@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import write_json
 from ..errors import C2CError
 from ..evaluation.scoring import letter_token_ids, prompt_for
 from ..evaluation.tasks import get_task
@@ -90,10 +91,7 @@ def run_profile(args) -> int:
                          choices=[[ids[0] for ids in letter_token_ids(b.tokenizer, len(it.choices))] for it in items])  # fmt: skip
     result["bytes_per_token"] = cap.bytes_per_token()
     result["calibration"] = {"task": args.task, "split": args.split, "limit": len(items)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     plot_profile(result, args.out.with_suffix(".png"))
     table = Table(title=f"{b.name} reusing {a.name}: {len(items)} calibration prompts -> {args.out}",
                   title_justify="left")  # fmt: skip

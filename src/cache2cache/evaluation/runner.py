@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import random
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ import transformers
 from tqdm import tqdm
 
 from .. import __version__
+from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.pipeline import C2CModel, GenerateOptions, Timings
 from .scoring import (METHODS, extract_letter, extract_number, letter_token_ids, prompt_for, t2t_prompt,
@@ -157,18 +157,11 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: Path, records: list[dict], summary: dict) -> None:
     from .plots import plot_accuracy, plot_latency
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
-    _atomic_write(out_dir / "results.md", markdown(summary))
+    write_text(out_dir / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "results.md", markdown(summary))
     plot_accuracy(summary, out_dir / "accuracy.png")
     plot_latency(summary, out_dir / "latency.png")

@@ -24,16 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_text
 from ..errors import C2CError
 from ..fuser.model import Fuser
 
 PREFIX = "checkpoint-"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -73,7 +68,7 @@ def save_checkpoint(out_dir: Path, fuser: Fuser, optimizer: torch.optim.Optimize
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _write_atomic(out_dir / "latest", name + "\n")
+    write_text(out_dir / "latest", name + "\n")
     for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

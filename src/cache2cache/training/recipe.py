@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..alignment.layers import layer_map
+from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..fuser.model import Fuser
 from ..inference.factory import default_device, untrained_fuser
@@ -72,7 +73,7 @@ class FuserTrainer:
         self._setup_optimizer(ckpt)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train_config.json").write_text(self.cfg.to_json())
+            write_text(self.out_dir / "train_config.json", self.cfg.to_json())
             if ckpt:
                 self._truncate_metrics(self.step)
 
@@ -266,9 +267,7 @@ class FuserTrainer:
         """On resume, drop log lines written after the checkpoint by the interrupted run."""
         path = self.out_dir / "metrics.jsonl"
         kept = [m for m in read_metrics(path) if m["step"] < step or (m["step"] == step and m["kind"] == "train")]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
 
     def save_checkpoint(self) -> None:
         if not self.is_main:
@@ -294,7 +293,7 @@ class FuserTrainer:
             plot_loss(metrics, self.out_dir / "loss.png", title)
             plot_gates(self.fuser.gate_logits(), len(self.fuser.config.layer_map), self.out_dir / "gates.png", title)
             summary["gates_open"] = sum(1 for k, v in self.fuser.gate_logits().values() if k > 0 or v > 0)
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(self.out_dir / "summary.json", summary)
         return summary
 
     def cleanup(self) -> None:
