@@ -20,8 +20,8 @@ def plot_accuracy(summary: dict, out: Path) -> None:
     hi = [summary["modes"][m]["ci95"][1] - a for a, m in zip(acc, modes)]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.bar(modes, acc, yerr=[lo, hi], capsize=6, color=["#8da0cb", "#66c2a5", "#fc8d62", "#e78ac3"][: len(modes)])
-    for i, a in enumerate(acc):
-        ax.text(i, a + 0.01, f"{a:.3f}", ha="center", va="bottom")
+    for i, (a, up) in enumerate(zip(acc, hi)):
+        ax.text(i, a + up + 0.01, f"{a:.3f}", ha="center", va="bottom")  # above the error bar
     ax.set_ylabel("accuracy (95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(f"{summary['task']} / {summary['split']} ({summary['method']}), n={summary['modes'][modes[0]]['n']}")
