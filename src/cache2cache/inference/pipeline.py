@@ -164,8 +164,9 @@ class C2CModel:
 
     # ---- preparing a batch ----------------------------------------------------------------------------
 
-    def encode(self, prompts: Sequence[Prompt], mode: str = "c2c") -> Batch:
-        """Tokenise, align and left-pad. Raises C2CError for empty or over-long prompts."""
+    def encode(self, prompts: Sequence[Prompt], mode: str = "c2c", new_tokens: int = 0) -> Batch:
+        """Tokenise, align and left-pad. Raises C2CError for empty prompts, and for prompts that leave no room
+        for `new_tokens` in the answering model's context."""
         if mode not in MODES:
             raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if mode in ("c2c", "sharer") and not self.sharers:
@@ -177,12 +178,12 @@ class C2CModel:
         if mode != "c2c":
             rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
             for r in rows:
-                self._check_length(answerer, len(r))
+                self._check_length(answerer, len(r), new_tokens)
             ids, mask, _ = _left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
             return Batch(ids, mask, [])
         aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat) for m in messages] for al in self.aligners]
         for r in aligned[0]:
-            self._check_length(self.receiver, len(r.receiver_ids))
+            self._check_length(self.receiver, len(r.receiver_ids), new_tokens)
         for sharer, per_prompt in zip(self.sharers, aligned):
             for a in per_prompt:
                 self._check_length(sharer, len(a.sharer_ids), new_tokens=0)
@@ -203,14 +204,11 @@ class C2CModel:
             sharers.append((s_ids, s_mask, index))
         return Batch(ids, mask, sharers)
 
-    def _check_length(self, model: LoadedModel, n: int, new_tokens: int | None = None) -> None:
-        new = new_tokens if new_tokens is not None else self._max_new_tokens
-        if n + new > model.max_length:
-            raise C2CError(
-                f"prompt ({n} tokens) + {new} new tokens exceeds {model.name}'s context of {model.max_length} tokens"
-            )
-
-    _max_new_tokens = 0  # set per call by generate(), read by _check_length
+    @staticmethod
+    def _check_length(model: LoadedModel, n: int, new_tokens: int) -> None:
+        if n + new_tokens > model.max_length:
+            raise C2CError(f"prompt ({n} tokens) + {new_tokens} new tokens exceeds {model.name}'s context of "
+                           f"{model.max_length} tokens")  # fmt: skip
 
     # ---- prefill and fusion ---------------------------------------------------------------------------
 
@@ -300,8 +298,7 @@ class C2CModel:
     ) -> GenerationOutput:
         """Answer a batch of prompts (str or chat messages) in `mode`; see the module docstring."""
         options = options or GenerateOptions()
-        self._max_new_tokens = options.max_new_tokens
-        batch = self.encode(prompts, mode)
+        batch = self.encode(prompts, mode, options.max_new_tokens)
         cache, timings = self.prefill(batch, mode)
         answerer = self.sharers[0] if mode == "sharer" else self.receiver
         if options.seed is not None:
@@ -337,8 +334,7 @@ class C2CModel:
     @torch.no_grad()
     def next_token_logits_timed(self, prompts: Sequence[Prompt], mode: str = "c2c") -> tuple[torch.Tensor, Timings]:
         """`next_token_logits` plus the phase timings (the last-token forward counts as decode)."""
-        self._max_new_tokens = 1
-        batch = self.encode(prompts, mode)
+        batch = self.encode(prompts, mode, new_tokens=1)
         cache, timings = self.prefill(batch, mode)
         answerer = self.sharers[0] if mode == "sharer" else self.receiver
         t0 = _clock(answerer.device)
@@ -353,7 +349,6 @@ class C2CModel:
         self, prompts: Sequence[Prompt], continuations: Sequence[str], mode: str = "c2c"
     ) -> tuple[list[float], Timings]:
         """Summed log-probability of each continuation text after its prompt (cloze scoring)."""
-        self._max_new_tokens = 0
         answerer = self.sharers[0] if mode == "sharer" else self.receiver
         batch = self.encode(prompts, mode)
         cache, timings = self.prefill(batch, mode)

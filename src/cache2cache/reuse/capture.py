@@ -66,9 +66,9 @@ class Capture:
 
 
 def tokenize(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [encode(model.tokenizer, render(model.tokenizer, to_messages(p), chat))[0] for p in prompts]
     if not prompts:
         raise C2CError("no prompts given")
+    rows = [encode(model.tokenizer, render(model.tokenizer, to_messages(p), chat))[0] for p in prompts]
     ids, mask, _ = _left_pad(rows, model.tokenizer.pad_token_id, model.device)
     if ids.shape[1] > model.max_length:
         raise C2CError(f"prompt of {ids.shape[1]} tokens exceeds {model.name}'s context of {model.max_length}")

@@ -58,7 +58,7 @@ class FuserTrainer:
 
     def __init__(self, cfg: TrainConfig, resume: Path | None = None) -> None:
         self.cfg, self.resume = cfg, resume
-        self.out_dir = Path(cfg.out_dir)
+        self.out_dir = Path(cfg.out_dir).expanduser()
         self.step = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
