@@ -90,6 +90,19 @@ def test_two_processes_give_the_same_result_as_one(tmp_path):
     assert all(torch.allclose(fa[k], fb[k], atol=1e-5) for k in fa)
 
 
+def test_cli_resume_continues_in_the_moved_run_folder(tmp_path, capsys):
+    from cache2cache.cli.main import main
+
+    assert main(["train", str(TINY), f"out_dir={tmp_path / 'a'}", "max_steps=4", "save_every=2", "--json"]) == 0
+    (tmp_path / "a").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "moved"), "max_steps=6", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 6 and summary["fuser_dir"] == str(tmp_path / "moved" / "fuser")
+    steps = [s for s, kind, _ in _losses(tmp_path / "moved") if kind == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6] and not (tmp_path / "a").exists()
+
+
 def test_schedules():
     cfg = load_config(None, ["lr=1.0", "warmup_steps=10", "min_lr_ratio=0.1"])
     assert lr_at(cfg, 0, 100) == pytest.approx(0.1) and lr_at(cfg, 9, 100) == pytest.approx(1.0)

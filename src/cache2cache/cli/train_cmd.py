@@ -49,8 +49,9 @@ def run(args) -> int:
         raise C2CError(f"give at most one config file, got {files}")
     base = None
     if args.resume:
-        saved = load_checkpoint(args.resume)["config"]
-        base = saved
+        ckpt = load_checkpoint(args.resume)
+        # Continue in the run folder being resumed (wherever it was moved), unless told otherwise.
+        base = {**ckpt["config"], "out_dir": str(ckpt["path"].parent)}
     cfg = load_config(files[0] if files else None, overrides, base=base)
     if base:
         changed = {k: (base[k], v) for k, v in asdict(cfg).items() if base.get(k) != v}
