@@ -112,7 +112,7 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
             table.add_row(names[out.mode], r.text.strip(), f"{r.prompt_tokens}+{r.new_tokens}")
         console.print(table)
     timing = Table(title="timings for the whole batch (seconds)", title_justify="left")
-    for col in ("mode", "sharer prefill", "fuse", "receiver prefill", "decode", "total"):
+    for col in ("mode", "sharer prefill", "fuse", "answerer prefill", "decode", "total"):
         timing.add_column(col, justify="right" if col != "mode" else "left")
     for out in outputs:
         t = out.timings

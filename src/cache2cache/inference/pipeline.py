@@ -58,7 +58,9 @@ class GenerateOptions:
 
 @dataclass
 class Timings:
-    """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading)."""
+    """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading).
+
+    `receiver_prefill_s` is the answering model's prefill: the receiver's, or in mode "sharer" the sharer's."""
 
     sharer_prefill_s: float = 0.0
     fuse_s: float = 0.0
