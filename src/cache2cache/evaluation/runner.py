@@ -86,7 +86,7 @@ class Evaluator:
     def score_batch(self, items: list[Item], mode: str) -> list[dict]:
         cfg, model = self.cfg, self.model
         answer_mode = self._answer_mode(mode)
-        answerer = model.sharers[0] if answer_mode == "sharer" else model.receiver
+        answerer = model.answerer(answer_mode)
         notes, t2t_timings = self._notes(items) if mode == "t2t" else ([None] * len(items), Timings())
         prompts = [prompt_for(it, cfg.method, n) for it, n in zip(items, notes)]
         if cfg.method == "letter":

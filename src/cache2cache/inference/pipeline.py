@@ -155,6 +155,10 @@ class C2CModel:
             self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
         self._fusion_enabled = True
 
+    def answerer(self, mode: str) -> LoadedModel:
+        """The model that answers in `mode`: the first sharer in mode "sharer", else the receiver."""
+        return self.sharers[0] if mode == "sharer" else self.receiver
+
     @contextlib.contextmanager
     def disable_fuser(self) -> Iterator[None]:
         """Within this block, mode "c2c" still prefills the sharers but adds nothing to the receiver's cache."""
@@ -176,7 +180,7 @@ class C2CModel:
         if not prompts:
             raise C2CError("no prompts given")
         messages = [to_messages(p) for p in prompts]
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         if mode != "c2c":
             rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
             for r in rows:
@@ -217,7 +221,7 @@ class C2CModel:
     @torch.no_grad()
     def prefill(self, batch: Batch, mode: str = "c2c") -> tuple[Cache, Timings]:
         """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in."""
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         timings = Timings()
         t0 = _clock(answerer.device)
         sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
@@ -302,7 +306,7 @@ class C2CModel:
         options = options or GenerateOptions()
         batch = self.encode(prompts, mode, options.max_new_tokens)
         cache, timings = self.prefill(batch, mode)
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         if options.seed is not None:
             torch.manual_seed(options.seed)
         t0 = _clock(answerer.device)
@@ -338,7 +342,7 @@ class C2CModel:
         """`next_token_logits` plus the phase timings (the last-token forward counts as decode)."""
         batch = self.encode(prompts, mode, new_tokens=1)
         cache, timings = self.prefill(batch, mode)
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         t0 = _clock(answerer.device)
         out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
                              position_ids=_positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
@@ -351,7 +355,7 @@ class C2CModel:
         self, prompts: Sequence[Prompt], continuations: Sequence[str], mode: str = "c2c"
     ) -> tuple[list[float], Timings]:
         """Summed log-probability of each continuation text after its prompt (cloze scoring)."""
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         batch = self.encode(prompts, mode)
         cache, timings = self.prefill(batch, mode)
         t0 = _clock(answerer.device)
@@ -389,7 +393,7 @@ class C2CModel:
 
     def stream(self, prompt: Prompt, mode: str = "c2c", options: GenerateOptions | None = None) -> Iterator[str]:
         """Yield the answer to one prompt piece by piece as it is decoded."""
-        answerer = self.sharers[0] if mode == "sharer" else self.receiver
+        answerer = self.answerer(mode)
         streamer = TextIteratorStreamer(answerer.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 
