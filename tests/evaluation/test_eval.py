@@ -48,6 +48,7 @@ def test_all_modes_and_methods_write_complete_results(tmp_path, method):
         assert (tmp_path / name).stat().st_size > 0
     for mode, m in summary["modes"].items():
         assert m["n"] == len(items) and 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
+    assert all((r["output"] is not None) == (method == "generate") for r in records)
     t2t = [r for r in records if r["mode"] == "t2t"]
     assert all(r["notes"] is not None and r["latency_s"]["t2t_sharer_s"] > 0 for r in t2t)
     c2c = [r for r in records if r["mode"] == "c2c"]
@@ -94,6 +95,7 @@ def test_extraction_and_interval():
     assert extract_letter("The answer is (C).", 4) == 2 and extract_letter("no idea", 4) is None
     assert extract_number("so 3 + 4 = 7. The answer is 1,200.") == "1200"
     assert extract_number("we get $18 in total") == "18" and extract_number("none") is None
+    assert extract_number("so 7 steps. The answer is \\boxed{-200}. Step 2") == "-200"
     lo, hi = wilson_interval(50, 100)
     assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
     assert wilson_interval(0, 10)[0] == 0.0

@@ -89,6 +89,7 @@ class Evaluator:
         answerer = model.answerer(answer_mode)
         notes, t2t_timings = self._notes(items) if mode == "t2t" else ([None] * len(items), Timings())
         prompts = [prompt_for(it, cfg.method, n) for it, n in zip(items, notes)]
+        outputs: list[str | None] = [None] * len(items)  # generated text, kept for auditing (method generate)
         if cfg.method == "letter":
             logits, timings = model.next_token_logits_timed(prompts, answer_mode)
             preds = []
@@ -107,6 +108,7 @@ class Evaluator:
         else:
             out = model.generate(prompts, answer_mode, GenerateOptions(max_new_tokens=cfg.gen_tokens))
             timings = out.timings
+            outputs = [r.text for r in out.results]
             preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
                      for r, it in zip(out.results, items)]  # fmt: skip
         parts = {**timings.to_dict(), "t2t_sharer_s": t2t_timings.total_s}
@@ -114,8 +116,8 @@ class Evaluator:
         share = {k: v / len(items) for k, v in parts.items()}  # each example's share of the batch
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,
-                 "correct": pred == it.answer, "notes": n, "latency_s": share}
-                for it, p, pred, n in zip(items, prompts, preds, notes)]  # fmt: skip
+                 "correct": pred == it.answer, "notes": n, "output": o, "latency_s": share}
+                for it, p, pred, n, o in zip(items, prompts, preds, notes, outputs)]  # fmt: skip
 
     def run(self, items: list[Item]) -> list[dict]:
         records = []

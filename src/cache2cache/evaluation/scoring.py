@@ -78,9 +78,10 @@ def extract_letter(text: str, n: int) -> int | None:
 
 
 def extract_number(text: str) -> str | None:
-    """GSM8K: the number after 'answer is', else the last number in the text (commas and $ removed)."""
+    """GSM8K: the number after 'answer is' (also as \\boxed{N}), else the last number in the text (commas and $
+    removed)."""
     clean = text.replace(",", "").replace("$", "")
-    m = re.search(r"answer is\s*:?\s*(-?\d+(?:\.\d+)?)", clean, flags=re.IGNORECASE)
+    m = re.search(r"answer is\s*:?\s*(?:\\boxed\{)?(-?\d+(?:\.\d+)?)", clean, flags=re.IGNORECASE)
     numbers = [m.group(1)] if m else re.findall(r"-?\d+(?:\.\d+)?", clean)
     if not numbers:
         return None
