@@ -7,7 +7,6 @@ from cache2cache import C2CModel, Fuser, ModelGeometry
 from cache2cache.errors import C2CError
 from cache2cache.fuser.config import PRESETS
 from cache2cache.fuser.layer import gumbel_sigmoid
-from cache2cache.kv import new_cache
 
 from .conftest import PAIRS, make_fuser, tiny
 
@@ -114,10 +113,7 @@ def test_fuser_trains_end_to_end_through_the_receiver():
     with torch.enable_grad():
         with model.disable_fuser():  # the receiver's own cache; fused below with gradients on
             cache, _ = model.prefill(batch)
-        s_cache = new_cache(s.model.config, keep_full_history=True)
-        s_ids, s_mask, index = batch.sharers[0]
-        s.model(input_ids=s_ids, attention_mask=s_mask, past_key_values=s_cache)
-        model.fuse(cache, [s_cache], batch)
+        model.fuse(cache, model.prefill_sharers(batch), batch)
         out = r.model(input_ids=batch.ids[:, -1:], past_key_values=cache)
         out.logits.float().logsumexp(-1).sum().backward()
     grads = [p.grad for p in fuser.parameters() if p.grad is not None]

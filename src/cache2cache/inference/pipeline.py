@@ -110,6 +110,14 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
     return ids, mask, pads
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad continuations (responses, answer options) that follow a prompt: ids and mask, both (B, R)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    return ids, mask
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that ignore left padding: each row starts at 0 on its first real token."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -360,10 +368,7 @@ class C2CModel:
         cache, timings = self.prefill(batch, mode)
         t0 = _clock(answerer.device)
         rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id] for c in continuations]
-        width = max(len(r) for r in rows)
-        dev = batch.ids.device
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=dev)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=dev)
+        ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
         logp = self.continuation_logits(batch, cache, answerer, ids, mask).float().log_softmax(-1)
         picked = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
         timings.decode_s = _clock(answerer.device) - t0

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
-from ..inference.pipeline import Batch, C2CModel
+from ..inference.pipeline import Batch, C2CModel, right_pad
 from .data import Conversation
 
 
@@ -67,9 +67,6 @@ def build_examples(
 
 def collate(model: C2CModel, examples: Sequence[TrainExample]) -> TrainBatch:
     prompt = model.batch_from_aligned([[e.prompt for e in examples]])
-    width = max(len(e.response_ids) for e in examples)
-    pad = model.receiver.tokenizer.pad_token_id
-    ids = torch.tensor([e.response_ids + [pad] * (width - len(e.response_ids)) for e in examples])
-    mask = torch.tensor([[1] * len(e.response_ids) + [0] * (width - len(e.response_ids)) for e in examples])
-    device = model.receiver.device
-    return TrainBatch(prompt, ids.to(device), mask.to(device))
+    ids, mask = right_pad([e.response_ids for e in examples], model.receiver.tokenizer.pad_token_id,
+                          model.receiver.device)  # fmt: skip
+    return TrainBatch(prompt, ids, mask)
