@@ -2,6 +2,7 @@
 perturbed copies of the Gemma-3 (sliding window) and Qwen2 tiny models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,21 @@ def test_cli(capsys, tmp_path):
     assert code == 2 and "different cache shapes" in capsys.readouterr().err
     code = main(["reuse", "generate", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--prompt", "x", "--plan", "7-9"])
     assert code == 2 and "outside" in capsys.readouterr().err
+
+
+def test_cli_profile_then_eval_on_held_out_questions(tmp_path, capsys):
+    task = f"jsonl:{Path(__file__).resolve().parents[2] / 'examples' / 'tiny_mc.jsonl'}"
+    prof = tmp_path / "p.json"
+    assert main(["reuse", "profile", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--task", task, "--split", "all",
+                 "--limit", "4", "--budgets", "0.5", "--out", str(prof)]) == 0  # fmt: skip
+    out = tmp_path / "e.json"
+    assert main(["reuse", "eval", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--profile", str(prof), "--task", task,
+                 "--split", "all", "--batch-size", "3", "--out", str(out), "--json"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    plans = {p["label"]: p for p in result["plans"]}
+    assert set(plans) == {"0.00", "0.50", "1.00"} and out.with_suffix(".png").is_file()
+    assert plans["1.00"]["agreement_with_b"] == 1.0  # recomputing everything is B's own prefill
+    assert all(0 <= p["accuracy"] <= 1 and p["speedup_vs_full_prefill"] > 0 for p in plans.values())
+    capsys.readouterr()
+    assert main(["reuse", "eval", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--profile", str(tmp_path / "nope")]) == 2
+    assert "cannot read profile" in capsys.readouterr().err

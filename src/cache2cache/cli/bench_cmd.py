@@ -72,7 +72,7 @@ def run(args) -> int:
         status.update("measuring throughput...")
         tput = throughput(model, items, cfg, modes=[m for m in ("receiver", "c2c") if m in modes])
     result = {"date": date.today().isoformat(), "environment": environment(model), "config": vars(cfg),
-              "fusers": [str(f) for f in args.fuser] or ["untrained"], "latency": lat, "throughput_tok_s": tput,
+              "fusers": [f.source or "untrained" for f in model.fusers], "latency": lat, "throughput_tok_s": tput,
               "ratios": ratios(lat)}  # fmt: skip
     write_json(args.out, result)
     _plot(result, args.out.with_suffix(".png"))

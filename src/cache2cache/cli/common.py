@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..alignment.tokens import STRATEGIES
 from ..fuser.config import PRESETS
-from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
 from ..inference.pipeline import C2CModel
 
 
@@ -35,7 +35,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharer", action="append", default=None,
                    help=f"sharer model; repeat for several (default {DEFAULT_SHARER})")  # fmt: skip
     p.add_argument("--fuser", action="append", default=[], type=Path,
-                   help="trained fuser directory; one per --sharer, same order")  # fmt: skip
+                   help="trained fuser directory; one per --sharer, same order (default: the shipped fuser of "
+                        "the default pair)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -47,16 +48,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     untrained.add_argument("--token-alignment", choices=STRATEGIES, default="offsets")
 
 
-def model_names(args) -> tuple[str, list[str]]:
-    """The receiver and sharers asked for; with no --receiver and no --sharer, the default pair."""
-    receiver = args.receiver or DEFAULT_RECEIVER
-    sharers = args.sharer if args.sharer is not None else ([DEFAULT_SHARER] if args.receiver is None else [])
-    return receiver, sharers
+def model_names(args) -> tuple[str, list[str], list[Path]]:
+    """The receiver, sharers and fusers asked for. With no --receiver and no --sharer: the default pair, and its
+    shipped fuser unless --fuser names another."""
+    if args.receiver is None and args.sharer is None:
+        return DEFAULT_RECEIVER, [DEFAULT_SHARER], list(args.fuser) or [DEFAULT_FUSER]
+    sharers = args.sharer or []
+    return args.receiver or DEFAULT_RECEIVER, sharers, list(args.fuser)
 
 
 def build_from_args(args) -> C2CModel:
-    receiver, sharers = model_names(args)
+    receiver, sharers, fusers = model_names(args)
     with Console(stderr=True).status("loading models..."):
-        return build(receiver, sharers, args.fuser, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
+        return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, preset=args.preset, layer_alignment=args.layer_alignment,
                      token_alignment=args.token_alignment)  # fmt: skip

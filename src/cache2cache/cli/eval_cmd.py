@@ -68,7 +68,7 @@ def run(args) -> int:
     evaluator = Evaluator(model, cfg)
     records = evaluator.run(items)
     identities = {"receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
-                  "fusers": [str(p) for p in args.fuser] or ["untrained"] * len(model.sharers),
+                  "fusers": [f.source or "untrained" for f in model.fusers],
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
                              "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
     summary = summarise(records, cfg, identities)

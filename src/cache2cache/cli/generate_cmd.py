@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import C2CError
+from ..evaluation.scoring import T2T_REQUEST, with_notes
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
-from ..inference.pipeline import MODES, GenerateOptions, GenerationOutput
+from ..inference.pipeline import MODES, C2CModel, GenerateOptions, GenerationOutput
 from .common import add_model_args, build_from_args, model_names, number, positive_int
 
 
@@ -23,9 +24,11 @@ def register(sub) -> None:
         description=(
             "The sharer(s) prefill the prompt, each fuser projects its sharer's KV cache into the receiver's\n"
             "cache, and the receiver answers from the fused cache. --mode receiver / sharer run the single-model\n"
-            "baselines through the same code; --compare runs them all side by side.\n\n"
-            f"Defaults: receiver {DEFAULT_RECEIVER}, sharer {DEFAULT_SHARER} (pulled on first use).\n"
-            "Without --fuser an untrained fuser is used, which leaves the receiver's answer unchanged."
+            "baselines through the same code, --mode t2t is text-to-text (the sharer writes notes, the receiver\n"
+            "reads them); --compare runs them all side by side.\n\n"
+            f"Defaults: receiver {DEFAULT_RECEIVER}, sharer {DEFAULT_SHARER} (pulled on first use) and the\n"
+            "fuser shipped for them. With another pair and no --fuser an untrained fuser is used, which leaves\n"
+            "the receiver's answer unchanged."
         ),
         epilog=(
             "examples:\n"
@@ -38,8 +41,9 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
-    p.add_argument("--mode", choices=MODES, default="c2c", help="who answers (default c2c)")
-    p.add_argument("--compare", action="store_true", help="run receiver, sharer and c2c side by side")
+    p.add_argument("--mode", choices=MODES + ("t2t",), default="c2c", help="who answers (default c2c)")
+    p.add_argument("--compare", action="store_true", help="run receiver, sharer, t2t and c2c side by side")
+    p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's note budget in t2t mode")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=number, default=1.0)
@@ -67,10 +71,13 @@ def run(args) -> int:
     prompts = _prompts(args)
     options = GenerateOptions(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    _, sharers = model_names(args)
-    modes = [m for m in MODES if m != "sharer" or sharers] if args.compare else [args.mode]
-    if args.stream and (len(prompts) > 1 or args.json or args.compare):
-        raise C2CError("--stream takes exactly one prompt and no --json/--compare")
+    _, sharers, _ = model_names(args)
+    if args.compare:
+        modes = ["receiver", "sharer", "t2t", "c2c"] if sharers else ["receiver"]
+    else:
+        modes = [args.mode]
+    if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode == "t2t"):
+        raise C2CError("--stream takes exactly one prompt, a mode other than t2t, and no --json/--compare")
     console = Console(stderr=True)
     model = build_from_args(args)
     if args.stream:
@@ -82,12 +89,12 @@ def run(args) -> int:
     outputs = []
     for mode in modes:
         with console.status(f"generating ({mode}, {len(prompts)} prompt(s))..."):
-            outputs.append(model.generate(prompts, mode, options))
+            outputs.append(_generate(model, prompts, mode, options, args.t2t_tokens))
     if args.json:
         print(json.dumps({
             "receiver": model.receiver.name,
             "sharers": [s.name for s in model.sharers],
-            "fusers": [{"path": str(p)} for p in args.fuser] or [{"path": None, "untrained": True}] * len(sharers),
+            "fusers": [{"path": f.source, "untrained": f.source is None} for f in model.fusers],
             "fuser_parameters": [f.num_parameters() for f in model.fusers],
             "prompts": prompts,
             "outputs": [o.to_dict() for o in outputs],
@@ -97,10 +104,24 @@ def run(args) -> int:
     return 0
 
 
+def _generate(model: C2CModel, prompts: list[str], mode: str, options: GenerateOptions,
+              t2t_tokens: int) -> GenerationOutput:  # fmt: skip
+    """One mode over the batch; t2t is the sharer writing notes, then the receiver answering with them."""
+    if mode != "t2t":
+        return model.generate(prompts, mode, options)
+    notes = model.generate([f"{p.strip()}\n\n{T2T_REQUEST}" for p in prompts], "sharer",
+                           GenerateOptions(max_new_tokens=t2t_tokens))  # fmt: skip
+    out = model.generate([with_notes(p, r.text) for p, r in zip(prompts, notes.results)], "receiver", options)
+    out.mode = "t2t"
+    out.timings.t2t_sharer_s = notes.timings.total_s
+    return out
+
+
 def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
     console = Console()
     names = {"c2c": f"C2C ({model.receiver.name} <- {', '.join(s.name for s in model.sharers)})",
              "receiver": f"receiver alone ({model.receiver.name})",
+             "t2t": "T2T (sharer writes notes, receiver reads them)",
              "sharer": f"sharer alone ({model.sharers[0].name})" if model.sharers else "sharer"}  # fmt: skip
     for i, prompt in enumerate(prompts):
         table = Table(title=f"prompt {i + 1}: {prompt[:100]}", title_justify="left", show_lines=True)
@@ -112,10 +133,10 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
             table.add_row(names[out.mode], r.text.strip(), f"{r.prompt_tokens}+{r.new_tokens}")
         console.print(table)
     timing = Table(title="timings for the whole batch (seconds)", title_justify="left")
-    for col in ("mode", "sharer prefill", "fuse", "answerer prefill", "decode", "total"):
+    for col in ("mode", "T2T notes", "sharer prefill", "fuse", "answerer prefill", "decode", "total"):
         timing.add_column(col, justify="right" if col != "mode" else "left")
     for out in outputs:
         t = out.timings
-        timing.add_row(out.mode, *(f"{v:.3f}" for v in (t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s,
+        timing.add_row(out.mode, *(f"{v:.3f}" for v in (t.t2t_sharer_s, t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s,
                                                       t.decode_s, t.total_s)))  # fmt: skip
     console.print(timing)

@@ -19,8 +19,10 @@ from ..inference.pipeline import GenerateOptions
 from ..models.loading import load_model
 from ..reuse.capture import Capture, capture
 from ..reuse.compat import check_same_base
+from ..reuse.evaluate import evaluate_plans
+from ..reuse.finetune import LoraRecipe, finetune_lora
 from ..reuse.partial import RecomputePlan, generate_with_reuse
-from ..reuse.profile import plot_profile, profile
+from ..reuse.profile import plot_profile, plot_tradeoff, profile
 from .common import positive_int
 
 
@@ -39,7 +41,17 @@ def register(sub) -> None:
             "DroidSpeak-style reuse between two fine-tunes of one base (same architecture, tokenizer and chat\n"
             "template): A prefills; B takes A's KV cache for most layers and recomputes contiguous layer groups\n"
             "from A's stored hidden states (the E-cache). 'profile' measures per-layer sensitivity on calibration\n"
-            "prompts and picks plans under recompute budgets; 'generate' answers with B from A's caches."
+            "prompts and picks plans under recompute budgets; 'eval' measures those plans on held-out questions\n"
+            "(accuracy, agreement with B's own prefill, speed-up); 'generate' answers with B from A's caches;\n"
+            "'finetune' makes a same-base partner (a LoRA adapter) when you have only one model."
+        ),
+        epilog=(
+            "examples:\n"
+            "  c2c reuse finetune --out adapters/my-arc-lora          # SmolLM2 + LoRA on ARC-Easy (test split)\n"
+            "  c2c reuse profile --a SmolLM2-135M-Instruct --b SmolLM2-135M-ARC-LoRA --out runs/reuse/p.json\n"
+            "  c2c reuse generate --a SmolLM2-135M-Instruct --b SmolLM2-135M-ARC-LoRA \\\n"
+            "      --profile runs/reuse/p.json --budget 0.3 --prompt 'What is a prime number?'\n"
+            "  c2c reuse eval --a SmolLM2-135M-Instruct --b SmolLM2-135M-ARC-LoRA --profile runs/reuse/p.json"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,6 +76,31 @@ def register(sub) -> None:
     gen.add_argument("--max-new-tokens", type=positive_int, default=32)
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=run_generate)
+    ev = rsub.add_parser("eval", help="accuracy and speed-up of a profile's plans on held-out questions")
+    _models(ev)
+    ev.add_argument("--profile", type=Path, required=True, help="a profile JSON from 'c2c reuse profile'")
+    ev.add_argument("--task", default="arc_easy", help="multiple-choice task (default arc_easy)")
+    ev.add_argument("--split", default="validation")
+    ev.add_argument("--limit", type=int, default=0, help="questions (default 0: the whole split)")
+    ev.add_argument("--batch-size", type=positive_int, default=16)
+    ev.add_argument("--out", type=Path, default=Path("runs/reuse/eval.json"))
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=run_eval)
+    d = LoraRecipe()
+    ft = rsub.add_parser("finetune", help="LoRA fine-tune a model on a multiple-choice task (a same-base partner)",
+                         description="Train a LoRA adapter (peft) on a task's letter answers and save it as an "
+                                     "adapter folder; pass the folder as a model (--b DIR) and it is merged at load.")
+    ft.add_argument("--base", default=d.base, help=f"the model to fine-tune (default {d.base})")
+    ft.add_argument("--task", default=d.task, help=f"multiple-choice task (default {d.task})")
+    ft.add_argument("--split", default=d.split, help=f"split to train on (default {d.split})")
+    ft.add_argument("--steps", type=positive_int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    ft.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    ft.add_argument("--rank", type=positive_int, default=d.rank, help=f"LoRA rank (default {d.rank})")
+    ft.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    ft.add_argument("--seed", type=int, default=d.seed)
+    ft.add_argument("--device", default="cpu")
+    ft.add_argument("--out", type=Path, required=True, help="adapter folder to write")
+    ft.set_defaults(func=run_finetune)
 
 
 def _load_pair(args):
@@ -107,15 +144,48 @@ def run_profile(args) -> int:
 
 def _plan_from(args, num_layers: int) -> RecomputePlan:
     if args.profile:
-        try:
-            plans = json.loads(args.profile.read_text())["plans"]
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise C2CError(f"cannot read profile {args.profile}: {e}") from None
+        plans = _profile_plans(args.profile)
         match = [p for p in plans if abs(p["budget"] - args.budget) < 1e-9]
         if not match:
             raise C2CError(f"profile has no budget {args.budget}; it has {[p['budget'] for p in plans]}")
         return RecomputePlan.parse(match[0]["plan"], num_layers)
     return RecomputePlan.parse(args.plan or "none", num_layers)
+
+
+def _profile_plans(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())["plans"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise C2CError(f"cannot read profile {path}: {e}") from None
+
+
+def run_eval(args) -> int:
+    if args.limit < 0:
+        raise C2CError("--limit must be >= 0 (0: the whole split)")
+    profiled = _profile_plans(args.profile)
+    items = [it for it in get_task(args.task).load(args.split) if it.choices]
+    if args.limit:
+        items = random.Random(0).sample(items, min(args.limit, len(items)))
+    a, b = _load_pair(args)
+    n = b.model.config.num_hidden_layers
+    plans = {f"{p['budget']:.2f}": RecomputePlan.parse(p["plan"], n) for p in profiled}
+    result = evaluate_plans(a, b, items, plans, args.batch_size)
+    result.update(task=args.task, split=args.split, profile=str(args.profile))
+    write_json(args.out, result)
+    plot_tradeoff(result, args.out.with_suffix(".png"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = Table(title=f"{b.name} reusing {a.name}'s cache: {args.task}/{args.split}, n={result['n']} -> {args.out}",
+                  caption=f"{a.name} alone: {result['a_accuracy']:.3f}; budget 1.00 is {b.name}'s own prefill",
+                  title_justify="left")  # fmt: skip
+    for c in ("budget", "plan", "accuracy", "95% CI", "agrees with B", "speed-up"):
+        table.add_column(c)
+    for p in result["plans"]:
+        table.add_row(p["label"], p["plan"], f"{p['accuracy']:.3f}", f"{p['ci95'][0]:.3f}-{p['ci95'][1]:.3f}",
+                      f"{p['agreement_with_b']:.3f}", f"{p['speedup_vs_full_prefill']:.2f}x")  # fmt: skip
+    Console().print(table)
+    return 0
 
 
 def run_generate(args) -> int:
@@ -134,4 +204,14 @@ def run_generate(args) -> int:
         for text in out["texts"]:
             print(text)
         print(f"[plan {out['plan']}: B's cache built in {out['prefill_s']:.3f} s, decode {out['decode_s']:.3f} s]")
+    return 0
+
+
+def run_finetune(args) -> int:
+    recipe = LoraRecipe(base=args.base, task=args.task, split=args.split, steps=args.steps,
+                        batch_size=args.batch_size, rank=args.rank, alpha=2 * args.rank, lr=args.lr, seed=args.seed)  # fmt: skip
+    log = finetune_lora(recipe, args.out, device=args.device)
+    first, last = log["losses"][:10], log["losses"][-10:]
+    print(f"adapter -> {args.out} ({log['trainable_params']:,} trainable parameters, {log['seconds']} s); "
+          f"loss {sum(first) / len(first):.3f} (first 10 steps) -> {sum(last) / len(last):.3f} (last 10)")
     return 0

@@ -111,8 +111,8 @@ class Evaluator:
             outputs = [r.text for r in out.results]
             preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
                      for r, it in zip(out.results, items)]  # fmt: skip
-        parts = {**timings.to_dict(), "t2t_sharer_s": t2t_timings.total_s}
-        parts["total_s"] = timings.total_s + t2t_timings.total_s
+        timings.t2t_sharer_s = t2t_timings.total_s
+        parts = timings.to_dict()
         share = {k: v / len(items) for k, v in parts.items()}  # each example's share of the batch
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,

@@ -34,6 +34,7 @@ class Fuser(nn.Module):
     def __init__(self, config: FuserConfig) -> None:
         super().__init__()
         self.config = config
+        self.source: str | None = None  # the directory it was loaded from; None for a fuser made in memory
         recv = ModelGeometry.from_dict(config.receiver_geometry)
         shar = ModelGeometry.from_dict(config.sharer_geometry)
         self.layers = nn.ModuleDict(
@@ -121,14 +122,15 @@ class Fuser(nn.Module):
 
     # ---- save / load ------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors and README.md atomically (a temp dir renamed into place)."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write config.json, model.safetensors and README.md atomically (a temp dir renamed into place).
+        `dtype=torch.bfloat16` halves the file (how the shipped fuser is stored); loading casts back."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             self.config.save(tmp)
-            tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+            tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "fuser"})
             (tmp / "README.md").write_text(self.model_card())
             if directory.exists():
@@ -156,6 +158,7 @@ class Fuser(nn.Module):
                 f"fuser weights do not match its config ({len(missing)} missing, {len(unexpected)} unexpected, "
                 f"e.g. {(missing or unexpected)[0]})"
             )
+        fuser.source = str(directory)
         return fuser.to(device).eval()
 
     def model_card(self) -> str:

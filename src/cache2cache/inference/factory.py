@@ -11,13 +11,16 @@ import torch
 from ..errors import C2CError
 from ..fuser.model import Fuser
 from ..kv import ModelGeometry
+from ..models.catalog import ASSETS
 from ..models.loading import LoadedModel, load_model
 from .pipeline import C2CModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RECEIVER = "SmolLM2-135M-Instruct"
-DEFAULT_SHARER = "Qwen2.5-Coder-0.5B-Instruct"
+DEFAULT_SHARER = "Qwen2.5-Coder-1.5B-Instruct"
+# The fuser trained for the default pair (configs/smollm2_qwen15.toml), shipped inside the package.
+DEFAULT_FUSER = ASSETS / "fusers" / "smollm2-135m-from-qwen2.5-coder-1.5b"
 
 
 def default_device() -> str:

@@ -60,8 +60,10 @@ class GenerateOptions:
 class Timings:
     """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading).
 
-    `receiver_prefill_s` is the answering model's prefill: the receiver's, or in mode "sharer" the sharer's."""
+    `receiver_prefill_s` is the answering model's prefill: the receiver's, or in mode "sharer" the sharer's.
+    `t2t_sharer_s` is text-to-text's extra cost: the sharer writing its notes (prefill + decode)."""
 
+    t2t_sharer_s: float = 0.0
     sharer_prefill_s: float = 0.0
     fuse_s: float = 0.0
     receiver_prefill_s: float = 0.0
@@ -69,7 +71,7 @@ class Timings:
 
     @property
     def total_s(self) -> float:
-        return self.sharer_prefill_s + self.fuse_s + self.receiver_prefill_s + self.decode_s
+        return self.t2t_sharer_s + self.sharer_prefill_s + self.fuse_s + self.receiver_prefill_s + self.decode_s
 
     def to_dict(self) -> dict:
         return {**asdict(self), "total_s": self.total_s}
@@ -102,7 +104,7 @@ class Batch:
     sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     width = max(len(r) for r in rows)
     pads = [width - len(r) for r in rows]
     ids = torch.tensor([[pad_id] * p + list(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
@@ -118,7 +120,7 @@ def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
     return ids, mask
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
+def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that ignore left padding: each row starts at 0 on its first real token."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -193,7 +195,7 @@ class C2CModel:
             rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
             for r in rows:
                 self._check_length(answerer, len(r), new_tokens)
-            ids, mask, _ = _left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
+            ids, mask, _ = left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
             return Batch(ids, mask, [])
         aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat) for m in messages] for al in self.aligners]
         for r in aligned[0]:
@@ -207,10 +209,10 @@ class C2CModel:
         """Left-pad aligned prompts (outer index: sharer, inner: prompt) and map receiver padded positions to
         sharer padded positions."""
         rows = [a.receiver_ids for a in aligned[0]]
-        ids, mask, pads = _left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
+        ids, mask, pads = left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
         sharers = []
         for sharer, per_prompt in zip(self.sharers, aligned):
-            s_ids, s_mask, s_pads = _left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
+            s_ids, s_mask, s_pads = left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
                                               sharer.device)  # fmt: skip
             index = torch.zeros_like(ids)
             for b, a in enumerate(per_prompt):
@@ -247,7 +249,7 @@ class C2CModel:
         caches = []
         for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
             cache = new_cache(sharer.model.config, keep_full_history=True)
-            sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=_positions(s_mask),
+            sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=positions(s_mask),
                          past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
             caches.append(cache)
         return caches
@@ -258,7 +260,7 @@ class C2CModel:
         cache = new_cache(answerer.model.config)
         if batch.ids.shape[1] > 1:
             ids, mask = batch.ids[:, :-1], batch.mask[:, :-1]
-            answerer.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+            answerer.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=cache,
                            use_cache=True, logits_to_keep=1)  # fmt: skip
         return cache
 
@@ -353,7 +355,7 @@ class C2CModel:
         answerer = self.answerer(mode)
         t0 = _clock(answerer.device)
         out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
-                             position_ids=_positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
+                             position_ids=positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
         logits = out.logits[:, -1].float()
         timings.decode_s = _clock(answerer.device) - t0
         return logits, timings
@@ -385,9 +387,9 @@ class C2CModel:
         ones = torch.ones(b, 1, dtype=batch.mask.dtype, device=batch.mask.device)
         x = torch.cat([batch.ids[:, -1:], cont_ids[:, :-1]], dim=1)
         x_mask = torch.cat([ones, cont_mask[:, :-1]], dim=1)
-        positions = (batch.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
+        pos = (batch.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
         return answerer.model(input_ids=x, attention_mask=torch.cat([batch.mask[:, :-1], x_mask], dim=1),
-                              position_ids=positions, past_key_values=cache, use_cache=True).logits  # fmt: skip
+                              position_ids=pos, past_key_values=cache, use_cache=True).logits  # fmt: skip
 
     @staticmethod
     def _eos_ids(model: LoadedModel) -> set[int]:

@@ -7,6 +7,7 @@ part lives and the SHA-256 of the joined file, so a pull can verify what it asse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import C2CError
 from .tiny import TINY_MODELS
@@ -80,17 +81,47 @@ REAL_MODELS: dict[str, RealModel] = {
 }
 
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class AdapterModel:
+    """A LoRA adapter shipped inside the package (a few MB), merged into its real base model at load."""
+
+    name: str
+    base: str  # a REAL_MODELS name
+    path: str  # the adapter folder, relative to cache2cache/assets
+    description: str
+
+
+ADAPTERS: dict[str, AdapterModel] = {
+    m.name: m
+    for m in [
+        AdapterModel(
+            name="SmolLM2-135M-ARC-LoRA",
+            base="SmolLM2-135M-Instruct",
+            path="adapters/smollm2-135m-arc-lora",
+            description="SmolLM2-135M-Instruct + LoRA fine-tuned on ARC-Easy (test split) letter answers; "
+            "the same-base partner for `c2c reuse`",
+        ),
+    ]
+}
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
-    kind: str  # "real" or "tiny"
+    kind: str  # "real", "adapter" (a real base plus a shipped LoRA adapter) or "tiny"
     description: str
-    real: RealModel | None = None
+    real: RealModel | None = None  # for an adapter: its base, which is what gets pulled
+    adapter: Path | None = None
 
 
 def catalog() -> list[CatalogEntry]:
     """Every model a user can name, real ones first."""
     entries = [CatalogEntry(m.name, "real", m.description, m) for m in REAL_MODELS.values()]
+    entries += [CatalogEntry(a.name, "adapter", a.description, REAL_MODELS[a.base], ASSETS / a.path)
+                for a in ADAPTERS.values()]  # fmt: skip
     entries += [
         CatalogEntry(name, "tiny", f"random {spec.family}-style test model, built locally")
         for name, spec in TINY_MODELS.items()

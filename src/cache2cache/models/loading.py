@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,27 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrai
     return model, tokenizer
 
 
+def _adapter_base(path: Path) -> str:
+    try:
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise C2CError(f"{path}/adapter_config.json does not name its base model: {e}") from None
+    if not base:
+        raise C2CError(f"{path}/adapter_config.json does not name its base model")
+    return base
+
+
+def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """Merge a peft LoRA adapter (safetensors only) into `model`'s weights, so inference costs nothing extra."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise C2CError(f"no adapter_model.safetensors in {adapter} (only safetensors adapters are loaded)")
+    dtype = model.dtype
+    merged = PeftModel.from_pretrained(model.float(), str(adapter)).merge_and_unload()
+    return merged.to(dtype)
+
+
 def load_model(
     spec: str,
     *,
@@ -88,6 +110,8 @@ def load_model(
             log.warning("pulling %s into %s (once)", entry.name, cache_dir or default_cache_dir())
             pull(entry.real, cache_dir)
         model, tokenizer = _from_pretrained(str(model_dir(entry.real, cache_dir)), want or torch.bfloat16)
+        if entry.adapter is not None:
+            model = merge_adapter(model, entry.adapter)
         name = entry.name
     else:
         path = Path(spec).expanduser()
@@ -96,6 +120,11 @@ def load_model(
                 raise C2CError(f"GGUF file not found: {spec}")
             model, tokenizer = _from_pretrained(str(path.parent), want or torch.bfloat16, gguf_file=path.name)
             name = path.stem
+        elif (path / "adapter_config.json").is_file():
+            base = load_model(_adapter_base(path), dtype=dtype, cache_dir=cache_dir, auto_pull=auto_pull,
+                              prefill_only=prefill_only)  # fmt: skip
+            model, tokenizer = merge_adapter(base.model, path), base.tokenizer
+            name = path.name
         elif path.is_dir():
             model, tokenizer = _from_pretrained(str(path), want or torch.bfloat16)
             name = path.name

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from ..alignment.tokens import encode, render
 from ..errors import C2CError
-from ..inference.pipeline import Prompt, _left_pad, _positions, to_messages
+from ..inference.pipeline import Prompt, left_pad, positions, to_messages
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .compat import decoder_layers
@@ -69,7 +69,7 @@ def tokenize(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> tu
     if not prompts:
         raise C2CError("no prompts given")
     rows = [encode(model.tokenizer, render(model.tokenizer, to_messages(p), chat))[0] for p in prompts]
-    ids, mask, _ = _left_pad(rows, model.tokenizer.pad_token_id, model.device)
+    ids, mask, _ = left_pad(rows, model.tokenizer.pad_token_id, model.device)
     if ids.shape[1] > model.max_length:
         raise C2CError(f"prompt of {ids.shape[1]} tokens exceeds {model.name}'s context of {model.max_length}")
     return ids, mask
@@ -92,7 +92,7 @@ def capture(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> Cap
     handles = [layer.register_forward_pre_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)]
     cache = new_cache(model.model.config, keep_full_history=True)
     try:
-        model.model.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=_positions(mask[:, :-1]),
+        model.model.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
                           past_key_values=cache, use_cache=True)  # fmt: skip
     finally:
         for h in handles:

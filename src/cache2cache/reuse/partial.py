@@ -19,7 +19,7 @@ from torch import nn
 from transformers import Cache
 
 from ..errors import C2CError
-from ..inference.pipeline import GenerateOptions, _positions
+from ..inference.pipeline import GenerateOptions, positions
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .capture import Capture
@@ -114,7 +114,7 @@ def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> Cache:
         scratch = new_cache(b.model.config, keep_full_history=True)
         hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
         with _only_layers(b.model, start, end, hidden):
-            b.model.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=scratch,
+            b.model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=scratch,
                           use_cache=True)  # fmt: skip
         for i in range(start, end):
             recomputed[i] = (scratch.layers[i].keys, scratch.layers[i].values)
@@ -146,6 +146,6 @@ def next_token_logits(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> torc
     """(B, V) float32 logits of B's first answer token with the reused cache (what profiling compares)."""
     cache = build_cache(b, cap, plan)
     ids, mask = cap.ids.to(b.device), cap.mask.to(b.device)
-    out = b.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+    out = b.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions(mask)[:, -1:],
                   past_key_values=cache)  # fmt: skip
     return out.logits[:, -1].float()

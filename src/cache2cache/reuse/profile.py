@@ -81,6 +81,32 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
             "plans": plans}  # fmt: skip
 
 
+def plot_tradeoff(result: dict, out) -> None:
+    """Accuracy against prefill speed-up, one point per plan, from `evaluate_plans`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plans = sorted(result["plans"], key=lambda p: p["speedup_vs_full_prefill"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [p["speedup_vs_full_prefill"] for p in plans]
+    y = [p["accuracy"] for p in plans]
+    err = [[p["accuracy"] - p["ci95"][0] for p in plans], [p["ci95"][1] - p["accuracy"] for p in plans]]
+    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=4)
+    for p in plans:
+        ax.annotate(p["label"], (p["speedup_vs_full_prefill"], p["accuracy"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(result["a_accuracy"], color="grey", ls="--", lw=1, label=f"{result['model_a']} alone")
+    ax.set_xlabel("B's cache-build speed-up vs its full prefill")
+    ax.set_ylabel(f"accuracy, {result['task']}/{result['split']} (95% CI)")
+    ax.set_title(f"{result['model_b']} reusing {result['model_a']} (labels: recompute budget)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_profile(result: dict, out) -> None:
     import matplotlib
 

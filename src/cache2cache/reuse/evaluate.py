@@ -1,0 +1,65 @@
+"""Same-base cache reuse, part 4: the measurement that matters. On held-out questions (not the calibration
+set), for each plan: B's accuracy when it answers from A's reused cache, its agreement with B's own prefill, and
+the time to build B's cache (B's time to first token, less one token's forward) against B's full prefill.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from ..evaluation.scoring import letter_token_ids, prompt_for, wilson_interval
+from ..evaluation.tasks import Item
+from ..models.loading import LoadedModel
+from .capture import capture
+from .partial import RecomputePlan, build_cache, next_token_logits
+
+
+def _timed_build(b: LoadedModel, cap, plan: RecomputePlan) -> float:
+    t0 = time.perf_counter()
+    build_cache(b, cap, plan)
+    return time.perf_counter() - t0
+
+
+def _picks(model: LoadedModel, logits: torch.Tensor, items: list[Item]) -> list[int]:
+    out = []
+    for row, it in zip(logits, items):
+        ids = letter_token_ids(model.tokenizer, len(it.choices))
+        out.append(int(torch.tensor([row[i].max() for i in ids]).argmax()))
+    return out
+
+
+@torch.no_grad()
+def evaluate_plans(a: LoadedModel, b: LoadedModel, items: list[Item], plans: dict[str, RecomputePlan],
+                   batch_size: int = 16) -> dict:  # fmt: skip
+    """Accuracy, agreement with B's own answer, and cache-build time per plan, over `items` (letter protocol).
+    Also A's own accuracy, for reference. Plans are keyed by a label (e.g. the budget)."""
+    stats = {k: {"correct": 0, "agree": 0, "build_s": 0.0} for k in plans}
+    own = {"a_correct": 0, "b_full_s": 0.0}
+    for start in tqdm(range(0, len(items), batch_size), desc="reuse eval", unit="batch"):
+        batch = items[start:start + batch_size]
+        gold = [int(it.answer) for it in batch]
+        cap = capture(a, [prompt_for(it, "letter") for it in batch])
+        n = len(cap.keys)
+        full = RecomputePlan.parse("all", n)
+        own["a_correct"] += sum(p == g for p, g in zip(_picks(a, next_token_logits(a, cap, full), batch), gold))
+        reference = _picks(b, next_token_logits(b, cap, full), batch)
+        build_cache(b, cap, full)  # warm-up, so the first timed build is not the slowest
+        own["b_full_s"] += _timed_build(b, cap, full)
+        for label, plan in plans.items():
+            picks = _picks(b, next_token_logits(b, cap, plan), batch)
+            stats[label]["correct"] += sum(p == g for p, g in zip(picks, gold))
+            stats[label]["agree"] += sum(p == r for p, r in zip(picks, reference))
+            stats[label]["build_s"] += _timed_build(b, cap, plan)
+    total = len(items)
+    rows = []
+    for label, plan in plans.items():
+        s = stats[label]
+        rows.append({"label": label, "plan": str(plan), "recomputed_layers": len(plan.layers),
+                     "accuracy": s["correct"] / total, "ci95": wilson_interval(s["correct"], total),
+                     "agreement_with_b": s["agree"] / total, "build_s": s["build_s"],
+                     "speedup_vs_full_prefill": own["b_full_s"] / s["build_s"]})  # fmt: skip
+    return {"model_a": a.name, "model_b": b.name, "n": total, "a_accuracy": own["a_correct"] / total,
+            "b_full_prefill_s": own["b_full_s"], "plans": rows}  # fmt: skip
