@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Set up (if needed), pull the default model pair once, and answer a few questions side by side:
-# the receiver alone, the sharer alone, and the receiver reading the sharer's fused cache (C2C).
+# Set up (if needed), pull the default pair once, then show what cache-to-cache buys on it:
+#  1. a few questions answered by the receiver alone, the sharer alone, text-to-text (the sharer writes notes,
+#     the receiver reads them) and C2C (the receiver reads the sharer's cache through the shipped fuser),
+#     side by side with their timings;
+#  2. a short accuracy table on ARC-Easy validation questions (a seeded sample; the full tables are in
+#     docs/RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-0.5B-Instruct
-exec .venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
+.venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-1.5B-Instruct
+.venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
+exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-40}" \
+  --modes receiver,t2t,c2c --out runs/main/arc_easy

@@ -23,9 +23,7 @@ def _model(closed=False, sharer="tiny-gemma3"):
     r, s = tiny("tiny-llama"), tiny(sharer)
     fuser = make_fuser(r, s)
     if closed:
-        with torch.no_grad():
-            for layer in fuser.layers.values():
-                layer.gate_logit.fill_(-1.0)
+        fuser.close_gates([int(r) for r in fuser.layers])
     return C2CModel(r, [s], [fuser])
 
 
@@ -143,3 +141,10 @@ def test_bundled_tasks_load():
 
     sizes = {(name, split): len(t.load(split)) for name, t in TASKS.items() for split in t.splits}
     assert sizes[("arc_challenge", "validation")] == 299 and sizes[("mmlu", "validation")] == 1531
+
+
+def test_closing_a_gate_the_fuser_does_not_have_is_an_error():
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    fuser = make_fuser(r, s)
+    with pytest.raises(C2CError, match="not fused"):
+        fuser.close_gates([99])

@@ -30,6 +30,18 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def layer_list(text: str) -> list[int]:
+    """ "0-9,20" -> [0, 1, ..., 9, 20] (inclusive ranges)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, _, b = part.partition("-")
+        try:
+            out += list(range(int(a), int(b or a) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected layers like 0-9,20, got {part!r}") from None
+    return out
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
     p.add_argument("--sharer", action="append", default=None,

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
-from .common import add_model_args, build_from_args, positive_int
+from .common import add_model_args, build_from_args, layer_list, positive_int
 
 
 def register(sub) -> None:
@@ -48,6 +48,8 @@ def register(sub) -> None:
     p.add_argument("--gen-tokens", type=positive_int, default=256, help="generation budget (method generate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     p.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/TASK_SPLIT)")
+    p.add_argument("--close-gates", type=layer_list, default=[], metavar="LAYERS",
+                   help="ablation: shut the fuser's gates at these receiver layers, e.g. 0-14")
     p.add_argument("--list-tasks", action="store_true", help="list tasks, splits and MMLU subjects, then exit")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=run)
@@ -65,10 +67,12 @@ def run(args) -> int:
                      t2t_tokens=args.t2t_tokens, gen_tokens=args.gen_tokens, seed=args.seed)  # fmt: skip
     items = select_items(cfg)  # bad task / split / file fails before any model loads
     model = build_from_args(args)
+    for fuser in model.fusers:
+        fuser.close_gates(args.close_gates)
     evaluator = Evaluator(model, cfg)
     records = evaluator.run(items)
     identities = {"receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
-                  "fusers": [f.source or "untrained" for f in model.fusers],
+                  "fusers": [f.source or "untrained" for f in model.fusers], "closed_gates": args.close_gates,
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
                              "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
     summary = summarise(records, cfg, identities)

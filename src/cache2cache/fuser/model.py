@@ -113,6 +113,15 @@ class Fuser(nn.Module):
         for layer in self.layers.values():
             layer.temperature = temperature
 
+    @torch.no_grad()
+    def close_gates(self, receiver_layers: list[int]) -> None:
+        """Shut these receiver layers' gates (ablation: does the receiver need what they bring?)."""
+        unknown = sorted(set(receiver_layers) - {int(r) for r in self.layers})
+        if unknown:
+            raise C2CError(f"receiver layers {unknown} are not fused by this fuser (fused: {sorted(map(int, self.layers))})")
+        for r in receiver_layers:
+            self.layers[str(r)].gate_logit.fill_(-1e4)
+
     def gate_logits(self) -> dict[int, tuple[float, float]]:
         """Per fused receiver layer, the (key, value) gate logits; > 0 means open at inference."""
         return {int(r): tuple(layer.gate_logit.detach().float().tolist()) for r, layer in self.layers.items()}
