@@ -31,10 +31,16 @@ def test_generate_json_has_texts_counts_and_timings(capsys):
                         "--max-new-tokens", "4", "--compare", "--json")
     assert code == 0
     data = json.loads(out)
-    assert [o["mode"] for o in data["outputs"]] == ["c2c", "receiver", "sharer"]
-    c2c = data["outputs"][0]
+    assert [o["mode"] for o in data["outputs"]] == ["receiver", "sharer", "t2t", "c2c"]
+    out = {o["mode"]: o for o in data["outputs"]}
+    c2c, t2t = out["c2c"], out["t2t"]
     assert len(c2c["results"]) == 2 and all(1 <= r["new_tokens"] <= 4 for r in c2c["results"])
-    assert set(c2c["timings"]) == {"sharer_prefill_s", "fuse_s", "receiver_prefill_s", "decode_s", "total_s"}
+    assert set(c2c["timings"]) == {"t2t_sharer_s", "sharer_prefill_s", "fuse_s", "receiver_prefill_s", "decode_s",
+                                   "total_s"}  # fmt: skip
+    assert c2c["timings"]["t2t_sharer_s"] == 0 and t2t["timings"]["t2t_sharer_s"] > 0
+    # T2T's receiver reads the question plus the sharer's notes: a longer prompt than the receiver alone
+    assert all(t["prompt_tokens"] > r["prompt_tokens"] for t, r in zip(t2t["results"], out["receiver"]["results"]))
+    assert data["fusers"] == [{"path": None, "untrained": True}]
 
 
 def test_generate_with_a_saved_fuser_and_two_sharers(capsys, tmp_path):

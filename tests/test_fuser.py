@@ -168,3 +168,19 @@ def test_unknown_config_keys_load_with_a_warning(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="from_the_future"):
         Fuser.from_pretrained(d)
+
+
+def test_the_shipped_default_fuser_fits_the_default_pair():
+    import argparse
+
+    from cache2cache.cli.common import model_names
+    from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER
+
+    fuser = Fuser.from_pretrained(DEFAULT_FUSER)
+    assert (fuser.config.receiver, fuser.config.sharer) == (DEFAULT_RECEIVER, DEFAULT_SHARER)
+    assert (DEFAULT_FUSER / "model.safetensors").stat().st_size < 40e6  # small enough to live in git
+    assert any(k > 0 or v > 0 for k, v in fuser.gate_logits().values())  # not a no-op: some gates open
+    none = argparse.Namespace(receiver=None, sharer=None, fuser=[])
+    assert model_names(none) == (DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
+    other = argparse.Namespace(receiver="tiny-llama", sharer=["tiny-qwen2"], fuser=[])
+    assert model_names(other) == ("tiny-llama", ["tiny-qwen2"], [])
