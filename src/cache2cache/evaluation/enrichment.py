@@ -18,7 +18,7 @@ from ..alignment.tokens import encode, render
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
-from .scoring import ANSWER_PREFIX, LETTERS, letter_token_ids, prompt_for, question_block
+from .scoring import ANSWER_PREFIX, LETTERS, pick_letter, prompt_for, question_block
 from .tasks import Item
 
 SETTINGS = ("question", "few-shot", "enriched")
@@ -73,6 +73,4 @@ def letter_logits(model: LoadedModel, item: Item, shots: list[dict], setting: st
 
 
 def predict(model: LoadedModel, item: Item, shots: list[dict], setting: str) -> int:
-    logits = letter_logits(model, item, shots, setting)
-    ids = letter_token_ids(model.tokenizer, len(item.choices))
-    return int(torch.tensor([logits[i].max() for i in ids]).argmax())
+    return pick_letter(model.tokenizer, letter_logits(model, item, shots, setting), len(item.choices))

@@ -25,7 +25,7 @@ from .. import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.pipeline import C2CModel, GenerateOptions, Timings
-from .scoring import (METHODS, extract_letter, extract_number, letter_token_ids, prompt_for, t2t_prompt,
+from .scoring import (METHODS, extract_letter, extract_number, pick_letter, prompt_for, t2t_prompt,
                       wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
@@ -92,10 +92,7 @@ class Evaluator:
         outputs: list[str | None] = [None] * len(items)  # generated text, kept for auditing (method generate)
         if cfg.method == "letter":
             logits, timings = model.next_token_logits_timed(prompts, answer_mode)
-            preds = []
-            for b, it in enumerate(items):
-                ids = letter_token_ids(answerer.tokenizer, len(it.choices))
-                preds.append(int(torch.tensor([logits[b, i].max() for i in ids]).argmax()))
+            preds = [pick_letter(answerer.tokenizer, logits[b], len(it.choices)) for b, it in enumerate(items)]
         elif cfg.method == "cloze":
             flat_prompts = [p for p, it in zip(prompts, items) for _ in it.choices]
             conts = [f" {c}" for it in items for c in it.choices]

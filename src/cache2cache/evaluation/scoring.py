@@ -80,6 +80,12 @@ def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[in
     return out
 
 
+def pick_letter(tokenizer: PreTrainedTokenizerBase, logits, n: int) -> int:
+    """The option whose letter (in any single-token spelling) has the highest logit in one row of (V,) logits."""
+    spellings = letter_token_ids(tokenizer, n)
+    return max(range(n), key=lambda i: max(float(logits[t]) for t in spellings[i]))
+
+
 def extract_letter(text: str, n: int) -> int | None:
     m = re.search(rf"\b([{LETTERS[:n]}])\b", text)
     return LETTERS.index(m.group(1)) if m else None

@@ -5,30 +5,19 @@ the time to build B's cache (B's time to first token, less one token's forward) 
 
 from __future__ import annotations
 
-import time
-
 import torch
 from tqdm import tqdm
 
-from ..evaluation.scoring import letter_token_ids, prompt_for, wilson_interval
+from ..evaluation.scoring import pick_letter, prompt_for, wilson_interval
 from ..evaluation.tasks import Item
 from ..models.loading import LoadedModel
 from .capture import capture
 from .partial import RecomputePlan, build_cache, next_token_logits
-
-
-def _timed_build(b: LoadedModel, cap, plan: RecomputePlan) -> float:
-    t0 = time.perf_counter()
-    build_cache(b, cap, plan)
-    return time.perf_counter() - t0
+from .profile import timed_build
 
 
 def _picks(model: LoadedModel, logits: torch.Tensor, items: list[Item]) -> list[int]:
-    out = []
-    for row, it in zip(logits, items):
-        ids = letter_token_ids(model.tokenizer, len(it.choices))
-        out.append(int(torch.tensor([row[i].max() for i in ids]).argmax()))
-    return out
+    return [pick_letter(model.tokenizer, row, len(it.choices)) for row, it in zip(logits, items)]
 
 
 @torch.no_grad()
@@ -47,12 +36,12 @@ def evaluate_plans(a: LoadedModel, b: LoadedModel, items: list[Item], plans: dic
         own["a_correct"] += sum(p == g for p, g in zip(_picks(a, next_token_logits(a, cap, full), batch), gold))
         reference = _picks(b, next_token_logits(b, cap, full), batch)
         build_cache(b, cap, full)  # warm-up, so the first timed build is not the slowest
-        own["b_full_s"] += _timed_build(b, cap, full)
+        own["b_full_s"] += timed_build(b, cap, full, repeats=1)
         for label, plan in plans.items():
             picks = _picks(b, next_token_logits(b, cap, plan), batch)
             stats[label]["correct"] += sum(p == g for p, g in zip(picks, gold))
             stats[label]["agree"] += sum(p == r for p, r in zip(picks, reference))
-            stats[label]["build_s"] += _timed_build(b, cap, plan)
+            stats[label]["build_s"] += timed_build(b, cap, plan, repeats=1)
     total = len(items)
     rows = []
     for label, plan in plans.items():

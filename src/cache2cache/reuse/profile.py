@@ -43,7 +43,7 @@ def plan_for_budget(sensitivity: list[float], budget: float) -> RecomputePlan:
     return RecomputePlan.of([(i, i + 1) for i in chosen], n)
 
 
-def _timed_build(b: LoadedModel, cap: Capture, plan: RecomputePlan, repeats: int) -> float:
+def timed_build(b: LoadedModel, cap: Capture, plan: RecomputePlan, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
     n = len(cap.keys)
     reference = next_token_logits(b, cap, RecomputePlan.parse("all", n))
     sens = layer_sensitivity(b, cap, reference)
-    full_s = _timed_build(b, cap, RecomputePlan.parse("all", n), repeats)
+    full_s = timed_build(b, cap, RecomputePlan.parse("all", n), repeats)
 
     def accuracy(logits: torch.Tensor) -> float | None:
         if not gold or not choices:
@@ -71,7 +71,7 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
     for budget in sorted(set(budgets) | {0.0, 1.0}):
         plan = plan_for_budget(sens, budget)
         logits = next_token_logits(b, cap, plan)
-        build_s = _timed_build(b, cap, plan, repeats)
+        build_s = timed_build(b, cap, plan, repeats)
         plans.append({"budget": budget, "plan": str(plan), "recomputed_layers": len(plan.layers),
                       "kl": kl(reference, logits),
                       "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
