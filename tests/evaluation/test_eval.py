@@ -68,7 +68,7 @@ def test_closed_gates_score_exactly_like_the_receiver(method):
         assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
     prompts = [[{"role": "user", "content": it.question}] for it in items]
     assert torch.equal(model.next_token_logits(prompts, "c2c"), model.next_token_logits(prompts, "receiver"))
-    conts = [" " + it.choices[0] for it in items]
+    conts = [[" " + c for c in it.choices] for it in items]
     assert model.continuation_logprobs(prompts, conts, "c2c")[0] == model.continuation_logprobs(prompts, conts,
                                                                                                 "receiver")[0]
 
@@ -77,10 +77,28 @@ def test_open_gates_change_scores():
     model = _model()
     items = select_items(_cfg())
     prompts = [[{"role": "user", "content": it.question}] for it in items]
-    conts = [" " + it.choices[0] for it in items]
+    conts = [[" " + it.choices[0]] for it in items]
     a = model.continuation_logprobs(prompts, conts, "c2c")[0]
     b = model.continuation_logprobs(prompts, conts, "receiver")[0]
-    assert max(abs(x - y) for x, y in zip(a, b)) > 1e-3
+    assert max(abs(x[0] - y[0]) for x, y in zip(a, b)) > 1e-3
+
+
+def test_options_share_one_prefill_and_score_like_separate_prompts():
+    """Scoring all options from one copied cache gives what scoring each option after its own prefill gives."""
+    model = _model()
+    items = select_items(_cfg())[:3]
+    prompts = [[{"role": "user", "content": it.question}] for it in items]
+    options = [[" " + c for c in it.choices] for it in items]
+    together, _ = model.continuation_logprobs(prompts, options, "c2c")
+    for p, opts, got in zip(prompts, options, together):
+        alone = [model.continuation_logprobs([p], [[o]], "c2c")[0][0][0] for o in opts]
+        assert got == pytest.approx(alone, abs=1e-4)
+
+
+def test_continuations_must_match_prompts():
+    model = _model()
+    with pytest.raises(C2CError, match="continuations"):
+        model.continuation_logprobs(["a question"], [], "receiver")
 
 
 def test_limit_is_a_seeded_sample():

@@ -14,7 +14,7 @@ from cache2cache.models.loading import LoadedModel
 from cache2cache.reuse.capture import Capture, capture
 from cache2cache.reuse.compat import check_same_base
 from cache2cache.reuse.partial import RecomputePlan, build_cache, next_token_logits
-from cache2cache.reuse.profile import plan_for_budget, profile
+from cache2cache.reuse.profile import greedy_order, kl, plan_for_budget, profile, profile_evaluations, sensitivity_order
 
 from ..conftest import tiny
 
@@ -98,8 +98,10 @@ def test_plans_validate():
     for bad in ("3-9", "x", "2-1", "0-3,2-4"):
         with pytest.raises(C2CError):
             RecomputePlan.parse(bad, 8)
-    assert str(plan_for_budget([0.1, 0.9, 0.8, 0.0], 0.5)) == "1-2"
-    assert plan_for_budget([0.1, 0.9, 0.8, 0.0], 0.0).groups == ()
+    order = sensitivity_order([0.1, 0.9, 0.8, 0.0])
+    assert order == [1, 2, 0, 3]
+    assert str(plan_for_budget(order, 0.5)) == "1-2"
+    assert plan_for_budget(order, 0.0).groups == () and str(plan_for_budget(order, 1.0)) == "0-3"
 
 
 def test_incompatible_pairs_are_refused():
@@ -149,3 +151,34 @@ def test_cli_profile_then_eval_on_held_out_questions(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reuse", "eval", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--profile", str(tmp_path / "nope")]) == 2
     assert "cannot read profile" in capsys.readouterr().err
+
+
+def test_greedy_search_ranks_jointly_and_ends_at_b_own_prefill():
+    a, b = tiny("tiny-llama"), tiny("tiny-llama-ft")
+    cap = capture(a, PROMPTS)
+    n = len(cap.keys)
+    reference = next_token_logits(b, cap, RecomputePlan.parse("all", n))
+    calls = []
+    order, curve = greedy_order(b, cap, reference, n, progress=lambda: calls.append(1))
+    assert sorted(order) == list(range(n)) and len(calls) == n * (n + 1) // 2
+    assert curve[-1] == 0.0  # every layer recomputed: exactly B's own prefill
+    for k in range(1, n + 1):  # each step's KL is the KL of the plan made of the first k layers
+        plan = RecomputePlan.of([(i, i + 1) for i in order[:k]], n)
+        assert kl(reference, next_token_logits(b, cap, plan)) == pytest.approx(curve[k - 1], abs=1e-6)
+    # the first pick is the single layer whose recompute helps most
+    alone = [kl(reference, next_token_logits(b, cap, RecomputePlan.of([(i, i + 1)], n))) for i in range(n)]
+    assert order[0] == min(range(n), key=alone.__getitem__)
+
+
+def test_profile_plans_nest_and_count_their_evaluations():
+    a, b = tiny("tiny-llama"), tiny("tiny-llama-ft")
+    cap = capture(a, PROMPTS)
+    for search in ("greedy", "sensitivity"):
+        calls = []
+        result = profile(b, cap, [0.25, 0.5], repeats=1, search=search, progress=lambda: calls.append(1))
+        assert len(calls) == profile_evaluations(4, [0.25, 0.5], search)
+        layers = [set(RecomputePlan.parse(p["plan"], 4).layers) for p in result["plans"]]
+        assert all(x <= y for x, y in zip(layers, layers[1:]))  # a larger budget contains a smaller one
+        assert result["plans"][-1]["kl"] == 0.0 and result["search"] == search
+    with pytest.raises(C2CError, match="plan search"):
+        profile(b, cap, [0.5], search="random")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from ..atomic import write_json
 from ..errors import C2CError
@@ -22,7 +23,7 @@ from ..reuse.compat import check_same_base
 from ..reuse.evaluate import evaluate_plans
 from ..reuse.finetune import LoraRecipe, finetune_lora
 from ..reuse.partial import RecomputePlan, generate_with_reuse
-from ..reuse.profile import plot_profile, plot_tradeoff, profile
+from ..reuse.profile import SEARCHES, plot_profile, plot_tradeoff, profile, profile_evaluations
 from .common import positive_int
 
 
@@ -63,6 +64,10 @@ def register(sub) -> None:
     prof.add_argument("--split", default="validation")
     prof.add_argument("--limit", type=positive_int, default=32, help="calibration questions (default 32)")
     prof.add_argument("--budgets", default="0.1,0.2,0.3,0.5", help="fractions of layers to recompute")
+    prof.add_argument("--search", choices=SEARCHES, default="greedy",
+                      help="how layers are ranked: 'greedy' adds, one at a time, the layer that brings B closest "
+                           "to its own prefill together with those already chosen (default; about L*k "
+                           "evaluations); 'sensitivity' ranks by each layer alone (L evaluations)")  # fmt: skip
     prof.add_argument("--out", type=Path, default=Path("runs/reuse/profile.json"))
     prof.set_defaults(func=run_profile)
     gen = rsub.add_parser("generate", help="B answers from A's caches with a recompute plan")
@@ -122,15 +127,18 @@ def run_profile(args) -> int:
     if not items:
         raise C2CError(f"task {args.task} has no multiple-choice items for calibration")
     a, b = _load_pair(args)
-    with Console(stderr=True).status(f"profiling {len(items)} prompts..."):
+    steps = profile_evaluations(b.model.config.num_hidden_layers, budgets, args.search)
+    with tqdm(total=steps, desc=f"profiling {len(items)} prompts", unit="eval", dynamic_ncols=True) as bar:
         cap = capture(a, [prompt_for(it, "letter") for it in items])
         result = profile(b, cap, budgets, gold=[int(it.answer) for it in items],
-                         choices=[[ids[0] for ids in letter_token_ids(b.tokenizer, len(it.choices))] for it in items])  # fmt: skip
+                         choices=[[ids[0] for ids in letter_token_ids(b.tokenizer, len(it.choices))] for it in items],
+                         search=args.search, progress=lambda: bar.update(1))  # fmt: skip
     result["bytes_per_token"] = cap.bytes_per_token()
     result["calibration"] = {"task": args.task, "split": args.split, "limit": len(items)}
     write_json(args.out, result)
     plot_profile(result, args.out.with_suffix(".png"))
-    table = Table(title=f"{b.name} reusing {a.name}: {len(items)} calibration prompts -> {args.out}",
+    table = Table(title=f"{b.name} reusing {a.name}: {len(items)} calibration prompts, {args.search} plans -> "
+                        f"{args.out}",
                   title_justify="left")  # fmt: skip
     for c in ("budget", "plan", "KL", "top-1 agree", "accuracy", "speed-up"):
         table.add_column(c)

@@ -94,14 +94,12 @@ class Evaluator:
             logits, timings = model.next_token_logits_timed(prompts, answer_mode)
             preds = [pick_letter(answerer.tokenizer, logits[b], len(it.choices)) for b, it in enumerate(items)]
         elif cfg.method == "cloze":
-            flat_prompts = [p for p, it in zip(prompts, items) for _ in it.choices]
-            conts = [f" {c}" for it in items for c in it.choices]
-            logps, timings = model.continuation_logprobs(flat_prompts, conts, answer_mode)
-            preds, k = [], 0
-            for it in items:
-                per_char = [logps[k + j] / max(1, len(conts[k + j])) for j in range(len(it.choices))]
+            options = [[f" {c}" for c in it.choices] for it in items]
+            logps, timings = model.continuation_logprobs(prompts, options, answer_mode)
+            preds = []
+            for lp, opts in zip(logps, options):
+                per_char = [v / max(1, len(o)) for v, o in zip(lp, opts)]
                 preds.append(max(range(len(per_char)), key=per_char.__getitem__))
-                k += len(it.choices)
         else:
             out = model.generate(prompts, answer_mode, GenerateOptions(max_new_tokens=cfg.gen_tokens))
             timings = out.timings

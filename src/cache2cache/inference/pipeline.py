@@ -362,19 +362,31 @@ class C2CModel:
 
     @torch.no_grad()
     def continuation_logprobs(
-        self, prompts: Sequence[Prompt], continuations: Sequence[str], mode: str = "c2c"
-    ) -> tuple[list[float], Timings]:
-        """Summed log-probability of each continuation text after its prompt (cloze scoring)."""
+        self, prompts: Sequence[Prompt], continuations: Sequence[Sequence[str]], mode: str = "c2c"
+    ) -> tuple[list[list[float]], Timings]:
+        """Summed log-probability of each continuation text after its prompt (cloze scoring):
+        `continuations[i]` are the options for `prompts[i]`. Each prompt is prefilled (and fused) once; its
+        cache is then copied for every option, so scoring k options costs one prefill, not k."""
+        if len(continuations) != len(prompts) or not all(continuations):
+            raise C2CError("need a non-empty list of continuations for every prompt")
         answerer = self.answerer(mode)
         batch = self.encode(prompts, mode)
         cache, timings = self.prefill(batch, mode)
         t0 = _clock(answerer.device)
-        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id] for c in continuations]
+        owner = torch.tensor([i for i, opts in enumerate(continuations) for _ in opts], device=batch.ids.device)
+        cache.batch_select_indices(owner)
+        expanded = Batch(batch.ids[owner], batch.mask[owner], [])
+        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id]
+                for opts in continuations for c in opts]  # fmt: skip
         ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
-        logp = self.continuation_logits(batch, cache, answerer, ids, mask).float().log_softmax(-1)
-        picked = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+        logp = self.continuation_logits(expanded, cache, answerer, ids, mask).float().log_softmax(-1)
+        flat = (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
         timings.decode_s = _clock(answerer.device) - t0
-        return picked.sum(-1).tolist(), timings
+        out, k = [], 0
+        for opts in continuations:
+            out.append(flat[k:k + len(opts)])
+            k += len(opts)
+        return out, timings
 
     @staticmethod
     def continuation_logits(

@@ -12,7 +12,7 @@ from ..evaluation.scoring import pick_letter, prompt_for, wilson_interval
 from ..evaluation.tasks import Item
 from ..models.loading import LoadedModel
 from .capture import capture
-from .partial import RecomputePlan, build_cache, next_token_logits
+from .partial import RecomputePlan, build_cache, first_token_logits, next_token_logits
 from .profile import timed_build
 
 
@@ -31,17 +31,18 @@ def evaluate_plans(a: LoadedModel, b: LoadedModel, items: list[Item], plans: dic
         batch = items[start:start + batch_size]
         gold = [int(it.answer) for it in batch]
         cap = capture(a, [prompt_for(it, "letter") for it in batch])
-        n = len(cap.keys)
-        full = RecomputePlan.parse("all", n)
+        full = RecomputePlan.parse("all", len(cap.keys))
         own["a_correct"] += sum(p == g for p, g in zip(_picks(a, next_token_logits(a, cap, full), batch), gold))
-        reference = _picks(b, next_token_logits(b, cap, full), batch)
         build_cache(b, cap, full)  # warm-up, so the first timed build is not the slowest
-        own["b_full_s"] += timed_build(b, cap, full, repeats=1)
+        cache, seconds = timed_build(b, cap, full, repeats=1)
+        own["b_full_s"] += seconds
+        reference = _picks(b, first_token_logits(b, cap, cache), batch)
         for label, plan in plans.items():
-            picks = _picks(b, next_token_logits(b, cap, plan), batch)
+            cache, seconds = timed_build(b, cap, plan, repeats=1)
+            picks = _picks(b, first_token_logits(b, cap, cache), batch)
             stats[label]["correct"] += sum(p == g for p, g in zip(picks, gold))
             stats[label]["agree"] += sum(p == r for p, r in zip(picks, reference))
-            stats[label]["build_s"] += timed_build(b, cap, plan, repeats=1)
+            stats[label]["build_s"] += seconds
     total = len(items)
     rows = []
     for label, plan in plans.items():

@@ -142,10 +142,14 @@ def generate_with_reuse(b: LoadedModel, cap: Capture, plan: RecomputePlan, optio
 
 
 @torch.no_grad()
-def next_token_logits(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> torch.Tensor:
-    """(B, V) float32 logits of B's first answer token with the reused cache (what profiling compares)."""
-    cache = build_cache(b, cap, plan)
+def first_token_logits(b: LoadedModel, cap: Capture, cache: Cache) -> torch.Tensor:
+    """(B, V) float32 logits of B's first answer token, read from a cache built over the capture's prompts."""
     ids, mask = cap.ids.to(b.device), cap.mask.to(b.device)
     out = b.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions(mask)[:, -1:],
                   past_key_values=cache)  # fmt: skip
     return out.logits[:, -1].float()
+
+
+def next_token_logits(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> torch.Tensor:
+    """B's first-token logits with the cache `plan` builds (what profiling compares)."""
+    return first_token_logits(b, cap, build_cache(b, cap, plan))
