@@ -102,22 +102,33 @@ def _only_layers(model: nn.Module, start: int, end: int, hidden: torch.Tensor | 
             layers[i] = layer
 
 
+GroupKV = dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]]
+
+
 @torch.no_grad()
-def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> Cache:
-    """B's cache over the capture's prompts (all tokens but the last), per `plan`."""
+def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan, memo: GroupKV | None = None) -> Cache:
+    """B's cache over the capture's prompts (all tokens but the last), per `plan`.
+
+    A group's KV depends only on A's E-cache at its first layer and B's weights, so a caller trying many plans
+    over one capture (the greedy search) can pass `memo` to compute each group once."""
     if ModelGeometry.from_config(b.model.config).to_dict() != cap.geometry:
         raise C2CError(f"capture from {cap.model} does not fit {b.name}: different cache shapes")
     n = len(cap.keys)
     ids, mask = cap.ids[:, :-1].to(b.device), cap.mask[:, :-1].to(b.device)
     recomputed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start, end in plan.groups:
-        scratch = new_cache(b.model.config, keep_full_history=True)
-        hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
-        with _only_layers(b.model, start, end, hidden):
-            b.model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=scratch,
-                          use_cache=True)  # fmt: skip
-        for i in range(start, end):
-            recomputed[i] = (scratch.layers[i].keys, scratch.layers[i].values)
+        if memo is None or (start, end) not in memo:
+            scratch = new_cache(b.model.config, keep_full_history=True)
+            hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
+            with _only_layers(b.model, start, end, hidden):
+                b.model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                              past_key_values=scratch, use_cache=True)  # fmt: skip
+            kv = [(scratch.layers[i].keys, scratch.layers[i].values) for i in range(start, end)]
+            if memo is None:
+                recomputed.update(zip(range(start, end), kv))
+                continue
+            memo[(start, end)] = kv
+        recomputed.update(zip(range(start, end), memo[(start, end)]))
     cache = new_cache(b.model.config)
     dtype = b.model.dtype
     for i in range(n):
@@ -150,6 +161,6 @@ def first_token_logits(b: LoadedModel, cap: Capture, cache: Cache) -> torch.Tens
     return out.logits[:, -1].float()
 
 
-def next_token_logits(b: LoadedModel, cap: Capture, plan: RecomputePlan) -> torch.Tensor:
+def next_token_logits(b: LoadedModel, cap: Capture, plan: RecomputePlan, memo: GroupKV | None = None) -> torch.Tensor:
     """B's first-token logits with the cache `plan` builds (what profiling compares)."""
-    return first_token_logits(b, cap, build_cache(b, cap, plan))
+    return first_token_logits(b, cap, build_cache(b, cap, plan, memo))

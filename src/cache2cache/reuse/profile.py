@@ -24,7 +24,7 @@ from transformers import Cache
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .capture import Capture
-from .partial import RecomputePlan, build_cache, first_token_logits, next_token_logits
+from .partial import GroupKV, RecomputePlan, build_cache, first_token_logits, next_token_logits
 
 
 def kl(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -58,11 +58,14 @@ def greedy_order(b: LoadedModel, cap: Capture, reference: torch.Tensor, max_laye
     n = len(cap.keys)
     order: list[int] = []
     curve: list[float] = []
+    memo: GroupKV = {}  # a candidate plan shares all groups but one with the current plan: compute only that one
     for _ in range(min(max_layers, n)):
+        current = RecomputePlan.of([(i, i + 1) for i in order], n).groups
+        memo = {g: kv for g, kv in memo.items() if g in current}
         best: tuple[float, int] | None = None
         for layer in (i for i in range(n) if i not in order):
             plan = RecomputePlan.of([(i, i + 1) for i in order + [layer]], n)
-            score = kl(reference, next_token_logits(b, cap, plan))
+            score = kl(reference, next_token_logits(b, cap, plan, memo))
             if progress:
                 progress()
             if best is None or score < best[0]:
