@@ -45,6 +45,20 @@ def test_training_lowers_the_loss_and_writes_every_output(tmp_path):
     assert summary["data"].endswith("skipped: 1 invalid JSON line, 1 no assistant turn")
 
 
+def test_gate_lr_mult_lets_gates_move_on_short_runs(tmp_path):
+    """At the base lr a gate logit moves at most ~lr per step; with gate_lr_mult it can select layers early."""
+
+    def moved(run, *extra):
+        summary = _train(tmp_path / run, "max_steps=6", "lr=1e-3", "save_every=100", *extra)
+        logits = Fuser.from_pretrained(summary["fuser_dir"]).gate_logits().values()
+        return max(abs(x - 1.0) for pair in logits for x in pair)  # gate_init is 1.0
+
+    slow, fast = moved("slow"), moved("fast", "gate_lr_mult=100")
+    assert slow <= 6 * 1e-3 * 1.05 and fast > 10 * slow
+    with pytest.raises(C2CError, match="gate_lr_mult"):
+        load_config(TINY, ["gate_lr_mult=0"])
+
+
 def test_interrupted_then_resumed_run_reproduces_the_loss_curve(tmp_path, monkeypatch):
     _train(tmp_path / "straight")
 

@@ -38,6 +38,9 @@ class TrainConfig:
     max_steps: int = 0  # 0 = one epoch
     lr: float = 1e-3
     weight_decay: float = 0.01
+    # Adam moves a parameter by about lr per step, so at lr 1e-3 a gate logit starting at 1.0 cannot reach 0
+    # (closed) in fewer than ~1000 steps: on short runs the gates cannot select layers unless they learn faster.
+    gate_lr_mult: float = 1.0
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
@@ -61,6 +64,8 @@ class TrainConfig:
         for name in ("max_steps", "limit", "val_size", "warmup_steps", "train_last_layers"):
             if getattr(self, name) < 0:
                 raise C2CError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.gate_lr_mult <= 0:
+            raise C2CError(f"gate_lr_mult must be > 0, got {self.gate_lr_mult}")
         if self.lr <= 0 or not 0 < self.temperature_end <= self.temperature_start:
             raise C2CError("need lr > 0 and 0 < temperature_end <= temperature_start")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -139,12 +139,15 @@ class FuserTrainer:
             log.info("%s", report.summary())
 
     def _setup_optimizer(self, ckpt: dict | None) -> None:
-        decay = [p for p in self.fuser.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.fuser.parameters() if p.dim() < 2]  # norms, biases, gates
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.lr, betas=(0.9, 0.95),
-        )  # fmt: skip
+        named = list(self.fuser.named_parameters())
+        gates = [p for n, p in named if n.endswith("gate_logit")]
+        decay = [p for n, p in named if p.dim() >= 2]
+        no_decay = [p for n, p in named if p.dim() < 2 and not (n.endswith("gate_logit") and self.cfg.gate_lr_mult != 1)]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay, "lr_mult": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]  # norms, biases (and gates)
+        if self.cfg.gate_lr_mult != 1:  # a group of their own only when it differs: older checkpoints have two
+            groups.append({"params": gates, "weight_decay": 0.0, "lr_mult": self.cfg.gate_lr_mult})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95))
         if ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
 
@@ -220,7 +223,7 @@ class FuserTrainer:
             t0 = time.perf_counter()
             lr, temp = lr_at(cfg, self.step, self.total_steps), temperature_at(cfg, self.step, self.total_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             self.fuser.set_temperature(temp)
             if self.step % cfg.eval_every == 0:
                 val_loss = self.evaluate()
