@@ -11,7 +11,7 @@ from cache2cache import C2CModel
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
 from cache2cache.evaluation.runner import EvalConfig, Evaluator, select_items, summarise, write_results
-from cache2cache.evaluation.scoring import extract_letter, extract_number, wilson_interval
+from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, wilson_interval
 from cache2cache.evaluation.tasks import load_jsonl_task
 
 from ..conftest import make_fuser, tiny
@@ -166,3 +166,9 @@ def test_closing_a_gate_the_fuser_does_not_have_is_an_error():
     fuser = make_fuser(r, s)
     with pytest.raises(C2CError, match="not fused"):
         fuser.close_gates([99])
+
+
+def test_mcnemar_exact():
+    assert mcnemar_exact(1, 10) == pytest.approx(0.01171875)  # 2 * (1 + 11) / 2**11
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
