@@ -10,7 +10,7 @@ import torch
 from cache2cache import C2CModel
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
-from cache2cache.evaluation.runner import EvalConfig, Evaluator, select_items, summarise, write_results
+from cache2cache.evaluation.runner import EvalConfig, Evaluator, paired, select_items, summarise, write_results
 from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, wilson_interval
 from cache2cache.evaluation.tasks import load_jsonl_task
 
@@ -46,6 +46,7 @@ def test_all_modes_and_methods_write_complete_results(tmp_path, method):
         assert (tmp_path / name).stat().st_size > 0
     for mode, m in summary["modes"].items():
         assert m["n"] == len(items) and 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
+    assert len(summary["paired"]) == 6 and "Paired on the same questions" in (tmp_path / "results.md").read_text()
     assert all((r["output"] is not None) == (method == "generate") for r in records)
     t2t = [r for r in records if r["mode"] == "t2t"]
     assert all(r["notes"] is not None and r["latency_s"]["t2t_sharer_s"] > 0 for r in t2t)
@@ -172,3 +173,11 @@ def test_mcnemar_exact():
     assert mcnemar_exact(1, 10) == pytest.approx(0.01171875)  # 2 * (1 + 11) / 2**11
     assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(0, 6) == pytest.approx(2 / 64) and mcnemar_exact(6, 0) == mcnemar_exact(0, 6)
+
+
+def test_paired_counts_discordant_questions():
+    rows = [("a", 1, True), ("a", 2, False), ("a", 3, False), ("b", 1, True), ("b", 2, True), ("b", 3, True)]
+    records = [{"mode": m, "id": i, "correct": c} for m, i, c in rows]
+    (p,) = paired(records, ["a", "b"])
+    assert (p["mode"], p["versus"], p["n"], p["right_only_mode"], p["right_only_versus"]) == ("b", "a", 3, 2, 0)
+    assert p["mcnemar_p"] == pytest.approx(0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, select_items, summarise, write_results
+from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
 from .common import add_model_args, build_from_args, layer_list, positive_int
@@ -81,7 +81,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    table = Table(title=f"{cfg.task} / {cfg.split} ({cfg.method}), {len(items)} items -> {out}", title_justify="left")
+    table = Table(title=f"{cfg.task} / {cfg.split} ({cfg.method}), {len(items)} items -> {out}", title_justify="left",
+                  caption="\n".join(paired_line(p) for p in summary["paired"]) or None)  # fmt: skip
     for col in ("mode", "accuracy", "95% CI", "latency/example (s)"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, m in summary["modes"].items():

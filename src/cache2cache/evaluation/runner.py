@@ -25,8 +25,8 @@ from .. import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.pipeline import C2CModel, GenerateOptions, Timings
-from .scoring import (METHODS, extract_letter, extract_number, pick_letter, prompt_for, t2t_prompt,
-                      wilson_interval)  # fmt: skip
+from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, prompt_for,
+                      t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
 EVAL_MODES = ("receiver", "sharer", "t2t", "c2c")
@@ -128,6 +128,26 @@ class Evaluator:
         return records
 
 
+def paired(records: list[dict], modes: list[str]) -> list[dict]:
+    """Every later mode against every earlier one on the same questions: who is right where the other is wrong,
+    and the exact McNemar p-value (a gain can be significant while the two confidence intervals overlap)."""
+    right = {m: {r["id"]: r["correct"] for r in records if r["mode"] == m} for m in modes}
+    out = []
+    for j, b in enumerate(modes):
+        for a in modes[:j]:
+            shared = right[a].keys() & right[b].keys()
+            only_a = sum(right[a][i] and not right[b][i] for i in shared)
+            only_b = sum(right[b][i] and not right[a][i] for i in shared)
+            out.append({"mode": b, "versus": a, "n": len(shared), "right_only_mode": only_b,
+                        "right_only_versus": only_a, "mcnemar_p": mcnemar_exact(only_a, only_b)})  # fmt: skip
+    return out
+
+
+def paired_line(p: dict) -> str:
+    return (f"{p['mode']} vs {p['versus']}: right only with {p['mode']} {p['right_only_mode']}, only with "
+            f"{p['versus']} {p['right_only_versus']} (exact McNemar p = {p['mcnemar_p']:.3f})")
+
+
 def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
     per_mode = {}
     for mode in cfg.modes:
@@ -138,6 +158,7 @@ def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
         per_mode[mode] = {"accuracy": correct / len(rows), "ci95": [lo, hi], "n": len(rows), "correct": correct,
                           "latency_s_mean": latency}  # fmt: skip
     return {"task": cfg.task, "split": cfg.split, "method": cfg.method, "config": asdict(cfg), "modes": per_mode,
+            "paired": paired(records, cfg.modes),
             "models": identities, "seed": cfg.seed, "created": datetime.now(timezone.utc).isoformat(),
             "versions": {"cache2cache": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
@@ -151,6 +172,8 @@ def markdown(summary: dict) -> str:
         lo, hi = m["ci95"]
         lines.append(f"| {mode} | {m['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {m['n']} | "
                      f"{m['latency_s_mean']['total_s']:.3f} |")  # fmt: skip
+    if summary["paired"]:
+        lines += ["", "Paired on the same questions:", ""] + [f"- {paired_line(p)}" for p in summary["paired"]]
     return "\n".join(lines) + "\n"
 
 
