@@ -55,6 +55,8 @@ def test_gate_lr_mult_lets_gates_move_on_short_runs(tmp_path):
 
     slow, fast = moved("slow"), moved("fast", "gate_lr_mult=100")
     assert slow <= 6 * 1e-3 * 1.05 and fast > 10 * slow
+    with pytest.raises(C2CError, match="gate_lr_mult"):  # its optimizer has no separate gate group to resume
+        _train(tmp_path / "slow", "max_steps=8", "gate_lr_mult=100", resume=tmp_path / "slow")
     with pytest.raises(C2CError, match="gate_lr_mult"):
         load_config(TINY, ["gate_lr_mult=0"])
 

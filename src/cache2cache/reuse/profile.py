@@ -26,6 +26,8 @@ from ..models.loading import LoadedModel
 from .capture import Capture
 from .partial import GroupKV, RecomputePlan, build_cache, first_token_logits, next_token_logits
 
+SEARCHES = ("greedy", "sensitivity")  # how layers are ranked for recompute plans (see the module docstring)
+
 
 def kl(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Mean KL(reference || other) over the batch, from logits."""
@@ -107,9 +109,6 @@ def timed_build(b: LoadedModel, cap: Capture, plan: RecomputePlan, repeats: int)
     return cache, sorted(times)[len(times) // 2]
 
 
-SEARCHES = ("greedy", "sensitivity")
-
-
 def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[int]] | None = None,
             choices: list[list[int]] | None = None, repeats: int = 3, search: str = "greedy",
             progress: Callable[[], None] | None = None) -> dict:  # fmt: skip
@@ -152,26 +151,30 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
 
 
 def plot_tradeoff(result: dict, out) -> None:
-    """Accuracy against prefill speed-up, one point per plan, from `evaluate_plans`."""
+    """Accuracy and agreement with B's own answer against prefill speed-up (log scale: reusing everything is a
+    copy, hundreds of times faster), one point per plan, from `evaluate_plans`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plans = sorted(result["plans"], key=lambda p: p["speedup_vs_full_prefill"])
-    fig, ax = plt.subplots(figsize=(6, 4))
     x = [p["speedup_vs_full_prefill"] for p in plans]
+    fig, (acc, agree) = plt.subplots(1, 2, figsize=(11, 4))
     y = [p["accuracy"] for p in plans]
     err = [[p["accuracy"] - p["ci95"][0] for p in plans], [p["ci95"][1] - p["accuracy"] for p in plans]]
-    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=4)
-    for p in plans:
-        ax.annotate(p["label"], (p["speedup_vs_full_prefill"], p["accuracy"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
-    ax.axhline(result["a_accuracy"], color="grey", ls="--", lw=1, label=f"{result['model_a']} alone")
-    ax.set_xlabel("B's cache-build speed-up vs its full prefill")
-    ax.set_ylabel(f"accuracy, {result['task']}/{result['split']} (95% CI)")
-    ax.set_title(f"{result['model_b']} reusing {result['model_a']} (labels: recompute budget)", fontsize=9)
-    ax.legend(fontsize=8)
+    acc.errorbar(x, y, yerr=err, fmt="o-", capsize=4)
+    acc.axhline(result["a_accuracy"], color="grey", ls="--", lw=1, label=f"{result['model_a']} alone")
+    acc.set_ylabel(f"accuracy, {result['task']}/{result['split']}, n={result['n']} (95% CI)")
+    acc.legend(fontsize=8)
+    agree.plot(x, [p["agreement_with_b"] for p in plans], "o-")
+    agree.set_ylabel("same answer as B's own prefill")
+    for ax, key in ((acc, "accuracy"), (agree, "agreement_with_b")):
+        ax.set_xscale("log")
+        ax.set_xlabel("B's cache-build speed-up vs its full prefill (log)")
+        for p, xi in zip(plans, x):
+            ax.annotate(p["label"], (xi, p[key]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig.suptitle(f"{result['model_b']} reusing {result['model_a']}'s cache (labels: recompute budget)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -139,17 +139,22 @@ class FuserTrainer:
             log.info("%s", report.summary())
 
     def _setup_optimizer(self, ckpt: dict | None) -> None:
+        separate_gates = self.cfg.gate_lr_mult != 1  # a group of their own only then: older checkpoints have two
         named = list(self.fuser.named_parameters())
         gates = [p for n, p in named if n.endswith("gate_logit")]
-        decay = [p for n, p in named if p.dim() >= 2]
-        no_decay = [p for n, p in named if p.dim() < 2 and not (n.endswith("gate_logit") and self.cfg.gate_lr_mult != 1)]
+        decay = [p for _, p in named if p.dim() >= 2]
+        no_decay = [p for n, p in named if p.dim() < 2 and not (separate_gates and n.endswith("gate_logit"))]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay, "lr_mult": 1.0},
                   {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]  # norms, biases (and gates)
-        if self.cfg.gate_lr_mult != 1:  # a group of their own only when it differs: older checkpoints have two
+        if separate_gates:
             groups.append({"params": gates, "weight_decay": 0.0, "lr_mult": self.cfg.gate_lr_mult})
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95))
         if ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except ValueError:
+                raise C2CError("the checkpoint's optimizer state does not fit this run (was gate_lr_mult changed "
+                               "between 1 and another value on resume?)") from None
 
     # ---- data --------------------------------------------------------------------------------------------
 
