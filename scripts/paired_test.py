@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from cache2cache.evaluation.runner import discordant
 from cache2cache.evaluation.scoring import mcnemar_exact
 
 
@@ -34,12 +35,11 @@ def main() -> None:
     ap.add_argument("b", help="RUN_DIR:MODE")
     args = ap.parse_args()
     a, b = load(args.a), load(args.b)
-    shared = sorted(set(a) & set(b))
-    if not shared:
+    n, only_a, only_b = discordant(a, b)
+    if not n:
         sys.exit("error: the two runs share no questions")
-    only_a = sum(a[i] and not b[i] for i in shared)
-    only_b = sum(b[i] and not a[i] for i in shared)
-    print(f"{len(shared)} shared questions: A right {sum(a[i] for i in shared)}, B right {sum(b[i] for i in shared)}; "
+    shared = a.keys() & b.keys()
+    print(f"{n} shared questions: A right {sum(a[i] for i in shared)}, B right {sum(b[i] for i in shared)}; "
           f"A right where B wrong {only_a}, B right where A wrong {only_b}; "
           f"exact McNemar p = {mcnemar_exact(only_a, only_b):.3f}")
 

@@ -128,6 +128,15 @@ class Evaluator:
         return records
 
 
+def discordant(right_a: dict[str, bool], right_b: dict[str, bool]) -> tuple[int, int, int]:
+    """On the questions two runs share (id -> correct): how many there are, how many only A gets right, and how
+    many only B does."""
+    shared = right_a.keys() & right_b.keys()
+    only_a = sum(right_a[i] and not right_b[i] for i in shared)
+    only_b = sum(right_b[i] and not right_a[i] for i in shared)
+    return len(shared), only_a, only_b
+
+
 def paired(records: list[dict], modes: list[str]) -> list[dict]:
     """Every later mode against every earlier one on the same questions: who is right where the other is wrong,
     and the exact McNemar p-value (a gain can be significant while the two confidence intervals overlap)."""
@@ -135,11 +144,9 @@ def paired(records: list[dict], modes: list[str]) -> list[dict]:
     out = []
     for j, b in enumerate(modes):
         for a in modes[:j]:
-            shared = right[a].keys() & right[b].keys()
-            only_a = sum(right[a][i] and not right[b][i] for i in shared)
-            only_b = sum(right[b][i] and not right[a][i] for i in shared)
-            out.append({"mode": b, "versus": a, "n": len(shared), "right_only_mode": only_b,
-                        "right_only_versus": only_a, "mcnemar_p": mcnemar_exact(only_a, only_b)})  # fmt: skip
+            n, only_a, only_b = discordant(right[a], right[b])
+            out.append({"mode": b, "versus": a, "n": n, "right_only_mode": only_b, "right_only_versus": only_a,
+                        "mcnemar_p": mcnemar_exact(only_a, only_b)})  # fmt: skip
     return out
 
 

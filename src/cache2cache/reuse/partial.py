@@ -117,18 +117,17 @@ def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan, memo: GroupKV
     ids, mask = cap.ids[:, :-1].to(b.device), cap.mask[:, :-1].to(b.device)
     recomputed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start, end in plan.groups:
-        if memo is None or (start, end) not in memo:
+        kv = memo.get((start, end)) if memo is not None else None
+        if kv is None:
             scratch = new_cache(b.model.config, keep_full_history=True)
             hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
             with _only_layers(b.model, start, end, hidden):
                 b.model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                               past_key_values=scratch, use_cache=True)  # fmt: skip
             kv = [(scratch.layers[i].keys, scratch.layers[i].values) for i in range(start, end)]
-            if memo is None:
-                recomputed.update(zip(range(start, end), kv))
-                continue
-            memo[(start, end)] = kv
-        recomputed.update(zip(range(start, end), memo[(start, end)]))
+            if memo is not None:
+                memo[(start, end)] = kv
+        recomputed.update(zip(range(start, end), kv))
     cache = new_cache(b.model.config)
     dtype = b.model.dtype
     for i in range(n):
