@@ -102,6 +102,13 @@ def test_continuations_must_match_prompts():
         model.continuation_logprobs(["a question"], [], "receiver")
 
 
+def test_a_continuation_that_overflows_the_context_is_refused():
+    model = _model()
+    too_long = " word" * model.receiver.max_length
+    with pytest.raises(C2CError, match="exceeds"):
+        model.continuation_logprobs(["a question"], [[" yes", too_long]], "c2c")
+
+
 def test_limit_is_a_seeded_sample():
     a = select_items(_cfg(limit=3, seed=1))
     b = select_items(_cfg(limit=3, seed=1))

@@ -370,14 +370,14 @@ class C2CModel:
         if len(continuations) != len(prompts) or not all(continuations):
             raise C2CError("need a non-empty list of continuations for every prompt")
         answerer = self.answerer(mode)
-        batch = self.encode(prompts, mode)
+        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id]
+                for opts in continuations for c in opts]  # fmt: skip
+        batch = self.encode(prompts, mode, new_tokens=max(map(len, rows)))  # the longest option must fit too
         cache, timings = self.prefill(batch, mode)
         t0 = _clock(answerer.device)
         owner = torch.tensor([i for i, opts in enumerate(continuations) for _ in opts], device=batch.ids.device)
         cache.batch_select_indices(owner)
         expanded = Batch(batch.ids[owner], batch.mask[owner], [])
-        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id]
-                for opts in continuations for c in opts]  # fmt: skip
         ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
         logp = self.continuation_logits(expanded, cache, answerer, ids, mask).float().log_softmax(-1)
         flat = (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
