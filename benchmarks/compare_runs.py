@@ -33,8 +33,9 @@ def summarise(label: str, run: Path, at: int | None) -> dict:
     cfg = json.loads((run / "train_config.json").read_text())
     fuser_cfg = json.loads((run / "fuser" / "config.json").read_text()) if (run / "fuser").is_dir() else {}
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    elapsed = [m["elapsed_s"] for m in train[1:]]  # step 1 includes the step-0 validation
-    step_times = [b - a for a, b in itertools.pairwise(elapsed)]
+    # Differences of elapsed time start at step 2, so step 1's own time (it includes the step-0 validation)
+    # never counts.
+    step_times = [b["elapsed_s"] - a["elapsed_s"] for a, b in itertools.pairwise(train)]
     return {
         "label": label,
         "run": str(run),
