@@ -47,7 +47,7 @@ def main() -> None:
         with torch.no_grad():
             trainer.fuser.load_state_dict(trained.state_dict())
         trainer.fuser.close_gates([r for r in shut if r in gates])
-        rows.append({"setting": name, "shut": shut, "val_loss": trainer.evaluate()})
+        rows.append({"setting": name, "shut": shut, "val_loss": trainer.evaluate()["val_loss"]})
     result = {"run": str(run), "receiver": cfg.receiver, "sharer": cfg.sharer, "val_examples": len(trainer.val),
               "open_gates": {r: [k > 0, v > 0] for r, (k, v) in gates.items()}, "rows": rows,
               "seconds": round(time.perf_counter() - t0, 1), "machine": platform.machine(),

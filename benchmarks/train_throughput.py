@@ -81,7 +81,7 @@ def main() -> None:
         with torch.no_grad():
             cache = trainer.model.prefill_answerer(tb.prompt, trainer.model.receiver)
         t3 = _sync(dev)
-        trainer.response_loss(tb, sharer_caches, cache).backward()
+        trainer.response_loss(tb, sharer_caches, cache).ce.backward()
         t4 = _sync(dev)
         trainer.fuser.zero_grad(set_to_none=True)
         if i:
