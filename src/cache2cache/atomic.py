@@ -7,14 +7,18 @@ import os
 from pathlib import Path
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write `text` to a hidden sibling, then rename it over `path` (atomic on POSIX); parents are created."""
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to a hidden sibling, then rename it over `path` (atomic on POSIX); parents are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
 
 
 def write_json(path: Path, data) -> Path:

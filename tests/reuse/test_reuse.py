@@ -45,7 +45,7 @@ def test_recompute_everything_equals_b_own_prefill(pair):
     own = C2CModel(b).next_token_logits(PROMPTS, "receiver")
     assert torch.equal(next_token_logits(b, cap, RecomputePlan.parse("all", n)), own)
     batch = C2CModel(b).encode(PROMPTS, "receiver")
-    b_cache = C2CModel.prefill_answerer(batch, b)
+    b_cache = C2CModel(b).prefill_answerer(batch, b)
     reused = build_cache(b, cap, RecomputePlan.parse("all", n))
     for i in range(n):
         assert torch.equal(reused.layers[i].keys, b_cache.layers[i].keys)
@@ -55,7 +55,7 @@ def test_reuse_everything_equals_a_cache(pair):
     a, b = pair
     cap = capture(a, PROMPTS)
     reused = build_cache(b, cap, RecomputePlan.parse("none", len(cap.keys)))
-    a_cache = C2CModel.prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
+    a_cache = C2CModel(a).prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
     for i in range(len(cap.keys)):
         assert torch.equal(reused.layers[i].keys, a_cache.layers[i].keys)
         assert torch.equal(reused.layers[i].values, a_cache.layers[i].values)
@@ -70,7 +70,7 @@ def test_partial_plan_recomputes_only_its_layers(pair):
     n = len(cap.keys)
     plan = RecomputePlan.of([(1, 3)], n)
     reused = build_cache(b, cap, plan)
-    a_cache = C2CModel.prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
+    a_cache = C2CModel(a).prefill_answerer(C2CModel(a).encode(PROMPTS, "receiver"), a)
     for i in range(n):
         same = torch.equal(reused.layers[i].keys, a_cache.layers[i].keys)
         assert same == (i not in plan.layers)

@@ -10,12 +10,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Cache
 
 from ..alignment.layers import layer_map
 from ..errors import C2CError
@@ -26,6 +26,7 @@ from .layer import LayerFuser
 WEIGHTS = "model.safetensors"
 
 LayerDeltas = dict[int, tuple[torch.Tensor | None, torch.Tensor | None]]
+KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class Fuser(nn.Module):
@@ -85,26 +86,28 @@ class Fuser(nn.Module):
         if cfg.receiver_geometry != receiver_geometry.to_dict() or cfg.sharer_geometry != sharer_geometry.to_dict():
             raise C2CError(f"this fuser's KV shapes do not match {got} (same names, different models?)")
 
-    def deltas(self, receiver_cache: Cache, sharer_cache: Cache, sharer_index: torch.Tensor) -> LayerDeltas:
-        """Per fused receiver layer, the (dk, dv) to add to its cached keys and values.
+    def deltas(self, receiver_kv: Sequence[KV], sharer_kv: Sequence[KV], sharer_index: torch.Tensor) -> LayerDeltas:
+        """Per fused receiver layer, the (dk, dv) to add to its keys and values: a pure function of tensors.
 
         Args:
-            receiver_cache: the receiver's cache after prefilling T prompt tokens (sliding-window layers
-                hold only their last positions; those are the ones fused).
-            sharer_cache: the sharer's cache after its prefill, with every position kept.
-            sharer_index: (B, T) long, for each receiver position the sharer position aligned to it.
+            receiver_kv: per receiver layer (keys, values), each (B, H, t, D) over the receiver's last t prompt
+                positions (t may differ by layer: a sliding-window layer may hold fewer).
+            sharer_kv: per sharer layer (keys, values), (B, Hs, Ts, Ds), every sharer position.
+            sharer_index: (B, T) long, for each of the receiver's last T >= t positions the aligned sharer one.
+        Fusion is per position: a position's deltas depend only on the receiver's and the aligned sharer's
+        keys/values there, so the deltas of a prompt's prefix can be computed once and reused.
         """
         out: LayerDeltas = {}
         dtype = next(self.parameters()).dtype
         for r, s in self.config.fused_layers():
             fuser = self.layers[str(r)]
-            rl, sl = receiver_cache.layers[r], sharer_cache.layers[s]
-            t = rl.keys.shape[-2]  # a sliding layer keeps the last t <= T positions
+            (rk, rv), (sk_all, sv_all) = receiver_kv[r], sharer_kv[s]
+            t = rk.shape[-2]
             idx = sharer_index[:, -t:]  # (B, t)
-            gather = idx[:, None, :, None].expand(-1, sl.keys.shape[1], -1, sl.keys.shape[-1])  # (B, Hs, t, ds)
-            sk = sl.keys.gather(2, gather).to(dtype)
-            sv = sl.values.gather(2, gather).to(dtype)
-            dk, dv = fuser(rl.keys.to(dtype), rl.values.to(dtype), sk, sv)
+            gather = idx[:, None, :, None].expand(-1, sk_all.shape[1], -1, sk_all.shape[-1])  # (B, Hs, t, ds)
+            sk = sk_all.gather(2, gather).to(dtype)
+            sv = sv_all.gather(2, gather).to(dtype)
+            dk, dv = fuser(rk.to(dtype), rv.to(dtype), sk, sv)
             if dk is not None or dv is not None:
                 out[r] = (dk, dv)
         return out

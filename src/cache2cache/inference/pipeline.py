@@ -12,139 +12,38 @@ first sharer answer alone with its own chat template.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
-import time
-from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 from transformers import Cache, GenerationConfig, TextIteratorStreamer
 
-from ..alignment.tokens import AlignedPrompt, Messages, TokenAligner, encode, render
+from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
 from ..errors import C2CError
+from ..caches.identity import ModelIdentity, identity_of
+from ..caches.prompt_cache import PromptCache, stack_caches
+from ..caches.store import PrefixStore
 from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
+from .batching import (MODES, Batch, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings, clock,
+                       left_pad, positions, right_pad, to_messages)
 
-MODES = ("c2c", "receiver", "sharer")
+__all__ = ["C2CModel", "MODES", "Batch", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt",
+           "Timings", "left_pad", "positions", "right_pad", "to_messages"]
 
-Prompt = str | Messages
-
-
-@dataclass
-class GenerateOptions:
-    """Decoding settings shared by every mode (so baselines decode exactly like C2C)."""
-
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    min_new_tokens: int = 0  # > 0 ignores EOS until then (benchmarks decode a fixed number of tokens)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise C2CError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise C2CError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
-        if self.temperature <= 0:
-            raise C2CError(f"temperature must be positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise C2CError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise C2CError(f"top_k must be >= 0, got {self.top_k}")
-
-
-@dataclass
-class Timings:
-    """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading).
-
-    `receiver_prefill_s` is the answering model's prefill: the receiver's, or in mode "sharer" the sharer's.
-    `t2t_sharer_s` is text-to-text's extra cost: the sharer writing its notes (prefill + decode)."""
-
-    t2t_sharer_s: float = 0.0
-    sharer_prefill_s: float = 0.0
-    fuse_s: float = 0.0
-    receiver_prefill_s: float = 0.0
-    decode_s: float = 0.0
-
-    @property
-    def total_s(self) -> float:
-        return self.t2t_sharer_s + self.sharer_prefill_s + self.fuse_s + self.receiver_prefill_s + self.decode_s
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "total_s": self.total_s}
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    prompt_tokens: int  # tokens of the answering model's prompt
-    new_tokens: int  # generated tokens up to and including EOS
-    sharer_prompt_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class GenerationOutput:
-    mode: str
-    results: list[GenerationResult]
-    timings: Timings
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "results": [asdict(r) for r in self.results], "timings": self.timings.to_dict()}
-
-
-@dataclass
-class Batch:
-    """Left-padded tensors for one batch of prompts."""
-
-    ids: torch.Tensor  # (B, L) the answering model's prompt
-    mask: torch.Tensor  # (B, L)
-    sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    width = max(len(r) for r in rows)
-    pads = [width - len(r) for r in rows]
-    ids = torch.tensor([[pad_id] * p + list(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
-    return ids, mask, pads
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad continuations (responses, answer options) that follow a prompt: ids and mask, both (B, R)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-    return ids, mask
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding: each row starts at 0 on its first real token."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def to_messages(prompt: Prompt) -> Messages:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise C2CError("the prompt is empty")
-        return [{"role": "user", "content": prompt}]
-    if not prompt or not any(m.get("content", "").strip() for m in prompt):
-        raise C2CError("the prompt is empty")
-    return prompt
+def _rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """The real (unpadded) token ids of each row of a left-padded batch."""
+    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
 class C2CModel:
     """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
 
-    Holds no global state: several instances (say, one per model pair in a server) can live side by side.
+    Holds no global state: several instances (say, one per model pair in a server) can live side by side. With
+    a `PrefixStore`, prompts that share a prefix with an earlier one (a document, a conversation so far) are
+    prefilled and fused from the stored prefix on (see `prefill`).
     """
 
     def __init__(
@@ -153,6 +52,7 @@ class C2CModel:
         sharers: Sequence[LoadedModel] = (),
         fusers: Sequence[Fuser] = (),
         chat: bool = True,
+        store: PrefixStore | None = None,
     ) -> None:
         if len(fusers) != len(sharers):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
@@ -164,6 +64,8 @@ class C2CModel:
             fuser.to(receiver.device).eval()
             self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
         self._fusion_enabled = True
+        self.store = store
+        self._pair_identity: ModelIdentity | None = None
 
     def answerer(self, mode: str) -> LoadedModel:
         """The model that answers in `mode`: the first sharer in mode "sharer", else the receiver."""
@@ -230,17 +132,23 @@ class C2CModel:
 
     @torch.no_grad()
     def prefill(self, batch: Batch, mode: str = "c2c") -> tuple[Cache, Timings]:
-        """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in."""
+        """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in. With a prefix
+        store, every model resumes from the longest cached prefix of its prompt, and fusion from the longest
+        fused prefix (fusion is per position, so a prefix's fused keys and values do not change)."""
         answerer = self.answerer(mode)
+        fusing = mode == "c2c" and self._fusion_enabled
         timings = Timings()
-        t0 = _clock(answerer.device)
+        t0 = clock(answerer.device)
         sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
-        t1 = _clock(answerer.device)
+        t1 = clock(answerer.device)
         cache = self.prefill_answerer(batch, answerer)
-        t2 = _clock(answerer.device)
-        if mode == "c2c" and self._fusion_enabled:
-            self.fuse(cache, sharer_caches, batch)
-        t3 = _clock(answerer.device)
+        fresh = self._reuse_fused(cache, batch) if fusing and self.store is not None else None
+        t2 = clock(answerer.device)
+        if fusing:
+            self.fuse(cache, sharer_caches, batch, fresh)
+            if self.store is not None:
+                self._store_fused(cache, batch)
+        t3 = clock(answerer.device)
         timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
         return cache, timings
 
@@ -248,15 +156,19 @@ class C2CModel:
         """Each sharer reads its whole prompt; its cache keeps every position (sliding layers included)."""
         caches = []
         for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
+            if self.store is not None:
+                caches.append(self._from_store(sharer, _rows(s_ids, s_mask)))
+                continue
             cache = new_cache(sharer.model.config, keep_full_history=True)
             sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=positions(s_mask),
                          past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
             caches.append(cache)
         return caches
 
-    @staticmethod
-    def prefill_answerer(batch: Batch, answerer: LoadedModel) -> Cache:
+    def prefill_answerer(self, batch: Batch, answerer: LoadedModel) -> Cache:
         """The answering model reads every prompt token but the last (which generation or training feeds)."""
+        if self.store is not None and batch.ids.shape[1] > 1:
+            return self._from_store(answerer, _rows(batch.ids[:, :-1], batch.mask[:, :-1]))
         cache = new_cache(answerer.model.config)
         if batch.ids.shape[1] > 1:
             ids, mask = batch.ids[:, :-1], batch.mask[:, :-1]
@@ -264,27 +176,81 @@ class C2CModel:
                            use_cache=True, logits_to_keep=1)  # fmt: skip
         return cache
 
-    def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch) -> None:
-        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place.
+    def _from_store(self, model: LoadedModel, rows: list[list[int]]) -> Cache:
+        caches = [self.store.prefill(model, r) for r in rows]
+        return stack_caches(caches, model)[0]  # left-padded exactly like the batch: same rows, same widths
+
+    def pair_identity(self) -> ModelIdentity:
+        """Identity of the fused receiver cache: the receiver, each sharer and each fuser's weights."""
+        if self._pair_identity is None:
+            r = identity_of(self.receiver)
+            h = hashlib.sha256(r.fingerprint.encode())
+            for sharer, fuser in zip(self.sharers, self.fusers):
+                h.update(identity_of(sharer).fingerprint.encode())
+                for name, t in sorted(fuser.state_dict().items()):
+                    h.update(name.encode())
+                    h.update(t.detach().float().cpu().numpy().tobytes())
+            name = f"{r.name}<-{'+'.join(s.name for s in self.sharers)}"
+            self._pair_identity = ModelIdentity(name, h.hexdigest()[:16], r.geometry)
+        return self._pair_identity
+
+    def _reuse_fused(self, cache: Cache, batch: Batch) -> torch.Tensor:
+        """Copy each row's longest stored fused prefix into `cache`; returns the (B, T) mask of positions still to
+        fuse."""
+        mask = batch.mask[:, :-1]
+        fresh = mask.clone()
+        pads = (mask == 0).sum(-1).tolist()
+        for b, row in enumerate(_rows(batch.ids[:, :-1], mask)):
+            fused = self.store.longest_prefix(self.pair_identity().fingerprint, row)
+            if fused is None:
+                continue
+            start, n = pads[b], len(fused)
+            for layer, k, v in zip(cache.layers, fused.keys, fused.values):
+                layer.keys[b, :, start:start + n] = k.to(layer.keys.dtype)
+                layer.values[b, :, start:start + n] = v.to(layer.values.dtype)
+            fresh[b, start:start + n] = 0
+        return fresh
+
+    def _store_fused(self, cache: Cache, batch: Batch) -> None:
+        mask = batch.mask[:, :-1]
+        pads = (mask == 0).sum(-1).tolist()
+        for b, row in enumerate(_rows(batch.ids[:, :-1], mask)):
+            keys = [layer.keys[b, :, pads[b]:].clone() for layer in cache.layers]
+            values = [layer.values[b, :, pads[b]:].clone() for layer in cache.layers]
+            self.store.put(PromptCache(self.pair_identity(), row, keys, values))
+
+    def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch, fresh: torch.Tensor | None = None
+             ) -> None:  # fmt: skip
+        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place, at the
+        positions `fresh` (B, T) marks (default: every real prompt position but the last). Deltas are computed
+        only from the first column any row still needs.
 
         Runs with whatever grad mode the caller has: training calls it with gradients on, after prefilling
         without them."""
         if batch.ids.shape[1] < 2:
             return  # a one-token prompt leaves nothing in the cache to fuse
+        valid = batch.mask[:, :-1] if fresh is None else fresh  # (B, T)
+        cols = valid.any(0).nonzero()
+        if cols.numel() == 0:
+            return  # everything was fused before (a prefix-store hit on the whole prompt)
+        n_new = valid.shape[1] - int(cols[0])
+        receiver_kv = [(layer.keys[:, :, -n_new:], layer.values[:, :, -n_new:]) for layer in cache.layers]
         per_fuser: list[LayerDeltas] = [
-            fuser.deltas(cache, s_cache, index[:, :-1])
+            fuser.deltas(receiver_kv, [(sl.keys, sl.values) for sl in s_cache.layers], index[:, :-1])
             for fuser, s_cache, (_, _, index) in zip(self.fusers, sharer_caches, batch.sharers)
         ]
-        valid = batch.mask[:, None, :-1, None]  # (B, 1, T, 1): padding positions stay untouched
+        valid = valid[:, None, :, None]  # (B, 1, T, 1): padding (and already fused) positions stay untouched
         for r in sorted({r for d in per_fuser for r in d}):
             layer = cache.layers[r]
-            t = layer.keys.shape[-2]
+            t = min(layer.keys.shape[-2], n_new)
             dk = sum(d[r][0] for d in per_fuser if r in d and d[r][0] is not None)
             dv = sum(d[r][1] for d in per_fuser if r in d and d[r][1] is not None)
             if isinstance(dk, torch.Tensor):
-                layer.keys = layer.keys + (dk * valid[:, :, -t:]).to(layer.keys.dtype)
+                layer.keys = torch.cat([layer.keys[:, :, :-t], layer.keys[:, :, -t:] + (dk * valid[:, :, -t:])
+                                        .to(layer.keys.dtype)], dim=2)  # fmt: skip
             if isinstance(dv, torch.Tensor):
-                layer.values = layer.values + (dv * valid[:, :, -t:]).to(layer.values.dtype)
+                layer.values = torch.cat([layer.values[:, :, :-t], layer.values[:, :, -t:] + (dv * valid[:, :, -t:])
+                                          .to(layer.values.dtype)], dim=2)  # fmt: skip
 
     # ---- generation -----------------------------------------------------------------------------------
 
@@ -319,12 +285,12 @@ class C2CModel:
         answerer = self.answerer(mode)
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        t0 = _clock(answerer.device)
+        t0 = clock(answerer.device)
         out = answerer.model.generate(
             input_ids=batch.ids, attention_mask=batch.mask, past_key_values=cache,
             generation_config=self._generation_config(answerer, options), streamer=streamer,
         )  # fmt: skip
-        timings.decode_s = _clock(answerer.device) - t0
+        timings.decode_s = clock(answerer.device) - t0
         new = out[:, batch.ids.shape[1]:]
         results = []
         eos = self._eos_ids(answerer)
@@ -353,11 +319,11 @@ class C2CModel:
         batch = self.encode(prompts, mode, new_tokens=1)
         cache, timings = self.prefill(batch, mode)
         answerer = self.answerer(mode)
-        t0 = _clock(answerer.device)
+        t0 = clock(answerer.device)
         out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
                              position_ids=positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
         logits = out.logits[:, -1].float()
-        timings.decode_s = _clock(answerer.device) - t0
+        timings.decode_s = clock(answerer.device) - t0
         return logits, timings
 
     @torch.no_grad()
@@ -374,14 +340,14 @@ class C2CModel:
                 for opts in continuations for c in opts]  # fmt: skip
         batch = self.encode(prompts, mode, new_tokens=max(map(len, rows)))  # the longest option must fit too
         cache, timings = self.prefill(batch, mode)
-        t0 = _clock(answerer.device)
+        t0 = clock(answerer.device)
         owner = torch.tensor([i for i, opts in enumerate(continuations) for _ in opts], device=batch.ids.device)
         cache.batch_select_indices(owner)
         expanded = Batch(batch.ids[owner], batch.mask[owner], [])
         ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
         logp = self.continuation_logits(expanded, cache, answerer, ids, mask).float().log_softmax(-1)
         flat = (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
-        timings.decode_s = _clock(answerer.device) - t0
+        timings.decode_s = clock(answerer.device) - t0
         out, k = [], 0
         for opts in continuations:
             out.append(flat[k:k + len(opts)])

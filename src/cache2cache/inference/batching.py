@@ -1,0 +1,132 @@
+"""What the inference code passes around: prompts, decoding options, timings, results, and left-padded batches.
+
+Kept apart from the pipeline so that training, evaluation, reuse and serving use these plain pieces without
+importing the model code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..alignment.tokens import Messages
+from ..errors import C2CError
+
+MODES = ("c2c", "receiver", "sharer")
+
+Prompt = str | Messages
+
+
+@dataclass
+class GenerateOptions:
+    """Decoding settings shared by every mode (so baselines decode exactly like C2C)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    min_new_tokens: int = 0  # > 0 ignores EOS until then (benchmarks decode a fixed number of tokens)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise C2CError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise C2CError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        if self.temperature <= 0:
+            raise C2CError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise C2CError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise C2CError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of each phase for the whole batch (CUDA is synchronised before each reading).
+
+    `receiver_prefill_s` is the answering model's prefill: the receiver's, or in mode "sharer" the sharer's.
+    `t2t_sharer_s` is text-to-text's extra cost: the sharer writing its notes (prefill + decode)."""
+
+    t2t_sharer_s: float = 0.0
+    sharer_prefill_s: float = 0.0
+    fuse_s: float = 0.0
+    receiver_prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.t2t_sharer_s + self.sharer_prefill_s + self.fuse_s + self.receiver_prefill_s + self.decode_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_s": self.total_s}
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int  # tokens of the answering model's prompt
+    new_tokens: int  # generated tokens up to and including EOS
+    sharer_prompt_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    mode: str
+    results: list[GenerationResult]
+    timings: Timings
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "results": [asdict(r) for r in self.results], "timings": self.timings.to_dict()}
+
+
+@dataclass
+class Batch:
+    """Left-padded tensors for one batch of prompts."""
+
+    ids: torch.Tensor  # (B, L) the answering model's prompt
+    mask: torch.Tensor  # (B, L)
+    sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    width = max(len(r) for r in rows)
+    pads = [width - len(r) for r in rows]
+    ids = torch.tensor([[pad_id] * p + list(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
+    return ids, mask, pads
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad continuations (responses, answer options) that follow a prompt: ids and mask, both (B, R)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: each row starts at 0 on its first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def to_messages(prompt: Prompt) -> Messages:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise C2CError("the prompt is empty")
+        return [{"role": "user", "content": prompt}]
+    if not prompt or not any(m.get("content", "").strip() for m in prompt):
+        raise C2CError("the prompt is empty")
+    return prompt
+
+
