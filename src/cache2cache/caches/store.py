@@ -71,7 +71,7 @@ class PrefixStore:
             for key, c in self._entries.items():
                 if key[0] != fingerprint:
                     continue
-                n = _common_prefix(c.token_ids, ids)
+                n = common_prefix(c.token_ids, ids)
                 if n > best_n:
                     best, best_n, best_key = c, n, key
             if best_key is not None and best_n >= self.min_prefix:
@@ -107,9 +107,6 @@ class PrefixStore:
             self.stats.bytes = self.stats.entries = 0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two id lists share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

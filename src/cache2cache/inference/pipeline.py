@@ -23,7 +23,7 @@ from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
 from ..errors import C2CError
 from ..caches.identity import ModelIdentity, identity_of
 from ..caches.prompt_cache import PromptCache, stack_caches
-from ..caches.store import PrefixStore
+from ..caches.store import PrefixStore, common_prefix
 from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
@@ -194,30 +194,48 @@ class C2CModel:
             self._pair_identity = ModelIdentity(name, h.hexdigest()[:16], r.geometry)
         return self._pair_identity
 
+    def _alignment_rows(self, batch: Batch) -> list[list[tuple[list[int], list[int]]]]:
+        """Per prompt, per sharer: its unpadded sharer ids and each receiver position's sharer index."""
+        pads = (batch.mask == 0).sum(-1).tolist()
+        out = []
+        for b in range(batch.ids.shape[0]):
+            row = []
+            for s_ids, s_mask, index in batch.sharers:
+                s_pad = int((s_mask[b] == 0).sum())
+                row.append((s_ids[b, s_pad:].tolist(), (index[b, pads[b]:-1] - s_pad).tolist()))
+            out.append(row)
+        return out
+
     def _reuse_fused(self, cache: Cache, batch: Batch) -> torch.Tensor:
         """Copy each row's longest stored fused prefix into `cache`; returns the (B, T) mask of positions still to
-        fuse."""
+        fuse. A stored position is reused only where it was fused from the same sharer tokens: near the end of
+        a shared prefix a sharer may have tokenised the boundary differently (a merge across it)."""
         mask = batch.mask[:, :-1]
         fresh = mask.clone()
         pads = (mask == 0).sum(-1).tolist()
-        for b, row in enumerate(_rows(batch.ids[:, :-1], mask)):
+        for b, (row, aligned) in enumerate(zip(_rows(batch.ids[:, :-1], mask), self._alignment_rows(batch))):
             fused = self.store.longest_prefix(self.pair_identity().fingerprint, row)
             if fused is None:
                 continue
-            start, n = pads[b], len(fused)
+            n = len(fused)
+            for (ids, index), old in zip(aligned, fused.meta["aligned"]):
+                same = common_prefix(ids, old["ids"])  # sharer tokens both prompts share
+                n = min(n, next((i for i in range(n) if index[i] >= same or index[i] != old["index"][i]), n))
+            start = pads[b]
             for layer, k, v in zip(cache.layers, fused.keys, fused.values):
-                layer.keys[b, :, start:start + n] = k.to(layer.keys.dtype)
-                layer.values[b, :, start:start + n] = v.to(layer.values.dtype)
+                layer.keys[b, :, start:start + n] = k[:, :n].to(layer.keys.dtype)
+                layer.values[b, :, start:start + n] = v[:, :n].to(layer.values.dtype)
             fresh[b, start:start + n] = 0
         return fresh
 
     def _store_fused(self, cache: Cache, batch: Batch) -> None:
         mask = batch.mask[:, :-1]
         pads = (mask == 0).sum(-1).tolist()
-        for b, row in enumerate(_rows(batch.ids[:, :-1], mask)):
+        for b, (row, aligned) in enumerate(zip(_rows(batch.ids[:, :-1], mask), self._alignment_rows(batch))):
             keys = [layer.keys[b, :, pads[b]:].clone() for layer in cache.layers]
             values = [layer.values[b, :, pads[b]:].clone() for layer in cache.layers]
-            self.store.put(PromptCache(self.pair_identity(), row, keys, values))
+            meta = {"aligned": [{"ids": ids, "index": index} for ids, index in aligned]}
+            self.store.put(PromptCache(self.pair_identity(), row, keys, values, meta=meta))
 
     def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch, fresh: torch.Tensor | None = None
              ) -> None:  # fmt: skip

@@ -1,0 +1,142 @@
+"""Agents that pass caches instead of text.
+
+    team = Team(fusers=[fuser], store=PrefixStore(2 << 30))
+    reader = team.agent("reader", load_model("Qwen2.5-Coder-1.5B-Instruct"))
+    answerer = team.agent("answerer", load_model("SmolLM2-135M-Instruct"))
+    note = reader.read(document)                      # a CacheMessage: the reader's cache of the document
+    replies = team.answer(answerer, ["Who ...?", "When ...?"], [note])   # batched; C2C through the fuser
+
+A message is the sender's `PromptCache` of the conversation it read. The receiving agent joins that
+conversation: its prompt is the sender's messages followed by the question, and it answers from its own cache
+with the sender's fused in (Cache-to-Cache). Every cache goes through the team's prefix store, so the document
+is prefilled once per model and each question costs only its own tokens (and fusion reuses the document's fused
+positions). Where the team has no fuser for a (receiver, sender) pair, the message falls back to text: the sender
+writes what it would have said (`CacheMessage.render`) and the receiver reads that, with a warning.
+
+Roles (system prompts) apply when an agent reads or answers on its own; in C2C the receiver reads the sender's
+conversation, system prompt included, because that is what the sender's cache holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .alignment.tokens import Messages, encode, render
+from .caches.prompt_cache import PromptCache
+from .caches.store import PrefixStore
+from .errors import C2CError
+from .fuser.model import Fuser
+from .inference.batching import GenerateOptions, GenerationResult, Prompt, to_messages
+from .inference.pipeline import C2CModel
+from .models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheMessage:
+    """What one agent sends another: its cache of the conversation it read (a handle, not text)."""
+
+    sender: str  # the agent's name
+    cache: PromptCache
+
+    @property
+    def context(self) -> Messages:
+        return self.cache.messages or []
+
+    def render(self, team: "Team", options: GenerateOptions | None = None) -> str:
+        """The text the sender would have written from this cache (for auditing, and the text fallback)."""
+        sender = team.agents[self.sender]
+        model = C2CModel(sender.model, store=team.store)
+        team.store.put(self.cache)  # a message from elsewhere (a file, the wire) is a prefix to reuse
+        return model.generate([self.context], "receiver", options).results[0].text
+
+
+@dataclass
+class Agent:
+    name: str
+    model: LoadedModel
+    system: str | None = None  # the agent's role when it reads or answers on its own
+    team: "Team | None" = field(default=None, repr=False)
+
+    def _messages(self, prompt: Prompt) -> Messages:
+        messages = to_messages(prompt)
+        if self.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}] + messages
+        return messages
+
+    def read(self, context: Prompt) -> CacheMessage:
+        """Prefill `context` (with this agent's role) once and return it as a message for other agents."""
+        store = self.team.store if self.team else PrefixStore()
+        messages = self._messages(context)
+        ids = encode(self.model.tokenizer, render(self.model.tokenizer, messages))[0]
+        if len(ids) > self.model.max_length:
+            raise C2CError(f"{self.name}: {len(ids)} tokens exceed {self.model.name}'s context")
+        cache = store.prefill(self.model, ids, messages)
+        cache.meta["sender"] = self.name
+        return CacheMessage(self.name, cache)
+
+    def ask(self, prompts: Sequence[Prompt], options: GenerateOptions | None = None) -> list[GenerationResult]:
+        """Answer on its own (no messages), with its role."""
+        store = self.team.store if self.team else None
+        model = C2CModel(self.model, store=store)
+        return model.generate([self._messages(p) for p in prompts], "receiver", options).results
+
+
+@dataclass
+class Reply:
+    text: str
+    via: dict[str, str]  # sender -> "cache" or "text"
+    result: GenerationResult
+
+
+class Team:
+    """Agents and the fusers between their models; one prefix store shared by all of them."""
+
+    def __init__(self, fusers: Sequence[Fuser] = (), store: PrefixStore | None = None) -> None:
+        self.store = store if store is not None else PrefixStore()
+        self.fusers = {(f.config.receiver, f.config.sharer): f for f in fusers}
+        self.agents: dict[str, Agent] = {}
+        self._models: dict[tuple[str, ...], C2CModel] = {}  # one per (receiver, senders): fuser hashes once
+
+    def agent(self, name: str, model: LoadedModel, system: str | None = None) -> Agent:
+        if name in self.agents:
+            raise C2CError(f"an agent named {name!r} is already in the team")
+        self.agents[name] = Agent(name, model, system, self)
+        return self.agents[name]
+
+    def fuser_for(self, receiver: Agent, sender: Agent) -> Fuser | None:
+        return self.fusers.get((receiver.model.name, sender.model.name))
+
+    def answer(self, receiver: Agent, questions: Sequence[str], messages: Sequence[CacheMessage],
+               options: GenerateOptions | None = None) -> list[Reply]:  # fmt: skip
+        """Answer each question after the messages' conversations, batched. Senders with a fuser for this
+        receiver are fused in (one sharer each, several at once); the others fall back to their text."""
+        if not questions:
+            raise C2CError("no questions given")
+        unknown = [m.sender for m in messages if m.sender not in self.agents]
+        if unknown:
+            raise C2CError(f"messages from agents not in this team: {unknown}")
+        for m in messages:
+            self.store.put(m.cache)
+        fused, as_text = [], []
+        for m in messages:
+            sender = self.agents[m.sender]
+            (fused if self.fuser_for(receiver, sender) is not None else as_text).append(m)
+        for m in as_text:
+            log.warning("no fuser for %s <- %s: %s's message is passed as text", receiver.model.name,
+                        self.agents[m.sender].model.name, m.sender)  # fmt: skip
+        notes = [f"Notes from {m.sender}:\n{m.render(self, options)}" for m in as_text]
+        context = [msg for m in fused for msg in m.context]
+        prompts = [context + [{"role": "user", "content": "\n\n".join(notes + [q])}] for q in questions]
+        via = {m.sender: "cache" for m in fused} | {m.sender: "text" for m in as_text}
+        senders = list(dict.fromkeys(self.agents[m.sender].name for m in fused))
+        sharers = [self.agents[s].model for s in senders]
+        key = (receiver.name, *senders)
+        if key not in self._models:
+            self._models[key] = C2CModel(receiver.model, sharers, [self.fuser_for(receiver, self.agents[s])
+                                                                   for s in senders], store=self.store)  # fmt: skip
+        out = self._models[key].generate(prompts, "c2c" if sharers else "receiver", options)
+        return [Reply(r.text, via, r) for r in out.results]
