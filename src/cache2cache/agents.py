@@ -114,6 +114,27 @@ class Team:
                options: GenerateOptions | None = None) -> list[Reply]:  # fmt: skip
         """Answer each question after the messages' conversations, batched. Senders with a fuser for this
         receiver are fused in (one sharer each, several at once); the others fall back to their text."""
+        plan = self._plan(receiver, questions, messages, options)
+        out = plan.model.generate(plan.prompts, plan.mode, options)
+        return [Reply(r.text, plan.via, r) for r in out.results]
+
+    def score(self, receiver: Agent, questions: Sequence[str], choices: Sequence[Sequence[str]],
+              messages: Sequence[CacheMessage]) -> list[list[float]]:  # fmt: skip
+        """Log-likelihood of each choice (a continuation text) after each question, read as `answer` reads it:
+        cloze scoring through the same prompts, caches and fusers."""
+        plan = self._plan(receiver, questions, messages)
+        return plan.model.continuation_logprobs(plan.prompts, choices, plan.mode)[0]
+
+    def prime(self, receiver: Agent, messages: Sequence[CacheMessage]) -> None:
+        """Prefill (and fuse) the messages' conversations for `receiver` now, so that the first question about
+        them is as cheap as the next ones."""
+        plan = self._plan(receiver, ["(primed)"], messages)
+        context = plan.prompts[0][:-1]
+        if context:
+            plan.model.prefill(plan.model.encode([context], plan.mode), plan.mode)
+
+    def _plan(self, receiver: Agent, questions: Sequence[str], messages: Sequence[CacheMessage],
+              options: GenerateOptions | None = None) -> "_Plan":  # fmt: skip
         if not questions:
             raise C2CError("no questions given")
         unknown = [m.sender for m in messages if m.sender not in self.agents]
@@ -132,11 +153,20 @@ class Team:
         context = [msg for m in fused for msg in m.context]
         prompts = [context + [{"role": "user", "content": "\n\n".join(notes + [q])}] for q in questions]
         via = {m.sender: "cache" for m in fused} | {m.sender: "text" for m in as_text}
-        senders = list(dict.fromkeys(self.agents[m.sender].name for m in fused))
-        sharers = [self.agents[s].model for s in senders]
+        senders = list(dict.fromkeys(m.sender for m in fused))
         key = (receiver.name, *senders)
         if key not in self._models:
-            self._models[key] = C2CModel(receiver.model, sharers, [self.fuser_for(receiver, self.agents[s])
-                                                                   for s in senders], store=self.store)  # fmt: skip
-        out = self._models[key].generate(prompts, "c2c" if sharers else "receiver", options)
-        return [Reply(r.text, via, r) for r in out.results]
+            self._models[key] = C2CModel(receiver.model, [self.agents[s].model for s in senders],
+                                         [self.fuser_for(receiver, self.agents[s]) for s in senders],
+                                         store=self.store)  # fmt: skip
+        return _Plan(self._models[key], prompts, "c2c" if senders else "receiver", via)
+
+
+@dataclass
+class _Plan:
+    """How a team answers: the model (receiver and the fused senders), the prompts, the mode, each sender's path."""
+
+    model: C2CModel
+    prompts: list[Messages]
+    mode: str
+    via: dict[str, str]
