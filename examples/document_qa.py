@@ -35,7 +35,7 @@ from cache2cache.agents import Team
 from cache2cache.atomic import write_json
 from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.caches.store import PrefixStore
-from cache2cache.evaluation.scoring import T2T_REQUEST
+from cache2cache.inference.answerers import Question, TextToText
 from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
 from cache2cache.training.mixture import load_source
 
@@ -77,6 +77,7 @@ def main() -> None:
     docs = documents(receiver.tokenizer, args.docs, args.per_doc)
     team = Team(cold.fusers, store=PrefixStore(max_bytes=4 << 30))
     reader, answerer = team.agent("reader", sharer), team.agent("answerer", receiver)
+    t2t = TextToText(cold, note_tokens=args.t2t_tokens)
 
     rows, ttft = [], []
     for d, doc in enumerate(docs):
@@ -93,10 +94,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 (lp,), _ = cold.continuation_logprobs([prompt], [CHOICES], mode)
                 rec[mode if mode == "receiver" else "c2c-cold"] = (lp, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            notes = cold.generate([[{"role": "user", "content": f"{doc['text']}\n\n{q}\n\n{T2T_REQUEST}"}]], "sharer",
-                                  GenerateOptions(max_new_tokens=args.t2t_tokens)).results[0].text  # fmt: skip
-            (lp,), _ = cold.continuation_logprobs([f"Notes from another model:\n{notes}\n\n{q}"], [CHOICES], "receiver")
+            t0 = time.perf_counter()  # the sharer reads document + question and writes notes; the receiver reads them
+            ask = Question(prompt, with_notes=lambda notes: f"Notes from another model:\n{notes}\n\n{q}")
+            (lp,) = t2t.logprobs([ask], [CHOICES]).values
             rec["t2t"] = (lp, time.perf_counter() - t0)
             t0 = time.perf_counter()
             (lp,) = team.score(answerer, [q], [CHOICES], [note])

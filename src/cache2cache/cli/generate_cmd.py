@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import C2CError
-from ..evaluation.scoring import T2T_REQUEST, with_notes
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
-from ..inference.pipeline import MODES, C2CModel, GenerateOptions, GenerationOutput
+from ..inference.answerers import ANSWER_MODES, answerer
+from ..inference.pipeline import GenerateOptions, GenerationOutput
 from .common import add_model_args, build_from_args, model_names, number, positive_int
 
 
@@ -41,7 +41,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
-    p.add_argument("--mode", choices=MODES + ("t2t",), default="c2c", help="who answers (default c2c)")
+    p.add_argument("--mode", choices=ANSWER_MODES, default="c2c", help="who answers (default c2c)")
     p.add_argument("--compare", action="store_true", help="run receiver, sharer, t2t and c2c side by side")
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's note budget in t2t mode")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens to generate (default 64)")
@@ -73,7 +73,7 @@ def run(args) -> int:
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     _, sharers, _ = model_names(args)
     if args.compare:
-        modes = ["receiver", "sharer", "t2t", "c2c"] if sharers else ["receiver"]
+        modes = list(ANSWER_MODES) if sharers else ["receiver"]
     else:
         modes = [args.mode]
     if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode == "t2t"):
@@ -89,7 +89,7 @@ def run(args) -> int:
     outputs = []
     for mode in modes:
         with console.status(f"generating ({mode}, {len(prompts)} prompt(s))..."):
-            outputs.append(_generate(model, prompts, mode, options, args.t2t_tokens))
+            outputs.append(answerer(model, mode, args.t2t_tokens).generate(prompts, options))
     if args.json:
         print(json.dumps({
             "receiver": model.receiver.name,
@@ -102,19 +102,6 @@ def run(args) -> int:
     else:
         _print(prompts, outputs, model)
     return 0
-
-
-def _generate(model: C2CModel, prompts: list[str], mode: str, options: GenerateOptions,
-              t2t_tokens: int) -> GenerationOutput:  # fmt: skip
-    """One mode over the batch; t2t is the sharer writing notes, then the receiver answering with them."""
-    if mode != "t2t":
-        return model.generate(prompts, mode, options)
-    notes = model.generate([f"{p.strip()}\n\n{T2T_REQUEST}" for p in prompts], "sharer",
-                           GenerateOptions(max_new_tokens=t2t_tokens))  # fmt: skip
-    out = model.generate([with_notes(p, r.text) for p, r in zip(prompts, notes.results)], "receiver", options)
-    out.mode = "t2t"
-    out.timings.t2t_sharer_s = notes.timings.total_s
-    return out
 
 
 def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:

@@ -18,11 +18,12 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .. import __version__
-from ..inference.pipeline import C2CModel, GenerateOptions, Timings
+from ..inference.answerers import ANSWER_MODES, Question, answerer
+from ..inference.pipeline import C2CModel, GenerateOptions
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
 
-BENCH_MODES = ("receiver", "sharer", "t2t", "c2c")
+BENCH_MODES = ANSWER_MODES
 
 
 class FirstTokenClock(BaseStreamer):
@@ -67,20 +68,13 @@ def run_once(model: C2CModel, item: Item, mode: str, cfg: BenchConfig) -> dict:
     """One request, batch 1: TTFT, end-to-end and the phase breakdown in seconds."""
     device = model.receiver.device
     options = GenerateOptions(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
-    start = _sync_clock(device)
-    t2t = Timings()
-    notes = None
-    if mode == "t2t":
-        out = model.generate([t2t_prompt(item)], "sharer", GenerateOptions(cfg.t2t_tokens, min_new_tokens=cfg.t2t_tokens))
-        notes, t2t = out.results[0].text, out.timings
+    question = Question([{"role": "user", "content": question_block(item)}], t2t_prompt(item),
+                        lambda notes: [{"role": "user", "content": question_block(item, notes)}])  # fmt: skip
     clock = FirstTokenClock(device)
-    answer_mode = "receiver" if mode == "t2t" else mode
-    prompt = [{"role": "user", "content": question_block(item, notes)}]
-    out = model.generate([prompt], answer_mode, options, streamer=clock)
+    start = _sync_clock(device)
+    out = answerer(model, mode, cfg.t2t_tokens, exact_notes=True).generate([question], options, streamer=clock)
     end = _sync_clock(device)
-    out.timings.t2t_sharer_s = t2t.total_s
-    parts = out.timings.to_dict()
-    return {"ttft_s": clock.first - start, "e2e_s": end - start, "parts": parts,
+    return {"ttft_s": clock.first - start, "e2e_s": end - start, "parts": out.timings.to_dict(),
             "new_tokens": out.results[0].new_tokens}  # fmt: skip
 
 

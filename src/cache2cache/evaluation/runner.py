@@ -24,12 +24,13 @@ from tqdm import tqdm
 from .. import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
-from ..inference.pipeline import C2CModel, GenerateOptions, Timings
+from ..inference.answerers import ANSWER_MODES, Question, Scores, answerer
+from ..inference.pipeline import C2CModel, GenerateOptions
 from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, prompt_for,
                       t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
-EVAL_MODES = ("receiver", "sharer", "t2t", "c2c")
+EVAL_MODES = ANSWER_MODES
 
 
 @dataclass
@@ -75,40 +76,32 @@ class Evaluator:
             raise C2CError("modes sharer, t2t and c2c need a sharer")
         self.model, self.cfg = model, cfg
 
-    def _answer_mode(self, mode: str) -> str:
-        return {"t2t": "receiver"}.get(mode, mode)
-
-    def _notes(self, items: list[Item]) -> tuple[list[str], Timings]:
-        out = self.model.generate([t2t_prompt(it) for it in items], "sharer",
-                                  GenerateOptions(max_new_tokens=self.cfg.t2t_tokens))  # fmt: skip
-        return [r.text for r in out.results], out.timings
-
     def score_batch(self, items: list[Item], mode: str) -> list[dict]:
         cfg, model = self.cfg, self.model
-        answer_mode = self._answer_mode(mode)
-        answerer = model.answerer(answer_mode)
-        notes, t2t_timings = self._notes(items) if mode == "t2t" else ([None] * len(items), Timings())
-        prompts = [prompt_for(it, cfg.method, n) for it, n in zip(items, notes)]
+        ans = answerer(model, mode, cfg.t2t_tokens)
+        tokenizer = model.answerer(ans.answer_mode).tokenizer
+        questions = [Question(prompt_for(it, cfg.method), t2t_prompt(it),
+                              lambda notes, it=it: prompt_for(it, cfg.method, notes)) for it in items]  # fmt: skip
         outputs: list[str | None] = [None] * len(items)  # generated text, kept for auditing (method generate)
         if cfg.method == "letter":
-            logits, timings = model.next_token_logits_timed(prompts, answer_mode)
-            preds = [pick_letter(answerer.tokenizer, logits[b], len(it.choices)) for b, it in enumerate(items)]
+            scores = ans.next_token_logits(questions)
+            preds = [pick_letter(tokenizer, scores.values[b], len(it.choices)) for b, it in enumerate(items)]
         elif cfg.method == "cloze":
             options = [[f" {c}" for c in it.choices] for it in items]
-            logps, timings = model.continuation_logprobs(prompts, options, answer_mode)
+            scores = ans.logprobs(questions, options)
             preds = []
-            for lp, opts in zip(logps, options):
+            for lp, opts in zip(scores.values, options):
                 per_char = [v / max(1, len(o)) for v, o in zip(lp, opts)]
                 preds.append(max(range(len(per_char)), key=per_char.__getitem__))
         else:
-            out = model.generate(prompts, answer_mode, GenerateOptions(max_new_tokens=cfg.gen_tokens))
-            timings = out.timings
+            out = ans.generate(questions, GenerateOptions(max_new_tokens=cfg.gen_tokens))
+            scores = Scores([], out.timings, [r.notes for r in out.results])
             outputs = [r.text for r in out.results]
             preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
                      for r, it in zip(out.results, items)]  # fmt: skip
-        timings.t2t_sharer_s = t2t_timings.total_s
-        parts = timings.to_dict()
-        share = {k: v / len(items) for k, v in parts.items()}  # each example's share of the batch
+        notes = scores.notes
+        prompts = [q.answered_with(n) if n is not None else q.prompt for q, n in zip(questions, notes)]
+        share = {k: v / len(items) for k, v in scores.timings.to_dict().items()}  # each example's share of the batch
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,
                  "correct": pred == it.answer, "notes": n, "output": o, "latency_s": share}

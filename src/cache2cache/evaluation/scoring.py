@@ -15,6 +15,7 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
+from ..inference.answerers import T2T_REQUEST
 from ..inference.pipeline import Prompt
 from .tasks import Item
 
@@ -54,21 +55,12 @@ def prompt_for(item: Item, method: str, notes: str | None = None) -> Prompt:
     return messages
 
 
-T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
-               "will choose the answer.")
-
-
 def t2t_prompt(item: Item) -> Prompt:
     """What the sharer is asked in text-to-text mode: useful context, in text, for another model."""
     block = f"Question: {item.question.strip()}"
     if item.choices:
         block += "\n\n" + options_block(item)
     return [{"role": "user", "content": f"{block}\n\n{T2T_REQUEST}"}]
-
-
-def with_notes(prompt: str, notes: str) -> str:
-    """A free-form prompt with the sharer's T2T notes appended, in the same words as `question_block`."""
-    return f"{prompt.strip()}\n\nNotes from another model:\n{notes.strip()}"
 
 
 def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[int]]:

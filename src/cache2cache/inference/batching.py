@@ -15,7 +15,7 @@ import torch
 from ..alignment.tokens import Messages
 from ..errors import C2CError
 
-MODES = ("c2c", "receiver", "sharer")
+MODES = ("c2c", "receiver", "sharer")  # what C2CModel runs itself; answerers.py adds text-to-text
 
 Prompt = str | Messages
 
@@ -72,6 +72,7 @@ class GenerationResult:
     prompt_tokens: int  # tokens of the answering model's prompt
     new_tokens: int  # generated tokens up to and including EOS
     sharer_prompt_tokens: list[int] = field(default_factory=list)
+    notes: str | None = None  # text-to-text: what the sharer wrote for the receiver
 
 
 @dataclass

@@ -1,0 +1,126 @@
+"""The four ways to answer, behind one small interface: receiver alone, sharer alone, text-to-text, C2C.
+
+`c2c generate`, `c2c eval`, `c2c bench`, the agents and the server all ask an `Answerer` (made by `answerer()`)
+and never branch on the mode themselves, so text-to-text lives here and nowhere else.
+
+An answerer takes `Question`s: the prompt to answer and, for text-to-text, how to ask the sharer for notes
+and where the notes go (defaults: the prompt plus a request for notes; the notes appended to the prompt).
+Evaluation passes its own, so that notes land inside its scoring format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import C2CError
+from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, to_messages
+from .pipeline import C2CModel
+
+ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c")
+
+T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
+               "will choose the answer.")
+
+
+def _last_user_text(prompt: Prompt) -> str:
+    messages = to_messages(prompt)
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
+
+
+def _default_request(prompt: Prompt) -> Prompt:
+    return [{"role": "user", "content": f"{_last_user_text(prompt).strip()}\n\n{T2T_REQUEST}"}]
+
+
+def _default_with_notes(prompt: Prompt, notes: str) -> Prompt:
+    text = f"{_last_user_text(prompt).strip()}\n\nNotes from another model:\n{notes.strip()}"
+    return text if isinstance(prompt, str) else [{"role": "user", "content": text}]
+
+
+@dataclass
+class Question:
+    prompt: Prompt
+    notes_request: Prompt | None = None  # what the sharer is asked in t2t (default: the prompt + T2T_REQUEST)
+    with_notes: Callable[[str], Prompt] | None = None  # the prompt with the sharer's notes in it
+
+    def request(self) -> Prompt:
+        return self.notes_request if self.notes_request is not None else _default_request(self.prompt)
+
+    def answered_with(self, notes: str) -> Prompt:
+        return self.with_notes(notes) if self.with_notes is not None else _default_with_notes(self.prompt, notes)
+
+
+@dataclass
+class Scores:
+    """Scores for a batch of questions, the phase timings, and text-to-text's notes (None in other modes)."""
+
+    values: list | torch.Tensor
+    timings: Timings
+    notes: list[str | None]
+
+
+def _questions(items: Sequence[Question | Prompt]) -> list[Question]:
+    return [q if isinstance(q, Question) else Question(q) for q in items]
+
+
+class Answerer:
+    """Answers in one mode through a C2CModel. Subclasses change only how prompts are prepared."""
+
+    def __init__(self, model: C2CModel, mode: str) -> None:
+        self.model, self.mode = model, mode
+        self.answer_mode = mode  # the C2CModel mode that reads the final prompts
+
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        """The prompts the answering model reads, any notes written for them, and what writing them cost."""
+        return [q.prompt for q in questions], [None] * len(questions), Timings()
+
+    def generate(self, questions: Sequence[Question | Prompt], options: GenerateOptions | None = None,
+                 streamer=None) -> GenerationOutput:  # fmt: skip
+        prompts, notes, extra = self.prepare(_questions(questions))
+        out = self.model.generate(prompts, self.answer_mode, options, streamer=streamer)
+        out.mode, out.timings.t2t_sharer_s = self.mode, extra.total_s
+        for r, n in zip(out.results, notes):
+            r.notes = n
+        return out
+
+    def logprobs(self, questions: Sequence[Question | Prompt], continuations: Sequence[Sequence[str]]) -> Scores:
+        """Summed log-probability of each continuation after each question (cloze scoring)."""
+        prompts, notes, extra = self.prepare(_questions(questions))
+        values, timings = self.model.continuation_logprobs(prompts, continuations, self.answer_mode)
+        timings.t2t_sharer_s = extra.total_s
+        return Scores(values, timings, notes)
+
+    def next_token_logits(self, questions: Sequence[Question | Prompt]) -> Scores:
+        """(B, V) logits of the token after each question (letter scoring)."""
+        prompts, notes, extra = self.prepare(_questions(questions))
+        logits, timings = self.model.next_token_logits_timed(prompts, self.answer_mode)
+        timings.t2t_sharer_s = extra.total_s
+        return Scores(logits, timings, notes)
+
+
+class TextToText(Answerer):
+    """The sharer writes notes (up to `note_tokens`; exactly that many with `exact_notes`, as benchmarks want);
+    the receiver answers with the notes in its prompt."""
+
+    def __init__(self, model: C2CModel, note_tokens: int = 64, exact_notes: bool = False) -> None:
+        super().__init__(model, "t2t")
+        self.answer_mode = "receiver"
+        self.notes = GenerateOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens if exact_notes else 0)
+
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        out = self.model.generate([q.request() for q in questions], "sharer", self.notes)
+        notes = [r.text for r in out.results]
+        return [q.answered_with(n) for q, n in zip(questions, notes)], list(notes), out.timings
+
+
+def answerer(model: C2CModel, mode: str, note_tokens: int = 64, exact_notes: bool = False) -> Answerer:
+    """The answerer for `mode` (one of ANSWER_MODES) over `model`."""
+    if mode not in ANSWER_MODES:
+        raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(ANSWER_MODES)}")
+    if mode in ("sharer", "t2t", "c2c") and not model.sharers:
+        raise C2CError(f"mode {mode!r} needs a sharer")
+    if mode == "t2t":
+        return TextToText(model, note_tokens, exact_notes)
+    return Answerer(model, mode)
