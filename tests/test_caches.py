@@ -65,7 +65,7 @@ def test_save_load_round_trip_is_bit_exact_and_sized_by_geometry(tmp_path):
     half = PromptCache.from_bytes(cache.to_bytes(torch.bfloat16))
     assert half.dtype == torch.bfloat16 and half.nbytes == cache.nbytes // 2
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 40)
-    with pytest.raises(C2CError, match="not a cache2cache prompt cache"):
+    with pytest.raises(C2CError, match="not a cache2cache cache file"):
         PromptCache.load(tmp_path / "junk.safetensors")
     with pytest.raises(C2CError, match="not found"):
         PromptCache.load(tmp_path / "missing.safetensors")

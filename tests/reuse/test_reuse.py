@@ -87,8 +87,14 @@ def test_capture_round_trips_through_safetensors(tmp_path):
     assert sizes["kv"] == 4 * 2 * 2 * 16 * 4  # layers x (K, V) x kv heads x head dim x fp32 bytes
     assert sizes["e_cache"] == 4 * 64 * 4  # layers x hidden x fp32 bytes
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
-    with pytest.raises(C2CError, match="not a cache2cache capture"):
+    with pytest.raises(C2CError, match="not a cache2cache cache file"):
         Capture.load(tmp_path / "bad.safetensors")
+    # the capture file is the caches' own format: one PromptCache per prompt, loadable as such
+    from cache2cache.caches.prompt_cache import load_caches
+
+    caches = load_caches(tmp_path / "c.safetensors")
+    assert [c.token_ids + c.meta["pending"] for c in caches] == [c.token_ids + c.meta["pending"] for c in cap.caches]
+    assert all(c.hidden is not None and c.identity.name == "tiny-llama" for c in caches)
 
 
 def test_plans_validate():

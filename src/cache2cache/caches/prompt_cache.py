@@ -8,8 +8,9 @@ It is what agents pass each other instead of text, what the prefix store keeps, 
     hidden         optional, per layer (T, hidden): the state entering each layer (the E-cache of same-base reuse)
     identity       the model that computed it (name, fingerprint, geometry): loading it into another is an error
 
-File format: one safetensors file, tensors `k.{i}`, `v.{i}` (and `h.{i}`), the rest as JSON in its metadata, so
-a cache can be written to disk or sent over the wire (`to_bytes`) and is never unpickled.
+File format: one safetensors file holding one or more caches (`save_caches`), tensors `{cache}.k.{layer}`,
+`{cache}.v.{layer}` (and `.h.`), the rest as JSON in its metadata, so a cache can be written to disk or sent over
+the wire (`to_bytes`) and is never unpickled.
 
 A cache covers exactly its tokens. Extending it runs the model over the new tokens only, from the stored keys
 and values; since every position is kept, a cache can also be cut back to any prefix (`truncate`), which is how
@@ -33,7 +34,7 @@ from ..kv import new_cache
 from ..models.loading import LoadedModel
 from .identity import ModelIdentity, identity_of
 
-FORMAT = "cache2cache.prompt_cache/1"
+FORMAT = "cache2cache.caches/1"
 
 
 @dataclass
@@ -109,7 +110,7 @@ class PromptCache:
         ids = torch.tensor([new_ids], device=model.device)
         pos = torch.arange(len(self), len(self) + len(new_ids), device=model.device)[None]
         mask = torch.ones(1, len(self) + len(new_ids), dtype=torch.long, device=model.device)
-        captured = _capture_layer_inputs(model) if self.hidden is not None else None
+        captured = layer_inputs(model) if self.hidden is not None else None
         try:
             model.model.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                               use_cache=True)  # fmt: skip
@@ -153,44 +154,77 @@ class PromptCache:
 
     def to_bytes(self, dtype: torch.dtype | None = None) -> bytes:
         """The safetensors serialisation; `dtype=torch.bfloat16` halves a float32 cache on the wire."""
-        tensors = {}
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            tensors[f"k.{i}"], tensors[f"v.{i}"] = k, v
-        for i, h in enumerate(self.hidden or []):
-            tensors[f"h.{i}"] = h
-        tensors = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
-        header = {"format": FORMAT, "identity": self.identity.to_dict(), "token_ids": self.token_ids,
-                  "messages": self.messages, "chat": self.chat, "meta": self.meta,
-                  "hidden": self.hidden is not None}  # fmt: skip
-        return save(tensors, metadata={"cache2cache": json.dumps(header)})
+        return caches_to_bytes([self], dtype)
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> "PromptCache":
-        try:
-            tensors = load(data)
-            header = json.loads(_metadata(data)["cache2cache"])
-            if header.get("format") != FORMAT:
-                raise ValueError(f"unknown format {header.get('format')!r}")
-            identity = ModelIdentity.from_dict(header["identity"])
-            n = identity.geometry.num_layers
-            hidden = [tensors[f"h.{i}"].to(device) for i in range(n)] if header["hidden"] else None
-            return cls(identity, [int(t) for t in header["token_ids"]], [tensors[f"k.{i}"].to(device) for i in range(n)],
-                       [tensors[f"v.{i}"].to(device) for i in range(n)], hidden, header.get("messages"),
-                       bool(header.get("chat", True)), dict(header.get("meta") or {}))  # fmt: skip
-        except C2CError:
-            raise
-        except (SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-            raise C2CError(f"not a cache2cache prompt cache ({type(e).__name__}: {e})") from None
+        caches = caches_from_bytes(data, device)
+        if len(caches) != 1:
+            raise C2CError(f"expected one cache, found {len(caches)} (use load_caches for a batch)")
+        return caches[0]
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        return write_bytes(Path(path), self.to_bytes(dtype))
+        return save_caches(path, [self], dtype)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "PromptCache":
-        path = Path(path)
-        if not path.is_file():
-            raise C2CError(f"cache file not found: {path}")
-        return cls.from_bytes(path.read_bytes(), device)
+        return cls.from_bytes(_read(path), device)
+
+    def _header(self) -> dict:
+        return {"identity": self.identity.to_dict(), "token_ids": self.token_ids, "messages": self.messages,
+                "chat": self.chat, "meta": self.meta, "hidden": self.hidden is not None}  # fmt: skip
+
+
+def caches_to_bytes(caches: list[PromptCache], dtype: torch.dtype | None = None) -> bytes:
+    """One safetensors buffer holding one or more caches: tensors `{j}.k.{i}`, `{j}.v.{i}` (and `{j}.h.{i}`) for
+    cache j, layer i; the rest as JSON in its metadata."""
+    tensors = {}
+    for j, c in enumerate(caches):
+        for i, (k, v) in enumerate(zip(c.keys, c.values)):
+            tensors[f"{j}.k.{i}"], tensors[f"{j}.v.{i}"] = k, v
+        for i, h in enumerate(c.hidden or []):
+            tensors[f"{j}.h.{i}"] = h
+    tensors = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
+    header = {"format": FORMAT, "caches": [c._header() for c in caches]}
+    return save(tensors, metadata={"cache2cache": json.dumps(header)})
+
+
+def caches_from_bytes(data: bytes, device: str | torch.device = "cpu") -> list[PromptCache]:
+    try:
+        tensors = load(data)
+        header = json.loads(_metadata(data)["cache2cache"])
+        if header.get("format") != FORMAT:
+            raise ValueError(f"unknown format {header.get('format')!r}")
+        out = []
+        for j, h in enumerate(header["caches"]):
+            identity = ModelIdentity.from_dict(h["identity"])
+            n = identity.geometry.num_layers
+            get = lambda kind, i: tensors[f"{j}.{kind}.{i}"].to(device)  # noqa: E731
+            hidden = [get("h", i) for i in range(n)] if h["hidden"] else None
+            out.append(PromptCache(identity, [int(t) for t in h["token_ids"]], [get("k", i) for i in range(n)],
+                                   [get("v", i) for i in range(n)], hidden, h.get("messages"),
+                                   bool(h.get("chat", True)), dict(h.get("meta") or {})))  # fmt: skip
+        return out
+    except C2CError:
+        raise
+    except (SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise C2CError(f"not a cache2cache cache file ({type(e).__name__}: {e})") from None
+
+
+def save_caches(path: str | Path, caches: list[PromptCache], dtype: torch.dtype | None = None) -> Path:
+    """Write caches to one safetensors file, atomically."""
+    return write_bytes(Path(path), caches_to_bytes(caches, dtype))
+
+
+def load_caches(path: str | Path, device: str | torch.device = "cpu") -> list[PromptCache]:
+    return caches_from_bytes(_read(path), device)
+
+
+def _read(path: str | Path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise C2CError(f"cache file not found: {path}")
+    return path.read_bytes()
 
 
 def _metadata(data: bytes) -> dict:
@@ -218,7 +252,8 @@ class _LayerInputs:
             h.remove()
 
 
-def _capture_layer_inputs(model: LoadedModel) -> _LayerInputs:
+def layer_inputs(model: LoadedModel) -> _LayerInputs:
+    """Start recording the input of every decoder layer of `model` (call `.close()` when done)."""
     from ..reuse.compat import decoder_layers
 
     return _LayerInputs(decoder_layers(model.model))
@@ -236,15 +271,15 @@ def stack_caches(caches: list[PromptCache], model: LoadedModel) -> tuple[object,
         mask[b, width - len(c):] = 1
     cache = new_cache(model.model.config, keep_full_history=True)
     for i, layer in enumerate(cache.layers):
-        ks, vs = [], []
-        for c in caches:
-            k, v = c.keys[i].to(device), c.values[i].to(device)
-            pad = width - len(c)
-            ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-            vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-        k, v = torch.stack(ks), torch.stack(vs)
+        k = left_pad_stack([c.keys[i].to(device) for c in caches], width)
+        v = left_pad_stack([c.values[i].to(device) for c in caches], width)
         layer.lazy_initialization(k, v)
         layer.keys, layer.values = k, v
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = width
     return cache, mask
+
+
+def left_pad_stack(tensors: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Stack per-sequence tensors (..., T, D) into (B, ..., width, D), zero-padded on the left of T."""
+    return torch.stack([torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])

@@ -1,37 +1,63 @@
 """Same-base cache reuse (DroidSpeak, arXiv 2411.02820), part 1: model A's prefill, kept for model B.
 
-A `Capture` holds, for a left-padded batch of prompts, model A's KV cache and its E-cache (the hidden state
-entering every layer), over every prompt token but the last (the last one is what B's generation feeds). It
-can be saved as one safetensors file so that another process or host can reuse it.
+A's prefill of each prompt (but its last token) is an ordinary `PromptCache` with its E-cache (the hidden state
+entering every layer):
+the same cache type that C2C and the agents pass around, consumed here a second way. A `Capture` is the
+left-padded batch view of such caches that the reuse code reads: every prompt token but the last (the last one
+is what B's generation feeds). Saved, it is the caches' own file (`save_caches`), so another process or host can
+reuse it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..alignment.tokens import encode, render
+from ..caches.identity import identity_of
+from ..caches.prompt_cache import PromptCache, layer_inputs, left_pad_stack, load_caches, save_caches
 from ..errors import C2CError
 from ..inference.pipeline import Prompt, left_pad, positions, to_messages
-from ..kv import ModelGeometry, new_cache
+from ..kv import new_cache
 from ..models.loading import LoadedModel
-from .compat import decoder_layers
 
 
 @dataclass
 class Capture:
-    model: str  # name of model A
-    geometry: dict  # A's ModelGeometry, checked against B
+    caches: list[PromptCache]  # A's cache of each whole prompt, with its E-cache
     ids: torch.Tensor  # (B, L) the full left-padded prompts
     mask: torch.Tensor  # (B, L)
     keys: list[torch.Tensor]  # per layer (B, kv_heads, L - 1, head_dim), every position (sliding layers too)
     values: list[torch.Tensor]
     hidden: list[torch.Tensor]  # per layer (B, L - 1, hidden): the E-cache, input of each layer
+
+    @property
+    def model(self) -> str:
+        return self.caches[0].identity.name
+
+    @property
+    def geometry(self) -> dict:
+        return self.caches[0].identity.geometry.to_dict()
+
+    @classmethod
+    def from_caches(cls, caches: list[PromptCache], pad_id: int = 0) -> "Capture":
+        """The batch view of A's caches; `pad_id` fills the ids of left padding (masked out everywhere)."""
+        if not caches or any(c.hidden is None for c in caches):
+            raise C2CError("a capture needs at least one cache, each with its E-cache (hidden states)")
+        if len({c.identity.fingerprint for c in caches}) != 1:
+            raise C2CError("a capture's caches must all come from one model")
+        if any(len(c.meta.get("pending", [])) != 1 or not len(c) for c in caches):
+            raise C2CError("each cache of a capture covers a prompt but its last token, kept in meta['pending']")
+        ids, mask, _ = left_pad([c.token_ids + c.meta["pending"] for c in caches], pad_id, caches[0].keys[0].device)
+        width = ids.shape[1] - 1
+        n = caches[0].identity.geometry.num_layers
+
+        def stack(per_cache) -> list[torch.Tensor]:  # left-padded to (B, ..., L - 1, D)
+            return [left_pad_stack([per_cache(c)[i] for c in caches], width) for i in range(n)]
+
+        return cls(caches, ids, mask, stack(lambda c: c.keys), stack(lambda c: c.values), stack(lambda c: c.hidden))
 
     def bytes_per_token(self) -> dict[str, float]:
         tokens = int(self.mask[:, :-1].sum())
@@ -41,28 +67,11 @@ class Capture:
         return {"kv": kv / per_pos, "e_cache": e / per_pos, "real_tokens": tokens}
 
     def save(self, path: Path) -> None:
-        tensors = {"ids": self.ids.cpu(), "mask": self.mask.cpu()}
-        for i, (k, v, h) in enumerate(zip(self.keys, self.values, self.hidden)):
-            tensors[f"k.{i}"], tensors[f"v.{i}"], tensors[f"e.{i}"] = k.cpu(), v.cpu(), h.cpu()
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: t.contiguous() for k, t in tensors.items()}, tmp,
-                  metadata={"model": self.model, "geometry": json.dumps(self.geometry)})  # fmt: skip
-        tmp.replace(path)
+        save_caches(path, self.caches)
 
     @classmethod
     def load(cls, path: Path, device: str | torch.device = "cpu") -> "Capture":
-        try:
-            with safe_open(path, "pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                n = len(json.loads(meta["geometry"])["layers"])
-                get = f.get_tensor
-                return cls(meta["model"], json.loads(meta["geometry"]), get("ids"), get("mask"),
-                           [get(f"k.{i}") for i in range(n)], [get(f"v.{i}") for i in range(n)],
-                           [get(f"e.{i}") for i in range(n)])  # fmt: skip
-        except FileNotFoundError:
-            raise C2CError(f"capture file not found: {path}") from None
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
-            raise C2CError(f"not a cache2cache capture file: {path} ({e})") from None
+        return cls.from_caches(load_caches(path, device))
 
 
 def tokenize(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,26 +86,25 @@ def tokenize(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> tu
 
 @torch.no_grad()
 def capture(model: LoadedModel, prompts: list[Prompt], chat: bool = True) -> Capture:
-    """Prefill `model` (A) on every prompt token but the last, keeping its KV cache and E-cache."""
+    """Prefill `model` (A) on every prompt token but the last, as one left-padded batch (what B's own batched
+    prefill computes), keeping its KV cache and E-cache; each row becomes a `PromptCache` whose pending last
+    token is kept in `meta["pending"]`."""
     ids, mask = tokenize(model, prompts, chat)
     if ids.shape[1] < 2:
         raise C2CError("prompts must be at least two tokens long to have a cache to reuse")
-    layers = decoder_layers(model.model)
-    hidden: list[torch.Tensor | None] = [None] * len(layers)
-
-    def keep(i):
-        def hook(module, args, kwargs):
-            hidden[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-        return hook
-
-    handles = [layer.register_forward_pre_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    inputs = layer_inputs(model)
     cache = new_cache(model.model.config, keep_full_history=True)
     try:
         model.model.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
                           past_key_values=cache, use_cache=True)  # fmt: skip
     finally:
-        for h in handles:
-            h.remove()
-    geometry = ModelGeometry.from_config(model.model.config).to_dict()
-    return Capture(model.name, geometry, ids, mask, [layer.keys for layer in cache.layers],
-                   [layer.values for layer in cache.layers], hidden)  # fmt: skip
+        inputs.close()
+    ident = identity_of(model)
+    caches = []
+    for b, messages in enumerate(to_messages(p) for p in prompts):
+        pad = int((mask[b] == 0).sum())
+        caches.append(PromptCache(ident, ids[b, pad:-1].tolist(), [layer.keys[b, :, pad:] for layer in cache.layers],
+                                  [layer.values[b, :, pad:] for layer in cache.layers],
+                                  [h[b, pad:] for h in inputs.states], messages, chat,
+                                  {"pending": ids[b, -1:].tolist()}))  # fmt: skip
+    return Capture.from_caches(caches, model.tokenizer.pad_token_id)
