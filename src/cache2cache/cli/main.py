@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..errors import C2CError
-from . import bench_cmd, eval_cmd, generate_cmd, models_cmd, reuse_cmd, train_cmd
+from . import bench_cmd, eval_cmd, generate_cmd, models_cmd, reuse_cmd, serve_cmd, train_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  c2c train configs/tiny.toml                 # train a fuser (resumable; torchrun for several)\n"
             "  c2c eval --task arc_easy --limit 100        # receiver vs sharer vs T2T vs C2C accuracy\n"
             "  c2c bench                                   # TTFT, latency by phase, tokens/s\n"
-            "  c2c reuse generate --a tiny-llama --b tiny-llama-ft --plan 0-1 --prompt hi\n\n"
+            "  c2c reuse generate --a tiny-llama --b tiny-llama-ft --plan 0-1 --prompt hi\n"
+            "  c2c serve                                   # OpenAI-compatible server + playground\n\n"
             "Each command's --help explains it, with examples."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.register(sub)
     bench_cmd.register(sub)
     reuse_cmd.register(sub)
+    serve_cmd.register(sub)
     return parser
 
 

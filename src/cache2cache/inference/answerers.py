@@ -77,9 +77,10 @@ class Answerer:
         return [q.prompt for q in questions], [None] * len(questions), Timings()
 
     def generate(self, questions: Sequence[Question | Prompt], options: GenerateOptions | None = None,
-                 streamer=None) -> GenerationOutput:  # fmt: skip
+                 streamer=None, stopping_criteria=None) -> GenerationOutput:  # fmt: skip
         prompts, notes, extra = self.prepare(_questions(questions))
-        out = self.model.generate(prompts, self.answer_mode, options, streamer=streamer)
+        out = self.model.generate(prompts, self.answer_mode, options, streamer=streamer,
+                                  stopping_criteria=stopping_criteria)  # fmt: skip
         out.mode, out.timings.t2t_sharer_s = self.mode, extra.total_s
         for r, n in zip(out.results, notes):
             r.notes = n

@@ -295,23 +295,29 @@ class C2CModel:
         mode: str = "c2c",
         options: GenerateOptions | None = None,
         streamer=None,
+        stopping_criteria=None,
     ) -> GenerationOutput:
-        """Answer a batch of prompts (str or chat messages) in `mode`; see the module docstring."""
+        """Answer a batch of prompts (str or chat messages) in `mode`; see the module docstring. `streamer` and
+        `stopping_criteria` go to transformers' `generate()` (a server streams and cancels rows with them). A seed
+        applies to this call only: the process's global random state is left as it was."""
         options = options or GenerateOptions()
         batch = self.encode(prompts, mode, options.max_new_tokens)
         cache, timings = self.prefill(batch, mode)
         answerer = self.answerer(mode)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
         t0 = clock(answerer.device)
-        out = answerer.model.generate(
-            input_ids=batch.ids, attention_mask=batch.mask, past_key_values=cache,
-            generation_config=self._generation_config(answerer, options), streamer=streamer,
-        )  # fmt: skip
+        devices = [answerer.device] if answerer.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=options.seed is not None):
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            out = answerer.model.generate(
+                input_ids=batch.ids, attention_mask=batch.mask, past_key_values=cache,
+                generation_config=self._generation_config(answerer, options), streamer=streamer,
+                stopping_criteria=stopping_criteria,
+            )  # fmt: skip
         timings.decode_s = clock(answerer.device) - t0
         new = out[:, batch.ids.shape[1]:]
         results = []
-        eos = self._eos_ids(answerer)
+        eos = self.eos_ids(answerer)
         for b in range(new.shape[0]):
             row = new[b].tolist()
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
@@ -388,7 +394,7 @@ class C2CModel:
                               position_ids=pos, past_key_values=cache, use_cache=True).logits  # fmt: skip
 
     @staticmethod
-    def _eos_ids(model: LoadedModel) -> set[int]:
+    def eos_ids(model: LoadedModel) -> set[int]:
         eos = model.model.generation_config.eos_token_id
         if eos is None:
             eos = model.tokenizer.eos_token_id

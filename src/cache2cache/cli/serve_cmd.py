@@ -1,0 +1,63 @@
+"""`c2c serve`: the OpenAI-compatible server (serving/app.py) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import C2CError
+from .common import add_model_args, build_from_args, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve receiver, sharers, T2T and C2C over an OpenAI-compatible HTTP API",
+        description=(
+            "Serve the receiver alone, each sharer alone, C2C (the receiver reading the sharers' caches) and\n"
+            "T2T over OpenAI's /v1/chat/completions, /v1/completions and /v1/models, streaming or not, with\n"
+            "batching of concurrent requests, a shared prefix store, /health, /metrics and a playground at /.\n"
+            "Binds 127.0.0.1 unless --host says otherwise. Point any OpenAI client at http://HOST:PORT/v1."
+        ),
+        epilog=(
+            "examples:\n"
+            "  c2c serve                                            # the default pair and its shipped fuser\n"
+            "  c2c serve --receiver tiny-llama --sharer tiny-qwen2 --port 8001\n"
+            "  C2C_API_KEY=secret c2c serve --host 0.0.0.0          # reachable from other hosts, key required\n\n"
+            "then:\n"
+            "  from openai import OpenAI\n"
+            "  client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='secret')\n"
+            "  client.chat.completions.create(model='c2c', messages=[{'role': 'user', 'content': 'hi'}])"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $C2C_API_KEY)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="requests per generate() call")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for batch mates")
+    p.add_argument("--max-tokens", type=positive_int, default=512, help="the most new tokens a request may ask")
+    p.add_argument("--max-request-bytes", type=positive_int, default=1 << 20)
+    p.add_argument("--store-mb", type=positive_int, default=2048, help="prefix store budget in MiB")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from ..serving.app import ServeConfig, create_app
+
+    if not 0 < args.port < 65536:
+        raise C2CError(f"--port must be in 1-65535, got {args.port}")
+    if not 0 <= args.max_wait_ms <= 10_000:
+        raise C2CError(f"--max-wait-ms must be in [0, 10000], got {args.max_wait_ms}")
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
+                         default_max_tokens=min(128, args.max_tokens), max_request_bytes=args.max_request_bytes,
+                         api_key=args.api_key or os.environ.get("C2C_API_KEY") or None,
+                         store_bytes=args.store_mb << 20)  # fmt: skip
+    app = create_app(build_from_args(args), config)
+    print(f"serving {', '.join(app.state.server.model_ids())} on http://{args.host}:{args.port}/v1 "
+          f"(playground: http://{args.host}:{args.port}/)", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,56 @@
+"""A real server (uvicorn in a thread, loopback, a free port) over the tiny pair, shared by the serving tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from cache2cache import C2CModel
+from cache2cache.serving.app import ServeConfig, create_app
+
+from ..conftest import make_fuser, tiny
+
+
+class LiveServer:
+    def __init__(self, app) -> None:
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def tiny_model() -> C2CModel:
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    return C2CModel(r, [s], [make_fuser(r, s)])
+
+
+@pytest.fixture(scope="module")
+def live():
+    server = LiveServer(create_app(tiny_model(), ServeConfig(max_tokens=64, max_request_bytes=20_000,
+                                                             max_wait_ms=30)))  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    with httpx.Client(base_url=live.url, timeout=60) as client:
+        yield client
