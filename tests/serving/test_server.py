@@ -199,3 +199,18 @@ def test_oversized_body_and_the_server_stays_healthy(http):
 def test_playground_page_is_served(http):
     page = http.get("/")
     assert page.status_code == 200 and "cache-to-cache" in page.text and "/v1/chat/completions" in page.text
+
+
+def test_concurrent_requests_for_different_models_all_finish(live):
+    """Requests that cannot share a generate() call (other model or sampling) wait their turn, none is lost."""
+    client = _client(live)
+    jobs = [("receiver", 0.0), ("t2t", 0.0), ("c2c", 0.0), ("tiny-qwen2", 0.0), ("c2c", 0.7), ("receiver", 0.0)]
+
+    def ask(job):
+        model, temp = job
+        return client.chat.completions.create(model=model, messages=MSG, max_tokens=4, temperature=temp, seed=1)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        outs = list(pool.map(ask, jobs, timeout=120))
+    assert [o.model for o in outs] == [m for m, _ in jobs]
+    assert outs[0].choices[0].message.content == outs[-1].choices[0].message.content == _direct(live, "receiver", MSG, 4)

@@ -132,7 +132,7 @@ class Server:
         return self.answerers[key]
 
     def options(self, req) -> GenerateOptions:
-        n = req.new_tokens or self.config.default_max_tokens
+        n = req.new_tokens or min(self.config.default_max_tokens, self.config.max_tokens)
         if n > self.config.max_tokens:
             raise ApiError(400, f"max_tokens {n} exceeds this server's limit of {self.config.max_tokens}",
                            param="max_tokens")  # fmt: skip

@@ -137,23 +137,24 @@ class Engine:
         self._pending.put(None)
         self._thread.join(timeout=30)
 
-    def _next(self, timeout: float | None) -> Job | None:
-        if self._held:
-            return self._held.pop(0)
-        try:
-            return self._pending.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
     def _work(self) -> None:
-        while True:
-            first = self._next(None)
+        closing = False
+        while not closing:
+            first = self._held.pop(0) if self._held else self._pending.get()
             if first is None:
                 return
-            batch, deadline = [first], time.perf_counter() + self.max_wait_s
+            batch = [first]
+            for job in [j for j in self._held if j.batch_key == first.batch_key][: self.max_batch - 1]:
+                self._held.remove(job)
+                batch.append(job)
+            deadline = time.perf_counter() + self.max_wait_s
             while len(batch) < self.max_batch:
-                job = self._next(max(0.0, deadline - time.perf_counter()))
+                try:
+                    job = self._pending.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
                 if job is None:
+                    closing = True
                     break
                 (batch if job.batch_key == first.batch_key else self._held).append(job)
             live = [j for j in batch if not j.cancelled.is_set()]
