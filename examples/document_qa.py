@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from cache2cache import GenerateOptions, __version__
 from cache2cache.agents import Team
@@ -80,6 +81,7 @@ def main() -> None:
     t2t = TextToText(cold, note_tokens=args.t2t_tokens)
 
     rows, ttft = [], []
+    bar = tqdm(total=sum(len(d["items"]) for d in docs), desc="questions", unit="q", dynamic_ncols=True)
     for d, doc in enumerate(docs):
         t0 = time.perf_counter()
         note = reader.read(doc["text"])  # the sharer reads the document once ...
@@ -114,6 +116,8 @@ def main() -> None:
             PromptCache.prefill(sharer, q2, chat=False)
             ttft.append({"warm_ttft_s": warm_ttft, "question_prefills_s": time.perf_counter() - t0,
                          "question_tokens": new_tokens})  # fmt: skip
+            bar.update(1)
+    bar.close()
 
     modes = ["receiver", "t2t", "c2c-cold", "c2c-warm"]
     table = {}
