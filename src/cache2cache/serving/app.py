@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -37,6 +38,7 @@ from ..inference.answerers import Answerer, answerer
 from ..inference.batching import GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
+from .transfer import add_cache_routes
 from .schemas import ChatRequest, CompletionRequest, Usage, error_body, new_id, now
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
@@ -49,6 +51,7 @@ class ServeConfig:
     max_tokens: int = 512  # the most new tokens one request may ask for
     default_max_tokens: int = 128
     max_request_bytes: int = 1 << 20
+    max_cache_bytes: int = 512 << 20  # an imported cache file (POST /v1/caches/import)
     api_key: str | None = None
     store_bytes: int = 2 << 30
     note_tokens: int = 64  # text-to-text's note budget
@@ -93,7 +96,8 @@ class Server:
         self.base.store = self.store
         self.models: dict[tuple[str, ...], C2CModel] = {tuple(s.name for s in self.base.sharers): self.base}
         self.answerers: dict[tuple, Answerer] = {}
-        self.engine = Engine(self.config.max_batch, self.config.max_wait_ms / 1000)
+        self.model_lock = threading.Lock()  # one forward at a time: the engine's batches and cache exports
+        self.engine = Engine(self.config.max_batch, self.config.max_wait_ms / 1000, self.model_lock)
         self.metrics = _Metrics()
 
     def model_ids(self) -> list[str]:
@@ -188,9 +192,13 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
             if request.headers.get("authorization") != f"Bearer {server.config.api_key}":
                 return fail(401, "missing or wrong API key (Authorization: Bearer ...)", kind="authentication_error",
                             code="invalid_api_key")  # fmt: skip
+        limit = server.config.max_cache_bytes if request.url.path == "/v1/caches/import" else \
+            server.config.max_request_bytes  # fmt: skip
         size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > server.config.max_request_bytes):
-            return fail(413, f"request body over {server.config.max_request_bytes} bytes")
+        if request.method == "POST" and size is None:
+            return fail(411, "send a Content-Length header")
+        if size is not None and (not size.isdigit() or int(size) > limit):
+            return fail(413, f"request body over {limit} bytes")
         return await call_next(request)
 
     @app.get("/health")
@@ -295,6 +303,8 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
             yield "data: [DONE]\n\n"
         finally:
             job.cancel()  # a client that disconnects mid-stream lands here: its row stops at the next token
+
+    add_cache_routes(app, server, ApiError)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, req: ChatRequest):

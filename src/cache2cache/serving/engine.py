@@ -116,8 +116,9 @@ class _Rows(BaseStreamer, StoppingCriteria):
 
 
 class Engine:
-    def __init__(self, max_batch: int = 8, max_wait_s: float = 0.01) -> None:
+    def __init__(self, max_batch: int = 8, max_wait_s: float = 0.01, lock: threading.Lock | None = None) -> None:
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.lock = lock or threading.Lock()  # held around each generate(): other users of the models take it too
         self._pending: queue.Queue[Job | None] = queue.Queue()
         self._held: list[Job] = []  # taken from the queue but not batchable with the current batch
         self.batches = 0
@@ -172,8 +173,9 @@ class Engine:
         self.batches += 1
         self.batched_rows += len(jobs)
         try:
-            out = ans.generate([j.prompt for j in jobs], options, streamer=rows,
-                               stopping_criteria=StoppingCriteriaList([rows]))  # fmt: skip
+            with self.lock:
+                out = ans.generate([j.prompt for j in jobs], options, streamer=rows,
+                                   stopping_criteria=StoppingCriteriaList([rows]))  # fmt: skip
         except Exception as e:  # handed to every waiting request, never lost in this thread
             for j in jobs:
                 j.emit("error", e)
