@@ -104,7 +104,8 @@ def register(sub) -> None:
     ft.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     ft.add_argument("--seed", type=int, default=d.seed)
     ft.add_argument("--device", default="cpu")
-    ft.add_argument("--out", type=Path, required=True, help="adapter folder to write")
+    ft.add_argument("--out", type=Path, required=True, help="adapter folder to write (a new or empty one)")
+    ft.add_argument("--overwrite", action="store_true", help="replace what --out holds (once training finished)")
     ft.set_defaults(func=run_finetune)
 
 
@@ -218,7 +219,7 @@ def run_generate(args) -> int:
 def run_finetune(args) -> int:
     recipe = LoraRecipe(base=args.base, task=args.task, split=args.split, steps=args.steps,
                         batch_size=args.batch_size, rank=args.rank, alpha=2 * args.rank, lr=args.lr, seed=args.seed)  # fmt: skip
-    log = finetune_lora(recipe, args.out, device=args.device)
+    log = finetune_lora(recipe, args.out, device=args.device, overwrite=args.overwrite)
     first, last = log["losses"][:10], log["losses"][-10:]
     print(f"adapter -> {args.out} ({log['trainable_params']:,} trainable parameters, {log['seconds']} s); "
           f"loss {sum(first) / len(first):.3f} (first 10 steps) -> {sum(last) / len(last):.3f} (last 10)")

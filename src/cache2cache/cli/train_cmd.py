@@ -8,6 +8,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import check_writable_dir
 from ..errors import C2CError
 from ..training.checkpoint import load_checkpoint
 from ..training.config import TrainConfig, load_config
@@ -39,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG.toml | key=value", help="a TOML file and/or overrides")
     p.add_argument("--resume", type=Path, help="a run folder or checkpoint folder to continue from")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an out_dir that already holds one (its fuser is replaced at the end)")
     p.set_defaults(func=run)
 
 
@@ -57,6 +60,13 @@ def run(args) -> int:
         changed = {k: (base[k], v) for k, v in asdict(cfg).items() if base.get(k) != v}
         for k, (old, new) in changed.items():
             log.warning("resume: %s changed from %r to %r (the new value wins)", k, old, new)
+    out = Path(cfg.out_dir).expanduser()
+    check_writable_dir(out, "out_dir")
+    if not args.resume and out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise C2CError(f"out_dir {out} already holds a run: continue it with --resume {out}, choose another "
+                           "out_dir=..., or pass --overwrite to start afresh there")  # fmt: skip
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a new run's log starts empty, not appended to
     trainer = FuserTrainer(cfg, resume=args.resume)
     try:
         trainer.setup()

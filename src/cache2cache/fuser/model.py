@@ -6,7 +6,6 @@ A saved fuser is a directory: config.json (with both models' names and KV geomet
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..alignment.layers import layer_map
+from ..atomic import replace_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
 from .config import PRESETS, FuserConfig
@@ -145,9 +145,7 @@ class Fuser(nn.Module):
             tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "fuser"})
             (tmp / "README.md").write_text(self.model_card())
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory

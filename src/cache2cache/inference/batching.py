@@ -6,6 +6,7 @@ importing the model code.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -33,6 +34,8 @@ class GenerateOptions:
     min_new_tokens: int = 0  # > 0 ignores EOS until then (benchmarks decode a fixed number of tokens)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and math.isfinite(self.top_p)):
+            raise C2CError(f"temperature and top_p must be finite numbers, got {self.temperature}, {self.top_p}")
         if self.max_new_tokens < 1:
             raise C2CError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:

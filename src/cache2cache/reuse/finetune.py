@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..atomic import check_writable_dir, replace_dir
 from ..errors import C2CError
 from ..evaluation.scoring import LETTERS, prompt_for
 from ..evaluation.tasks import Item, get_task
@@ -70,10 +71,15 @@ def _readme(recipe: LoraRecipe, log: dict) -> str:
             "folder wherever a model is expected (`--b DIR`). The loss curve is in finetune.json.\n")
 
 
-def finetune_lora(recipe: LoraRecipe, out: Path, device: str = "cpu") -> dict:
-    """Train the adapter, write it to `out` (replacing it only when training finished), return the log."""
+def finetune_lora(recipe: LoraRecipe, out: Path, device: str = "cpu", overwrite: bool = False) -> dict:
+    """Train the adapter, write it to `out` (replacing it only when training finished), return the log. A
+    non-empty `out` is refused before any work unless `overwrite`."""
     from peft import LoraConfig, get_peft_model
 
+    out = Path(out)
+    check_writable_dir(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise C2CError(f"--out {out} is not empty; choose a new folder or pass --overwrite to replace it")
     items = [it for it in get_task(recipe.task).load(recipe.split) if it.choices]
     if len(items) < recipe.batch_size:
         raise C2CError(f"{recipe.task}/{recipe.split} has {len(items)} items, fewer than one batch")
@@ -114,6 +120,5 @@ def finetune_lora(recipe: LoraRecipe, out: Path, device: str = "cpu") -> dict:
     model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
     (tmp / "finetune.json").write_text(json.dumps(log, indent=1))
     (tmp / "README.md").write_text(_readme(recipe, log))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    replace_dir(tmp, out)
     return log

@@ -7,6 +7,7 @@ every checkpoint, so a run can be audited or resumed from its directory alone.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -64,6 +65,12 @@ class TrainConfig:
     keep_last: int = 3
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise C2CError(f"{f.name} must be a finite number, got {value}")
+        if not self.grad_clip > 0 or self.weight_decay < 0:
+            raise C2CError(f"need grad_clip > 0 and weight_decay >= 0 (got {self.grad_clip}, {self.weight_decay})")
         positive = ("batch_size", "micro_batch_size", "max_prompt_tokens", "max_response_tokens", "log_every",
                     "eval_every", "save_every", "keep_last")  # fmt: skip
         for name in positive:

@@ -12,9 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The log's records; a line cut off by a kill (the last one, half written) is skipped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record and "kind" in record:
+            out.append(record)
+    return out
 
 
 def plot_loss(metrics: list[dict], out: Path, title: str) -> None:

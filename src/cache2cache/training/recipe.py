@@ -302,10 +302,17 @@ class FuserTrainer:
                 if p.grad is not None:
                     self._all_reduce(p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
+            if not math.isfinite(float(grad_norm)):  # before the step: the weights stay as they were
+                raise C2CError(f"step {self.step + 1}: the gradient is not finite (loss {loss_total.tolist()}); "
+                               f"stopped, the last good checkpoint in {self.out_dir} is kept (lower lr or check "
+                               "the data)")  # fmt: skip
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             ce_sum, rank_sum, ranked_right = self._all_reduce(loss_total).tolist()
             train_loss = ce_sum / n_targets
+            if not (math.isfinite(train_loss) and math.isfinite(rank_sum)):
+                raise C2CError(f"step {self.step + 1}: the loss is not finite ({train_loss}); stopped, the last good "
+                               f"checkpoint in {self.out_dir} is kept (lower lr or check the data)")  # fmt: skip
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt
