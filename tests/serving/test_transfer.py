@@ -28,9 +28,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(fuser_dir, port: int) -> subprocess.Popen:
+def _serve(fuser_dir, port: int, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cache2cache.cli.main", "serve", "--receiver", "tiny-llama", "--sharer",
-           "tiny-qwen2", "--fuser", str(fuser_dir), "--port", str(port)]  # fmt: skip
+           "tiny-qwen2", "--fuser", str(fuser_dir), "--port", str(port), *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -57,13 +57,14 @@ def two_servers(tmp_path_factory):
     receiver, sharer = tiny("tiny-llama"), tiny("tiny-qwen2")
     fuser = make_fuser(receiver, sharer)
     fuser_dir = fuser.save_pretrained(tmp_path_factory.mktemp("fuser") / "f")
-    ports = [_free_port(), _free_port()]
-    procs = [_serve(fuser_dir, p) for p in ports]
+    ports = [_free_port(), _free_port(), _free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = [_serve(fuser_dir, ports[0]), _serve(fuser_dir, ports[1]),
+             _serve(fuser_dir, ports[2], "--sharer-url", urls[0])]  # the third has no sharer weights
     try:
         for url, proc in zip(urls, procs):
             _wait(url, proc)
-        yield urls, C2CModel(receiver, [sharer], [fuser])
+        yield urls[:2], C2CModel(receiver, [sharer], [fuser]), urls[2]
     finally:
         for proc in procs:
             proc.terminate()
@@ -71,7 +72,7 @@ def two_servers(tmp_path_factory):
 
 
 def test_a_cache_made_in_one_process_answers_in_another(two_servers):
-    (sharer_url, receiver_url), local = two_servers
+    (sharer_url, receiver_url), local, _ = two_servers
     exported = httpx.post(f"{sharer_url}/v1/caches", json={"model": "tiny-qwen2", "messages": MESSAGES}, timeout=60)
     assert exported.status_code == 200 and exported.headers["content-type"] == "application/octet-stream"
     cache = PromptCache.from_bytes(exported.content)
@@ -91,7 +92,7 @@ def test_a_cache_made_in_one_process_answers_in_another(two_servers):
 
 
 def test_the_16_bit_wire_halves_the_bytes_and_bad_imports_are_refused(two_servers):
-    (sharer_url, receiver_url), _ = two_servers
+    (sharer_url, receiver_url), _, _ = two_servers
     body = {"model": "tiny-qwen2", "messages": MESSAGES}
     full = httpx.post(f"{sharer_url}/v1/caches", json=body, timeout=60).content
     half = httpx.post(f"{sharer_url}/v1/caches", json={**body, "dtype": "bfloat16"}, timeout=60).content
@@ -104,3 +105,33 @@ def test_the_16_bit_wire_halves_the_bytes_and_bad_imports_are_refused(two_server
     assert refused.status_code == 400 and "does not serve" in refused.json()["error"]["message"]
     unknown = httpx.post(f"{sharer_url}/v1/caches", json={**body, "model": "nope"}, timeout=30)
     assert unknown.status_code == 404
+
+
+def test_a_receiver_without_sharer_weights_fetches_caches_from_the_sharer_service(two_servers):
+    (sharer_url, _), local, remote_url = two_servers
+    assert [m["id"] for m in httpx.get(f"{remote_url}/v1/models").json()["data"]] == \
+        ["tiny-llama", "receiver", "c2c", "c2c/tiny-qwen2"]  # fmt: skip
+    question = [{"role": "user", "content": "Where do the ships go at night?"}]
+    answer = httpx.post(f"{remote_url}/v1/chat/completions", timeout=60,
+                        json={"model": "c2c", "messages": question, "max_tokens": 8, "temperature": 0}).json()
+    # bf16 on the wire: the tiny fp32 sharer's keys are rounded, so compare with a local run from rounded caches
+    assert answer["choices"][0]["message"]["content"] == _from_rounded(local, question, 8)
+    sharer_alone = httpx.post(f"{remote_url}/v1/chat/completions", timeout=30,
+                              json={"model": "tiny-qwen2", "messages": question})  # fmt: skip
+    assert sharer_alone.status_code == 404 and sharer_url in sharer_alone.json()["error"]["message"]
+
+
+def _from_rounded(local, messages, n: int) -> str:
+    """C2C with the sharer's cache rounded to bfloat16 and back, as it arrives over the 16-bit wire."""
+    import torch
+
+    from cache2cache.caches.store import PrefixStore
+
+    sharer = local.sharers[0]
+    ids = local.aligners[0].align(messages).sharer_ids
+    store = PrefixStore()
+    cache = PromptCache.from_bytes(PromptCache.prefill(sharer, messages).to_bytes(torch.bfloat16))
+    assert cache.token_ids == ids
+    store.put(cache.to(dtype=torch.float32))
+    model = C2CModel(local.receiver, [sharer], local.fusers, store=store)
+    return model.generate([messages], "c2c", GenerateOptions(n)).results[0].text

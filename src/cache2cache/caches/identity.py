@@ -46,10 +46,25 @@ class ModelIdentity:
 _memo: "weakref.WeakKeyDictionary[torch.nn.Module, ModelIdentity]" = weakref.WeakKeyDictionary()
 
 
+def identity_memo() -> "weakref.WeakKeyDictionary[torch.nn.Module, ModelIdentity]":
+    """The identities known so far, by model module (computed or pinned)."""
+    return _memo
+
+
+def pin_identity(model: LoadedModel, identity: ModelIdentity) -> None:
+    """Declare the identity of a skeleton (a model without weights here): the one its caches carry, as told by
+    the process that has the weights."""
+    if identity.geometry != ModelGeometry.from_config(model.model.config):
+        raise C2CError(f"{identity.name}'s KV geometry does not match the local config of {model.name}")
+    _memo[model.model] = identity
+
+
 @torch.no_grad()
 def identity_of(model: LoadedModel) -> ModelIdentity:
     """The identity of a loaded model (computed once per model object)."""
     key = model.model
+    if key not in _memo and model.is_skeleton:
+        raise C2CError(f"{model.name} has no weights here: pin its identity (the one its caches carry) first")
     if key not in _memo:
         h = hashlib.sha256()
         config = model.model.config.get_text_config().to_dict()

@@ -104,6 +104,9 @@ class PromptCache:
         self.check_model(model)
         if not new_ids:
             return self.truncate(len(self), messages)
+        if model.is_skeleton:
+            raise C2CError(f"{model.name} has no weights in this process: its cache must cover the whole prompt "
+                           f"({len(new_ids)} token(s) are missing); get it from the process that runs {model.name}")
         if len(self) + len(new_ids) > model.max_length:
             raise C2CError(f"{len(self) + len(new_ids)} tokens exceed {model.name}'s context of {model.max_length}")
         cache = self.to_transformers(model)

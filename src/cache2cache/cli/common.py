@@ -69,9 +69,9 @@ def model_names(args) -> tuple[str, list[str], list[Path]]:
     return args.receiver or DEFAULT_RECEIVER, sharers, list(args.fuser)
 
 
-def build_from_args(args) -> C2CModel:
+def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     receiver, sharers, fusers = model_names(args)
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
-                     chat=not args.no_chat, preset=args.preset, layer_alignment=args.layer_alignment,
-                     token_alignment=args.token_alignment)  # fmt: skip
+                     chat=not args.no_chat, skeleton_sharers=skeleton_sharers, preset=args.preset,
+                     layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

@@ -23,7 +23,9 @@ def register(sub) -> None:
             "examples:\n"
             "  c2c serve                                            # the default pair and its shipped fuser\n"
             "  c2c serve --receiver tiny-llama --sharer tiny-qwen2 --port 8001\n"
-            "  C2C_API_KEY=secret c2c serve --host 0.0.0.0          # reachable from other hosts, key required\n\n"
+            "  C2C_API_KEY=secret c2c serve --host 0.0.0.0          # reachable from other hosts, key required\n"
+            "  c2c serve --port 8001                                # host A: runs the sharer (and receiver)\n"
+            "  c2c serve --sharer-url http://hostA:8001             # host B: receiver + fuser, no sharer weights\n\n"
             "then:\n"
             "  from openai import OpenAI\n"
             "  client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='secret')\n"
@@ -40,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=512, help="the most new tokens a request may ask")
     p.add_argument("--max-request-bytes", type=positive_int, default=1 << 20)
     p.add_argument("--store-mb", type=positive_int, default=2048, help="prefix store budget in MiB")
+    p.add_argument("--sharer-url", default=None,
+                   help="the sharers run in another `c2c serve` at this URL: load them here without weights and "
+                        "fetch their caches from it per c2c request (KV transfer between hosts)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -55,8 +60,10 @@ def run(args) -> int:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
                          default_max_tokens=min(128, args.max_tokens), max_request_bytes=args.max_request_bytes,
                          api_key=args.api_key or os.environ.get("C2C_API_KEY") or None,
-                         store_bytes=args.store_mb << 20)  # fmt: skip
-    app = create_app(build_from_args(args), config)
+                         store_bytes=args.store_mb << 20, sharer_url=args.sharer_url)  # fmt: skip
+    if args.sharer_url and not args.sharer_url.startswith(("http://", "https://")):
+        raise C2CError(f"--sharer-url must be an http(s) URL, got {args.sharer_url!r}")
+    app = create_app(build_from_args(args, skeleton_sharers=bool(args.sharer_url)), config)
     print(f"serving {', '.join(app.state.server.model_ids())} on http://{args.host}:{args.port}/v1 "
           f"(playground: http://{args.host}:{args.port}/)", flush=True)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

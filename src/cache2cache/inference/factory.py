@@ -12,7 +12,7 @@ from ..errors import C2CError
 from ..fuser.model import Fuser
 from ..kv import ModelGeometry
 from ..models.catalog import ASSETS
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model, load_skeleton
 from .pipeline import C2CModel
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,23 @@ def build(
     device: str | None = None,
     cache_dir: Path | None = None,
     chat: bool = True,
+    skeleton_sharers: bool = False,
     **untrained_kwargs,
 ) -> C2CModel:
     """Load the models and fusers. With no fuser paths an untrained fuser is made per sharer (a warning says so);
-    with fuser paths there must be exactly one per sharer, in the same order."""
+    with fuser paths there must be exactly one per sharer, in the same order. `skeleton_sharers` loads the
+    sharers without weights, for a process that receives their caches from elsewhere."""
     if fusers and len(fusers) != len(sharers):
         raise C2CError(f"give one --fuser per --sharer (got {len(sharers)} sharer(s), {len(fusers)} fuser(s))")
     device = device or default_device()
     loaded_fusers = [Fuser.from_pretrained(f, device) for f in fusers]  # fail fast, before loading big models
     r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
-    ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir, prefill_only=True) for s in sharers]
+    if skeleton_sharers:  # their caches come from another process: tokenizer and config only
+        if not loaded_fusers:
+            raise C2CError("remote sharers need a trained --fuser each")
+        ss = [load_skeleton(s, kv_device=device, cache_dir=cache_dir) for s in sharers]
+    else:
+        ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir, prefill_only=True) for s in sharers]
     if not loaded_fusers and ss:
         log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
         loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]

@@ -21,15 +21,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A frozen causal LM, its tokenizer, and the name a fuser records for it."""
+    """A frozen causal LM, its tokenizer, and the name a fuser records for it.
+
+    A *skeleton* (`load_skeleton`) has the tokenizer and config but no weights (they sit on the meta device): a
+    process that only reads another process's caches of this model (a receiver fusing a remote sharer) needs
+    nothing more. Its caches live on `kv_device`."""
 
     name: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    kv_device: torch.device | None = None  # skeletons: where caches of this model are kept
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.kv_device if self.kv_device is not None else self.model.device
+
+    @property
+    def is_skeleton(self) -> bool:
+        return self.model.device.type == "meta"
 
     @property
     def max_length(self) -> int:
@@ -138,3 +147,30 @@ def load_model(
     tokenizer.padding_side = "left"  # prompts are left-padded so that every row's last token lines up
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model.to(device).eval(), tokenizer=tokenizer)
+
+
+def load_skeleton(spec: str, kv_device: str | torch.device = "cpu", cache_dir: Path | None = None,
+                  dtype: str = "auto") -> LoadedModel:  # fmt: skip
+    """`spec`'s tokenizer and config with its weights on the meta device (no memory): enough to align prompts
+    and hold this model's caches received from elsewhere, not to run it. `dtype` is the dtype its caches arrive
+    in (auto: float32 on CPU, as a sharer is loaded, else bfloat16)."""
+    from transformers import AutoConfig
+
+    want = parse_dtype(dtype) or (torch.float32 if torch.device(kv_device).type == "cpu" else torch.bfloat16)
+    entry = find(spec)
+    if entry is not None and entry.real is not None and is_pulled(entry.real, cache_dir):
+        source = str(model_dir(entry.real, cache_dir))
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=want)
+        name = entry.name
+    else:  # tiny models, directories, hub ids: load, then drop the weights
+        loaded = load_model(spec, dtype=dtype, cache_dir=cache_dir, prefill_only=True)
+        model, tokenizer, name = loaded.model.to(want), loaded.tokenizer, loaded.name
+        model = model.to("meta")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.requires_grad_(False)
+    return LoadedModel(name=name, model=model.eval(), tokenizer=tokenizer, kv_device=torch.device(kv_device))

@@ -38,8 +38,8 @@ from ..inference.answerers import Answerer, answerer
 from ..inference.batching import GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
-from .transfer import add_cache_routes
-from .schemas import ChatRequest, CompletionRequest, Usage, error_body, new_id, now
+from .transfer import add_cache_routes, fetch_remote_caches
+from .schemas import ApiError, ChatRequest, CompletionRequest, Usage, error_body, new_id, now
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 
@@ -55,13 +55,7 @@ class ServeConfig:
     api_key: str | None = None
     store_bytes: int = 2 << 30
     note_tokens: int = 64  # text-to-text's note budget
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+    sharer_url: str | None = None  # sharers run in another `c2c serve` (their caches are fetched from it per request)
 
 
 class _Metrics:
@@ -101,6 +95,9 @@ class Server:
         self.metrics = _Metrics()
 
     def model_ids(self) -> list[str]:
+        """Served ids. With remote sharers (skeletons here) only the receiver and C2C: the rest needs weights."""
+        if self.config.sharer_url:
+            return [self.base.receiver.name, "receiver", "c2c"] + [f"c2c/{s.name}" for s in self.base.sharers]
         names = [self.base.receiver.name, "receiver"] + [s.name for s in self.base.sharers]
         if self.base.sharers:
             names += ["c2c", "t2t"] + [f"{m}/{s.name}" for m in ("c2c", "t2t") for s in self.base.sharers]
@@ -121,6 +118,9 @@ class Server:
         """The answerer a model id (and optional `sharers`) names; 404 for an unknown model."""
         all_sharers = tuple(s.name for s in self.base.sharers)
         mode, _, one = model.partition("/")
+        if self.config.sharer_url and model not in self.model_ids():
+            raise ApiError(404, f"model {model!r} is not served here: the sharers run at {self.config.sharer_url}",
+                           param="model", code="model_not_found")  # fmt: skip
         if model in (self.base.receiver.name, "receiver"):
             key = ("receiver", all_sharers)
         elif model in all_sharers:
@@ -231,6 +231,8 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
         ans = server.route(req.model, req.sharers)
         options = server.options(req)
         await asyncio.to_thread(server.check_length, ans, prompt, options)
+        if server.config.sharer_url and ans.mode == "c2c":
+            await fetch_remote_caches(server, ans.model, prompt)
         job = Job(ans, prompt, options, req.stops, asyncio.get_running_loop())
         server.engine.submit(job)
         metrics.queue.set(server.engine.depth)
@@ -304,7 +306,7 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
         finally:
             job.cancel()  # a client that disconnects mid-stream lands here: its row stops at the next token
 
-    add_cache_routes(app, server, ApiError)
+    add_cache_routes(app, server)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, req: ChatRequest):

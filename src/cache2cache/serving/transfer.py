@@ -8,7 +8,9 @@
 
 So a sharer service prefills a conversation and returns its cache; a receiver service imports it, and its next
 c2c request over that conversation reads the sharer's keys and values from the store instead of running the
-sharer (tokens the cache does not cover are still computed here). The imported cache must come from a model this
+sharer (tokens the cache does not cover are still computed here). Started with `--sharer-url`, a receiver
+service holds the sharers as skeletons (tokenizer and config, no weights) and fetches each c2c request's sharer
+caches from that URL itself (`fetch_remote_caches`). The imported cache must come from a model this
 server serves (same fingerprint): anything else is refused. A 16-bit wire format halves a float32 cache.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
+import httpx
 import torch
 
 from fastapi import FastAPI, Request
@@ -24,10 +27,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from ..alignment.tokens import encode, render
-from ..caches.identity import identity_of
+from ..caches.identity import identity_memo, identity_of, pin_identity
 from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
-from .schemas import ChatMessage
+from ..inference.batching import to_messages
+from .schemas import ApiError, ChatMessage
 
 class CacheRequest(BaseModel):
     model: str = Field(min_length=1)
@@ -35,9 +39,43 @@ class CacheRequest(BaseModel):
     dtype: Literal["bfloat16", "float16"] | None = None
 
 
-def add_cache_routes(app: FastAPI, server, api_error) -> None:
-    """Register the two routes on `app` (see the module docstring); `api_error(status, message, **kw)` makes
-    the app's error responses."""
+async def fetch_remote_caches(server, model, prompt) -> None:
+    """Ask the sharer service for each sharer's cache of `prompt` (16-bit on the wire) and put them in the store,
+    pinning a skeleton sharer's identity to what the service reports."""
+    messages = to_messages(prompt)
+    async with httpx.AsyncClient(base_url=server.config.sharer_url, timeout=600) as client:
+        for sharer in model.sharers:
+            try:
+                r = await client.post("/v1/caches", json={"model": sharer.name, "messages": messages,
+                                                          "dtype": "bfloat16"})  # fmt: skip
+            except httpx.HTTPError as e:
+                raise ApiError(503, f"sharer service {server.config.sharer_url} unreachable: {e}",
+                                       kind="server_error") from None  # fmt: skip
+            if r.status_code != 200:
+                raise ApiError(r.status_code if r.status_code < 500 else 502, f"sharer service: "
+                                       f"{r.json().get('error', {}).get('message', r.text[:200])}")  # fmt: skip
+            cache = PromptCache.from_bytes(r.content)
+            if not _claims(sharer, cache):
+                raise ApiError(502, f"the sharer service sent a cache of {cache.identity.name} "
+                               f"({cache.identity.fingerprint}), not of this server's {sharer.name}")  # fmt: skip
+            server.store.put(cache.to(sharer.device, sharer.model.dtype))
+
+
+def _claims(model, cache: PromptCache) -> bool:
+    """Whether `cache` was made by `model`. A skeleton (no weights here) takes the identity of the first cache
+    that carries its name and geometry, and holds every later one to it."""
+    if model.is_skeleton and model.model not in identity_memo():
+        if cache.identity.name != model.name:
+            return False
+        try:
+            pin_identity(model, cache.identity)
+        except C2CError:
+            return False
+    return identity_of(model).fingerprint == cache.identity.fingerprint
+
+
+def add_cache_routes(app: FastAPI, server) -> None:
+    """Register the two routes on `app` (see the module docstring)."""
 
     def served_models() -> dict[str, object]:
         base = server.base
@@ -47,14 +85,14 @@ def add_cache_routes(app: FastAPI, server, api_error) -> None:
     async def export_cache(req: CacheRequest):
         model = served_models().get(req.model)
         if model is None:
-            raise api_error(404, f"model {req.model!r} is not served here (caches come from: "
+            raise ApiError(404, f"model {req.model!r} is not served here (caches come from: "
                             f"{', '.join(served_models())})", param="model", code="model_not_found")  # fmt: skip
         messages = [m.model_dump() for m in req.messages]
 
         def prefill() -> PromptCache:
             ids = encode(model.tokenizer, render(model.tokenizer, messages, server.base.chat))[0]
             if len(ids) > model.max_length:
-                raise api_error(400, f"{len(ids)} tokens exceed {model.name}'s context of {model.max_length}",
+                raise ApiError(400, f"{len(ids)} tokens exceed {model.name}'s context of {model.max_length}",
                                 param="messages")  # fmt: skip
             with server.model_lock:
                 return server.store.prefill(model, ids, messages, server.base.chat)
@@ -71,11 +109,10 @@ def add_cache_routes(app: FastAPI, server, api_error) -> None:
         try:
             cache = PromptCache.from_bytes(body)
         except C2CError as e:
-            raise api_error(400, str(e)) from None
-        models = served_models()
-        model = next((m for m in models.values() if identity_of(m).fingerprint == cache.identity.fingerprint), None)
+            raise ApiError(400, str(e)) from None
+        model = next((m for m in served_models().values() if _claims(m, cache)), None)
         if model is None:
-            raise api_error(400, f"this cache was made by {cache.identity.name} ({cache.identity.fingerprint}), "
+            raise ApiError(400, f"this cache was made by {cache.identity.name} ({cache.identity.fingerprint}), "
                             "which this server does not serve")  # fmt: skip
         server.store.put(cache.to(model.device, model.model.dtype))
         return {"model": model.name, "tokens": len(cache), "bytes": cache.nbytes}
