@@ -39,7 +39,7 @@ from ..inference.batching import GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
 from .transfer import add_cache_routes, fetch_remote_caches
-from .schemas import ApiError, ChatRequest, CompletionRequest, Usage, error_body, new_id, now
+from .schemas import ApiError, ChatRequest, CompletionRequest, Usage, completion_body, error_body, new_id, now
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 
@@ -244,11 +244,7 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
         if done is None:  # the client went away
             return Response(status_code=499)
         metrics.requests.labels(kind, "200").inc()
-        choice = ({"index": 0, "message": {"role": "assistant", "content": done.text}, "finish_reason": done.finish_reason}
-                  if kind == "chat" else {"index": 0, "text": done.text, "finish_reason": done.finish_reason,
-                                          "logprobs": None})  # fmt: skip
-        return {"id": ident, "object": "chat.completion" if kind == "chat" else "text_completion",
-                "created": created, "model": req.model, "choices": [choice], "usage": _usage(done).model_dump()}
+        return completion_body(kind, ident, created, req.model, done.text, done.finish_reason, _usage(done))
 
     def _record(done: Finished) -> None:
         metrics.tokens.inc(done.completion_tokens)

@@ -88,6 +88,14 @@ def now() -> int:
     return int(time.time())
 
 
+def completion_body(kind: str, ident: str, created: int, model: str, text: str, finish: str, usage: Usage) -> dict:
+    """A whole (non-streamed) chat or text completion, as OpenAI returns it."""
+    choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+              if kind == "chat" else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+    return {"id": ident, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+            "model": model, "choices": [choice], "usage": usage.model_dump()}
+
+
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:  # fmt: skip
     """The error shape OpenAI clients parse."""

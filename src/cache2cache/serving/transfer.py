@@ -55,13 +55,13 @@ async def fetch_remote_caches(server, model, prompt) -> None:
                 raise ApiError(r.status_code if r.status_code < 500 else 502, f"sharer service: "
                                        f"{r.json().get('error', {}).get('message', r.text[:200])}")  # fmt: skip
             cache = PromptCache.from_bytes(r.content)
-            if not _claims(sharer, cache):
+            if not claims_cache(sharer, cache):
                 raise ApiError(502, f"the sharer service sent a cache of {cache.identity.name} "
                                f"({cache.identity.fingerprint}), not of this server's {sharer.name}")  # fmt: skip
             server.store.put(cache.to(sharer.device, sharer.model.dtype))
 
 
-def _claims(model, cache: PromptCache) -> bool:
+def claims_cache(model, cache: PromptCache) -> bool:
     """Whether `cache` was made by `model`. A skeleton (no weights here) takes the identity of the first cache
     that carries its name and geometry, and holds every later one to it."""
     if model.is_skeleton and model.model not in identity_memo():
@@ -110,7 +110,7 @@ def add_cache_routes(app: FastAPI, server) -> None:
             cache = PromptCache.from_bytes(body)
         except C2CError as e:
             raise ApiError(400, str(e)) from None
-        model = next((m for m in served_models().values() if _claims(m, cache)), None)
+        model = next((m for m in served_models().values() if claims_cache(m, cache)), None)
         if model is None:
             raise ApiError(400, f"this cache was made by {cache.identity.name} ({cache.identity.fingerprint}), "
                             "which this server does not serve")  # fmt: skip
