@@ -357,6 +357,15 @@ class C2CModel:
         """Summed log-probability of each continuation text after its prompt (cloze scoring):
         `continuations[i]` are the options for `prompts[i]`. Each prompt is prefilled (and fused) once; its
         cache is then copied for every option, so scoring k options costs one prefill, not k."""
+        logps, _, timings = self.continuation_scores(prompts, continuations, mode)
+        return logps, timings
+
+    @torch.no_grad()
+    def continuation_scores(
+        self, prompts: Sequence[Prompt], continuations: Sequence[Sequence[str]], mode: str = "c2c"
+    ) -> tuple[list[list[float]], list[list[bool]], Timings]:
+        """`continuation_logprobs`, plus for each continuation whether greedy decoding would produce it (every
+        token the argmax), as lm-evaluation-harness asks."""
         if len(continuations) != len(prompts) or not all(continuations):
             raise C2CError("need a non-empty list of continuations for every prompt")
         answerer = self.answerer(mode)
@@ -371,12 +380,14 @@ class C2CModel:
         ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
         logp = self.continuation_logits(expanded, cache, answerer, ids, mask).float().log_softmax(-1)
         flat = (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
+        greedy = ((logp.argmax(-1) == ids) | (mask == 0)).all(-1).tolist()
         timings.decode_s = clock(answerer.device) - t0
-        out, k = [], 0
+        out, flags, k = [], [], 0
         for opts in continuations:
             out.append(flat[k:k + len(opts)])
+            flags.append(greedy[k:k + len(opts)])
             k += len(opts)
-        return out, timings
+        return out, flags, timings
 
     @staticmethod
     def continuation_logits(
