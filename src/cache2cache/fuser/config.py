@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,10 @@ PRESETS: dict[str, dict] = {
     "base": {"hidden_dim": 256, "num_blocks": 2, "ffn_mult": 2},
     "paper": {"hidden_dim": 1024, "num_blocks": 1, "ffn_mult": 1},  # 1024 wide, 4 linear layers deep
 }
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
 @dataclass
@@ -35,6 +40,9 @@ class FuserConfig:
     ffn_mult: int = field(default=2, metadata={"help": "expansion factor inside each block"})
     gate_init: float = field(default=1.0, metadata={"help": "initial gate logit (>0: open at inference)"})
     zero_init: bool = field(default=True, metadata={"help": "zero output projection: an untrained fuser is a no-op"})
+    receiver_fingerprint: str = field(default="", metadata={"help": "identity fingerprint of the receiver trained "
+                                                                    "with ('' = not recorded)"})
+    sharer_fingerprint: str = field(default="", metadata={"help": "identity fingerprint of the sharer trained with"})
     c2c_version: str = field(default=__version__, metadata={"help": "cache2cache version that wrote this config"})
 
     def __post_init__(self) -> None:
@@ -71,6 +79,9 @@ class FuserConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             warnings.warn(f"ignoring unknown fuser config keys {unknown} (written by a newer cache2cache?)")
+        if _version(str(raw.get("c2c_version", "0"))) > _version(__version__):
+            warnings.warn(f"{path} was written by cache2cache {raw['c2c_version']}, newer than this {__version__}: "
+                          "it loads, but settings it relies on may be ignored")  # fmt: skip
         try:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except TypeError as e:

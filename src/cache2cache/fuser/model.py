@@ -20,6 +20,7 @@ from ..alignment.layers import layer_map
 from ..atomic import replace_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
+from . import hub
 from .config import PRESETS, FuserConfig
 from .layer import LayerFuser
 
@@ -75,9 +76,12 @@ class Fuser(nn.Module):
     # ---- what a pipeline calls --------------------------------------------------------------------------
 
     def check_pair(
-        self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str, sharer_geometry: ModelGeometry
+        self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str, sharer_geometry: ModelGeometry,
+        receiver_fingerprint: str | None = None, sharer_fingerprint: str | None = None,
     ) -> None:
-        """Raise C2CError unless this fuser was built for exactly this receiver and sharer."""
+        """Raise C2CError unless this fuser was built for exactly this receiver and sharer: names, KV shapes,
+        and, where the config records them, the fingerprints of the checkpoints it was trained with (so a fuser
+        is never silently used with another checkpoint of a model with the same name)."""
         cfg = self.config
         want = f"receiver {cfg.receiver} <- sharer {cfg.sharer}"
         got = f"receiver {receiver_name} <- sharer {sharer_name}"
@@ -85,6 +89,11 @@ class Fuser(nn.Module):
             raise C2CError(f"this fuser was trained for {want}, not {got}")
         if cfg.receiver_geometry != receiver_geometry.to_dict() or cfg.sharer_geometry != sharer_geometry.to_dict():
             raise C2CError(f"this fuser's KV shapes do not match {got} (same names, different models?)")
+        for role, recorded, actual in (("receiver", cfg.receiver_fingerprint, receiver_fingerprint),
+                                       ("sharer", cfg.sharer_fingerprint, sharer_fingerprint)):  # fmt: skip
+            if recorded and actual and recorded != actual:
+                raise C2CError(f"this fuser was trained with another checkpoint of its {role} {getattr(cfg, role)} "
+                               f"(fingerprint {recorded}, this one is {actual})")  # fmt: skip
 
     def deltas(self, receiver_kv: Sequence[KV], sharer_kv: Sequence[KV], sharer_index: torch.Tensor) -> LayerDeltas:
         """Per fused receiver layer, the (dk, dv) to add to its keys and values: a pure function of tensors.
@@ -151,7 +160,11 @@ class Fuser(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Fuser":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        revision: str | None = None) -> "Fuser":  # fmt: skip
+        """Load a fuser folder, or a Hub repo id (`owner/name`, at `revision`) through the Hub cache."""
+        if not Path(directory).is_dir() and hub.looks_like_repo_id(str(directory)):
+            directory = hub.download(str(directory), revision)
         directory = Path(directory)
         if not directory.is_dir():
             raise C2CError(f"fuser directory not found: {directory}")
@@ -170,6 +183,18 @@ class Fuser(nn.Module):
             )
         fuser.source = str(directory)
         return fuser.to(device).eval()
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
+        """Upload this fuser (config, bf16 weights, model card, and its source folder's logs and plots when it
+        was loaded from one) to a Hub repo; returns the commit URL."""
+        import tempfile as _tempfile
+
+        with _tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "fuser"
+            if self.source is not None:
+                shutil.copytree(self.source, folder)
+            self.save_pretrained(folder, dtype=torch.bfloat16)
+            return hub.push(folder, repo_id, private=private, token=token)
 
     def model_card(self) -> str:
         cfg = self.config

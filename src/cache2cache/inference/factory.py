@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
 from ..kv import ModelGeometry
@@ -28,10 +29,12 @@ def default_device() -> str:
 
 
 def untrained_fuser(receiver: LoadedModel, sharer: LoadedModel, **kwargs) -> Fuser:
-    """A fresh fuser for a pair (zero-initialised output: the receiver's answers are unchanged)."""
+    """A fresh fuser for a pair (zero-initialised output: the receiver's answers are unchanged), recording the
+    fingerprints of the two checkpoints, so it will refuse other checkpoints with the same names."""
     return Fuser.for_pair(
         receiver.name, ModelGeometry.from_config(receiver.model.config),
         sharer.name, ModelGeometry.from_config(sharer.model.config), **kwargs,
+        receiver_fingerprint=identity_of(receiver).fingerprint, sharer_fingerprint=identity_of(sharer).fingerprint,
     )  # fmt: skip
 
 

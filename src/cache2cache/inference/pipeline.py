@@ -21,7 +21,7 @@ from transformers import Cache, GenerationConfig, TextIteratorStreamer
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
 from ..errors import C2CError
-from ..caches.identity import ModelIdentity, identity_of
+from ..caches.identity import ModelIdentity, identity_memo, identity_of, pin_identity
 from ..caches.prompt_cache import PromptCache, stack_caches
 from ..caches.store import PrefixStore, common_prefix
 from ..fuser.model import Fuser, LayerDeltas
@@ -60,7 +60,13 @@ class C2CModel:
         r_geo = ModelGeometry.from_config(receiver.model.config)
         self.aligners: list[TokenAligner] = []
         for sharer, fuser in zip(self.sharers, self.fusers):
-            fuser.check_pair(receiver.name, r_geo, sharer.name, ModelGeometry.from_config(sharer.model.config))
+            s_geo = ModelGeometry.from_config(sharer.model.config)
+            if sharer.is_skeleton and fuser.config.sharer_fingerprint and sharer.model not in identity_memo():
+                # a sharer without weights here: it is the checkpoint the fuser was trained with
+                pin_identity(sharer, ModelIdentity(sharer.name, fuser.config.sharer_fingerprint, s_geo))
+            fuser.check_pair(receiver.name, r_geo, sharer.name, s_geo, identity_of(receiver).fingerprint,
+                             identity_of(sharer).fingerprint if sharer.model in identity_memo() or
+                             not sharer.is_skeleton else None)  # fmt: skip
             fuser.to(receiver.device).eval()
             self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
         self._fusion_enabled = True

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..alignment.layers import layer_map
 from ..atomic import write_json, write_text
+from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
 from ..inference.factory import default_device, untrained_fuser
@@ -126,6 +127,9 @@ class FuserTrainer:
             else:
                 fuser = untrained_fuser(receiver, sharer, preset=cfg.preset, layer_alignment=alignment,
                                         token_alignment=cfg.token_alignment).to(self.device)  # fmt: skip
+        # record which checkpoints it is trained with (a fuser loaded from an older config may not say)
+        fuser.config.receiver_fingerprint = identity_of(receiver).fingerprint
+        fuser.config.sharer_fingerprint = identity_of(sharer).fingerprint
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.model.fusers[0].train()  # C2CModel puts fusers in eval mode for inference
