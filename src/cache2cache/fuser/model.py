@@ -95,6 +95,10 @@ class Fuser(nn.Module):
                 raise C2CError(f"this fuser was trained with another checkpoint of its {role} {getattr(cfg, role)} "
                                f"(fingerprint {recorded}, this one is {actual})")  # fmt: skip
 
+    def forward(self, receiver_kv: Sequence[KV], sharer_kv: Sequence[KV], sharer_index: torch.Tensor) -> LayerDeltas:
+        """`deltas`, as the module's forward: what a DistributedDataParallel wrapper calls (training)."""
+        return self.deltas(receiver_kv, sharer_kv, sharer_index)
+
     def deltas(self, receiver_kv: Sequence[KV], sharer_kv: Sequence[KV], sharer_index: torch.Tensor) -> LayerDeltas:
         """Per fused receiver layer, the (dk, dv) to add to its keys and values: a pure function of tensors.
 

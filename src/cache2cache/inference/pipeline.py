@@ -260,7 +260,7 @@ class C2CModel:
         n_new = valid.shape[1] - int(cols[0])
         receiver_kv = [(layer.keys[:, :, -n_new:], layer.values[:, :, -n_new:]) for layer in cache.layers]
         per_fuser: list[LayerDeltas] = [
-            fuser.deltas(receiver_kv, [(sl.keys, sl.values) for sl in s_cache.layers], index[:, :-1])
+            fuser(receiver_kv, [(sl.keys, sl.values) for sl in s_cache.layers], index[:, :-1])
             for fuser, s_cache, (_, _, index) in zip(self.fusers, sharer_caches, batch.sharers)
         ]
         valid = valid[:, None, :, None]  # (B, 1, T, 1): padding (and already fused) positions stay untouched
