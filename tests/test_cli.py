@@ -107,3 +107,12 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "fuser directory not found" in proc.stderr
+
+
+def test_help_starts_without_torch():
+    """`c2c --help` imports no subcommand module, so neither torch nor transformers (issue 16: start-up time)."""
+    code = ("import sys; from cache2cache.cli.main import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]" and "serve" in out.stdout

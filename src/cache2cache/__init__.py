@@ -4,16 +4,34 @@
     receiver, sharer = load_model("tiny-llama"), load_model("tiny-qwen2")
     fuser = Fuser.for_pair(receiver.name, ..., sharer.name, ...)  # or Fuser.from_pretrained(dir)
     C2CModel(receiver, [sharer], [fuser]).generate(["What is a KV cache?"])
+
+The names below are imported on first use (torch and transformers take seconds to import), so `c2c --help` and
+light tools start fast.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .errors import C2CError  # noqa: E402
-from .fuser.config import FuserConfig  # noqa: E402
-from .fuser.model import Fuser  # noqa: E402
-from .inference.pipeline import C2CModel, GenerateOptions  # noqa: E402
-from .kv import ModelGeometry  # noqa: E402
-from .models.loading import LoadedModel, load_model  # noqa: E402
+_LAZY = {
+    "C2CError": ".errors",
+    "FuserConfig": ".fuser.config",
+    "Fuser": ".fuser.model",
+    "C2CModel": ".inference.pipeline",
+    "GenerateOptions": ".inference.pipeline",
+    "ModelGeometry": ".kv",
+    "LoadedModel": ".models.loading",
+    "load_model": ".models.loading",
+}
 
-__all__ = ["C2CError", "C2CModel", "Fuser", "FuserConfig", "GenerateOptions", "LoadedModel", "ModelGeometry",
-           "load_model", "__version__"]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cache2cache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
