@@ -15,17 +15,19 @@ import torch
 
 from cache2cache.fuser.model import Fuser
 
-EVIDENCE = ("train_config.json", "metrics.jsonl", "summary.json", "loss.png", "gates.png")
+EVIDENCE = ("train_config.json", "metrics.jsonl", "summary.json", "loss.png", "gates.png", "data_manifest.json")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a training run folder with a final fuser/ in it")
+    ap.add_argument("--fuser", type=Path, default=None, help="ship this fuser folder instead of RUN/fuser (e.g. "
+                                                             "a checkpoint's)")  # fmt: skip
     ap.add_argument("dest", type=Path)
     ap.add_argument("--note", default="", help="a paragraph added to the README (how the run was made)")
     args = ap.parse_args()
     run = args.run.expanduser()
-    fuser = Fuser.from_pretrained(run / "fuser")
+    fuser = Fuser.from_pretrained(args.fuser or run / "fuser")
     fuser.save_pretrained(args.dest, dtype=torch.bfloat16)
     (args.dest / "training").mkdir(exist_ok=True)
     for name in EVIDENCE:

@@ -86,3 +86,13 @@ def test_a_config_from_a_newer_version_loads_with_a_warning(tmp_path):
         warnings.simplefilter("always")
         Fuser.from_pretrained(folder)
     assert any("newer than this" in str(w.message) for w in caught)
+
+
+def test_shipped_fusers_load_by_name():
+    from cache2cache.fuser.model import shipped_fusers
+
+    names = shipped_fusers()
+    assert "smollm2-135m-from-qwen2.5-coder-1.5b" in names
+    assert Fuser.from_pretrained(names[0]).config.receiver == "SmolLM2-135M-Instruct"
+    with pytest.raises(C2CError, match="not found"):
+        Fuser.from_pretrained("no-such-shipped-fuser")

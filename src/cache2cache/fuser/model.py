@@ -25,9 +25,15 @@ from .config import PRESETS, FuserConfig
 from .layer import LayerFuser
 
 WEIGHTS = "model.safetensors"
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fusers"  # fusers that ship with the package
 
 LayerDeltas = dict[int, tuple[torch.Tensor | None, torch.Tensor | None]]
 KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def shipped_fusers() -> list[str]:
+    """Names of the fusers inside the package (loadable by name)."""
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file()) if SHIPPED.is_dir() else []
 
 
 class Fuser(nn.Module):
@@ -166,7 +172,10 @@ class Fuser(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         revision: str | None = None) -> "Fuser":  # fmt: skip
-        """Load a fuser folder, or a Hub repo id (`owner/name`, at `revision`) through the Hub cache."""
+        """Load a fuser folder, a shipped fuser by name (`shipped_fusers()`), or a Hub repo id (`owner/name`, at
+        `revision`) through the Hub cache."""
+        if not Path(directory).is_dir() and (SHIPPED / str(directory)).is_dir() and "/" not in str(directory):
+            directory = SHIPPED / str(directory)
         if not Path(directory).is_dir() and hub.looks_like_repo_id(str(directory)):
             directory = hub.download(str(directory), revision)
         directory = Path(directory)
