@@ -11,9 +11,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..atomic import write_json
+from ..atomic import check_writable_dir, write_json
 from ..errors import C2CError
-from ..evaluation.bench import BENCH_MODES, BenchConfig, environment, latency, ratios, throughput
+from ..evaluation.bench import BENCH_MODES, BenchConfig, check_batch_fits, environment, latency, ratios, throughput
 from ..evaluation.tasks import get_task
 from .common import add_model_args, build_from_args, positive_int
 
@@ -61,11 +61,16 @@ def run(args) -> int:
         raise C2CError(f"unknown or no mode(s) {bad}: choose from {', '.join(BENCH_MODES)}")
     cfg = BenchConfig(modes=modes, new_tokens=args.new_tokens, t2t_tokens=args.t2t_tokens, repeats=args.repeats,
                       batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"))  # fmt: skip
+    check_writable_dir(args.out.parent, "--out")
+    if args.out.is_dir():
+        raise C2CError(f"--out {args.out} is a folder: give a .json file path")
     items = get_task(args.task).load(args.split)
     items = random.Random(0).sample(items, min(len(items), max(cfg.repeats, max(cfg.batch_sizes))))
     model = build_from_args(args)
     if any(m != "receiver" for m in modes) and not model.sharers:
         raise C2CError("modes sharer, t2t and c2c need a sharer")
+    longest = max(len(model.receiver.tokenizer(it.question)["input_ids"]) for it in items) + 64 + cfg.new_tokens
+    check_batch_fits(model, max(cfg.batch_sizes), longest)
     console = Console(stderr=True)
     with console.status("measuring latency...") as status:
         lat = latency(model, items, cfg, progress=lambda m: status.update(f"measured {m}; next..."))

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import check_writable_dir
 from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
@@ -66,6 +67,8 @@ def run(args) -> int:
                      subjects=[s.strip() for s in args.subjects.split(",") if s.strip()], batch_size=args.batch_size,
                      t2t_tokens=args.t2t_tokens, gen_tokens=args.gen_tokens, seed=args.seed)  # fmt: skip
     items = select_items(cfg)  # bad task / split / file fails before any model loads
+    out = args.out or Path("runs/eval") / f"{args.task.replace(':', '_').replace('/', '_')}_{args.split}"
+    check_writable_dir(out, "--out")  # before minutes of work, not after
     model = build_from_args(args)
     for fuser in model.fusers:
         fuser.close_gates(args.close_gates)
@@ -76,7 +79,6 @@ def run(args) -> int:
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
                              "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
     summary = summarise(records, cfg, identities)
-    out = args.out or Path("runs/eval") / f"{args.task.replace(':', '_').replace('/', '_')}_{args.split}"
     write_results(out, records, summary)
     if args.json:
         print(json.dumps(summary, indent=2))

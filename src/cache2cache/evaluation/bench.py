@@ -18,7 +18,9 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .. import __version__
+from ..errors import C2CError
 from ..inference.answerers import ANSWER_MODES, Question, answerer
+from ..kv import ModelGeometry
 from ..inference.pipeline import C2CModel, GenerateOptions
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
@@ -50,6 +52,32 @@ class BenchConfig:
     t2t_tokens: int = 64
     repeats: int = 5
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can take now: free GPU memory, or the kernel's MemAvailable on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def check_batch_fits(model: C2CModel, batch: int, tokens: int) -> None:
+    """Refuse, before allocating, a batch whose caches and logits alone would take more than half the memory
+    available (activations and the models themselves need the rest)."""
+    per_token = 0
+    for m in [model.receiver, *model.sharers]:
+        geo, size = ModelGeometry.from_config(m.model.config), m.model.dtype.itemsize
+        per_token += sum(2 * g.kv_heads * g.head_dim for g in geo.layers) * size
+    vocab = model.receiver.model.config.get_text_config().vocab_size
+    need = batch * (tokens * per_token + 2 * vocab * 4)
+    free = available_memory(model.receiver.device)
+    if need > free // 2:
+        raise C2CError(f"batch size {batch} needs about {need / 2**30:.1f} GiB for its caches alone, more than half of "
+                       f"the {free / 2**30:.1f} GiB available; use a smaller --batch-sizes")  # fmt: skip
 
 
 def _sync_clock(device: torch.device) -> float:

@@ -28,6 +28,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(spec: str) -> str:
+    """`spec` if this machine has that device; a clear error otherwise (not a traceback mid-load)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise C2CError(f"unknown device {spec!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise C2CError(f"device {spec!r} is not available on this machine (CUDA devices: "
+                       f"{torch.cuda.device_count() if torch.cuda.is_available() else 0})")  # fmt: skip
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise C2CError(f"device {spec!r} is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise C2CError(f"device {spec!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return spec
+
+
 def untrained_fuser(receiver: LoadedModel, sharer: LoadedModel, **kwargs) -> Fuser:
     """A fresh fuser for a pair (zero-initialised output: the receiver's answers are unchanged), recording the
     fingerprints of the two checkpoints, so it will refuse other checkpoints with the same names."""
@@ -55,7 +71,7 @@ def build(
     sharers without weights, for a process that receives their caches from elsewhere."""
     if fusers and len(fusers) != len(sharers):
         raise C2CError(f"give one --fuser per --sharer (got {len(sharers)} sharer(s), {len(fusers)} fuser(s))")
-    device = device or default_device()
+    device = check_device(device or default_device())
     loaded_fusers = [Fuser.from_pretrained(f, device) for f in fusers]  # fail fast, before loading big models
     r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
     if skeleton_sharers:  # their caches come from another process: tokenizer and config only

@@ -33,7 +33,7 @@ from ..atomic import write_json, write_text
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
-from ..inference.factory import default_device, untrained_fuser
+from ..inference.factory import check_device, default_device, untrained_fuser
 from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -96,7 +96,7 @@ class FuserTrainer:
     def _setup_distributed(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        device = self.cfg.device or default_device()
+        device = check_device(self.cfg.device or default_device())
         if self.world > 1:
             backend = "nccl" if device.startswith("cuda") else "gloo"
             dist.init_process_group(backend)
