@@ -6,6 +6,7 @@ A saved fuser is a directory: config.json (with both models' names and KV geomet
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..kv import ModelGeometry
 from . import hub
 from .config import PRESETS, FuserConfig
 from .layer import LayerFuser
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fusers"  # fusers that ship with the package
@@ -158,7 +161,9 @@ class Fuser(nn.Module):
         `dtype=torch.bfloat16` halves the file (how the shipped fuser is stored); loading casts back."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        for stale in directory.parent.glob(f".{directory.name}.tmp*"):  # left by a writer that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
         try:
             self.config.save(tmp)
             tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
@@ -179,6 +184,10 @@ class Fuser(nn.Module):
         if not Path(directory).is_dir() and hub.looks_like_repo_id(str(directory)):
             directory = hub.download(str(directory), revision)
         directory = Path(directory)
+        aside = directory.with_name(f".{directory.name}.old")
+        if not directory.is_dir() and aside.is_dir():  # a save killed between its two renames
+            log.warning("%s is missing; loading the previous fuser kept aside at %s", directory, aside)
+            directory = aside
         if not directory.is_dir():
             raise C2CError(f"fuser directory not found: {directory}")
         fuser = cls(FuserConfig.load(directory))
