@@ -8,14 +8,36 @@ user needs to trust it: the resolved training config, the metrics log, loss and 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from cache2cache.atomic import write_json
 from cache2cache.fuser.model import Fuser
+from cache2cache.training.plots import plot_loss, read_metrics
 
 EVIDENCE = ("train_config.json", "metrics.jsonl", "summary.json", "loss.png", "gates.png", "data_manifest.json")
+
+
+def manifest(run: Path) -> dict:
+    """The run's data manifest, rebuilt from its saved config: the same sources, shares and skips as training
+    (tokenizers only, no model weights)."""
+    from types import SimpleNamespace
+
+    from cache2cache.alignment.tokens import TokenAligner
+    from cache2cache.models.loading import load_skeleton
+    from cache2cache.training.config import load_config
+    from cache2cache.training.recipe import FuserTrainer
+
+    cfg = load_config(base=json.loads((run / "train_config.json").read_text()))
+    trainer = FuserTrainer(cfg)
+    trainer.world, trainer.rank, trainer.is_main = 1, 0, False
+    tok = [load_skeleton(m).tokenizer for m in (cfg.receiver, cfg.sharer)]
+    trainer.model = SimpleNamespace(aligners=[TokenAligner(tok[0], tok[1], cfg.token_alignment)])
+    trainer._setup_data()
+    return trainer.data_manifest()
 
 
 def main() -> None:
@@ -33,6 +55,12 @@ def main() -> None:
     for name in EVIDENCE:
         if (run / name).is_file():
             shutil.copy2(run / name, args.dest / "training" / name)
+    if not (args.dest / "training" / "data_manifest.json").is_file():  # a checkpoint, not a finished run
+        write_json(args.dest / "training" / "data_manifest.json", manifest(run))
+    if not (args.dest / "training" / "loss.png").is_file():
+        cfg = json.loads((run / "train_config.json").read_text())
+        plot_loss(read_metrics(run / "metrics.jsonl"), args.dest / "training" / "loss.png",
+                  f"{cfg['receiver']} <- {cfg['sharer']}")  # fmt: skip
     card = (args.dest / "README.md").read_text()
     card += ("\nWeights are stored in bfloat16 (trained in float32; loading casts back). The training folder holds "
              "the resolved config, the metrics log, the loss and gate plots and the run summary.\n")
