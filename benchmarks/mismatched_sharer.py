@@ -67,10 +67,12 @@ def main() -> None:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--subjects", default="", help="MMLU subjects (default all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     model = build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [args.fuser])
-    items = select_items(EvalConfig(task=args.task, split=args.split, modes=["c2c"], method="cloze", limit=args.limit))
+    items = select_items(EvalConfig(task=args.task, split=args.split, modes=["c2c"], method="cloze", limit=args.limit,
+                                    subjects=[s for s in args.subjects.split(",") if s]))  # fmt: skip
     right = {"c2c": [], "mismatched": []}
     for i in tqdm(range(0, len(items), args.batch_size), desc="batches"):
         chunk = items[i:i + args.batch_size]
@@ -87,7 +89,9 @@ def main() -> None:
               "fuser": args.fuser, "task": args.task, "split": args.split, "n": len(items),
               "c2c_accuracy": sum(right["c2c"]) / len(items), "mismatched_accuracy": sum(right["mismatched"]) / len(items),
               "only_c2c_right": only_c2c, "only_mismatched_right": only_mis,
-              "mcnemar_p": mcnemar_exact(only_c2c, only_mis)}  # fmt: skip
+              "mcnemar_p": mcnemar_exact(only_c2c, only_mis),
+              "records": [{"id": it.id, "gold": it.answer, "c2c": a, "mismatched": b}
+                          for it, a, b in zip(items, right["c2c"], right["mismatched"])]}  # fmt: skip
     print(f"{args.task}/{args.split} n={len(items)}: C2C {result['c2c_accuracy']:.3f}, sharer cache of another question "
           f"{result['mismatched_accuracy']:.3f} (+{only_c2c}/-{only_mis}, p = {result['mcnemar_p']:.3g})")  # fmt: skip
     out = args.out or Path(f"docs/results/mismatched_sharer_{args.task}.json")
