@@ -189,7 +189,8 @@ def _datasets_records(path: Path) -> Iterator[object]:
     try:
         from datasets import load_from_disk
     except ImportError:
-        raise C2CError("reading a datasets folder needs the `datasets` package: pip install datasets") from None
+        raise C2CError("reading a datasets folder needs the `datasets` package: pip install 'cache2cache[datasets]'"
+                       ) from None  # fmt: skip
     try:
         ds = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
