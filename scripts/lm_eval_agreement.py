@@ -21,25 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-import cache2cache.evaluation.lm_eval_model  # noqa: E402,F401  (registers --model c2c)
+from cache2cache.evaluation.lm_eval_model import mc_task_yaml  # noqa: E402  (also registers --model c2c)
 from cache2cache.atomic import write_json  # noqa: E402
 from cache2cache.evaluation.runner import EvalConfig, select_items  # noqa: E402
 
-YAML = """task: c2c_agreement
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def main() -> None:
@@ -58,7 +43,7 @@ def main() -> None:
         data = Path(tmp) / "items.jsonl"
         data.write_text("".join(json.dumps({"id": it.id, "question": it.question.strip(), "choices": it.choices,
                                             "answer": it.answer}) + "\n" for it in items))  # fmt: skip
-        (Path(tmp) / "task.yaml").write_text(YAML.format(data=data))
+        (Path(tmp) / "task.yaml").write_text(mc_task_yaml("c2c_agreement", str(data)))
         model_args = ",".join(filter(None, [f"mode={args.mode}", args.model_args]))
         res = lm_eval.simple_evaluate(model="c2c", model_args=model_args, tasks=["c2c_agreement"], batch_size=8,
                                       task_manager=TaskManager(include_path=tmp), log_samples=True)  # fmt: skip

@@ -16,7 +16,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from cache2cache.evaluation.lm_eval_model import C2CLM  # noqa: E402  (registers --model c2c)
+from cache2cache.evaluation.lm_eval_model import C2CLM, mc_task_yaml  # noqa: E402  (registers --model c2c)
 from cache2cache.evaluation.runner import EvalConfig, Evaluator, select_items  # noqa: E402
 
 ARGS = "receiver=tiny-llama,sharer=tiny-qwen2,mode=c2c"
@@ -33,21 +33,7 @@ def task_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    (tmp_path / "task.yaml").write_text(f"""task: c2c_tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-""")
+    (tmp_path / "task.yaml").write_text(mc_task_yaml("c2c_tiny_mc", str(data)))
     return tmp_path
 
 

@@ -36,6 +36,27 @@ from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER,
 log = logging.getLogger(__name__)
 
 
+def mc_task_yaml(task: str, data: str) -> str:
+    """An lm-eval task over a local JSONL of {"question", "choices", "answer"} records (the `c2c eval` task
+    format), prompted as `c2c eval --method cloze` prompts, scored by acc_norm: what an offline user points
+    `--include_path` at."""
+    return f"""task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
 def _flag(value) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 
