@@ -12,7 +12,6 @@ first sharer answer alone with its own chat template.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from typing import Iterator, Sequence
 
@@ -20,25 +19,21 @@ import torch
 from transformers import Cache, GenerationConfig, TextIteratorStreamer
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
-from ..errors import C2CError
 from ..caches.identity import ModelIdentity, identity_memo, identity_of, pin_identity
-from ..caches.prompt_cache import PromptCache, stack_caches
-from ..caches.store import PrefixStore, common_prefix
+from ..caches.store import PrefixStore
+from ..errors import C2CError
 from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .batching import (MODES, Batch, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings, clock,
                        left_pad, positions, right_pad, to_messages)
+from .prefix_reuse import PrefixReuse
+from .prefix_reuse import rows as _rows
 
 __all__ = ["C2CModel", "MODES", "Batch", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt",
            "Timings", "left_pad", "positions", "right_pad", "to_messages"]
 
-def _rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """The real (unpadded) token ids of each row of a left-padded batch."""
-    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-
-
-class C2CModel:
+class C2CModel(PrefixReuse):
     """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
 
     Holds no global state: several instances (say, one per model pair in a server) can live side by side. With
@@ -181,67 +176,6 @@ class C2CModel:
             answerer.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=cache,
                            use_cache=True, logits_to_keep=1)  # fmt: skip
         return cache
-
-    def _from_store(self, model: LoadedModel, rows: list[list[int]]) -> Cache:
-        caches = [self.store.prefill(model, r) for r in rows]
-        return stack_caches(caches, model)[0]  # left-padded exactly like the batch: same rows, same widths
-
-    def pair_identity(self) -> ModelIdentity:
-        """Identity of the fused receiver cache: the receiver, each sharer and each fuser's weights."""
-        if self._pair_identity is None:
-            r = identity_of(self.receiver)
-            h = hashlib.sha256(r.fingerprint.encode())
-            for sharer, fuser in zip(self.sharers, self.fusers):
-                h.update(identity_of(sharer).fingerprint.encode())
-                for name, t in sorted(fuser.state_dict().items()):
-                    h.update(name.encode())
-                    h.update(t.detach().float().cpu().numpy().tobytes())
-            name = f"{r.name}<-{'+'.join(s.name for s in self.sharers)}"
-            self._pair_identity = ModelIdentity(name, h.hexdigest()[:16], r.geometry)
-        return self._pair_identity
-
-    def _alignment_rows(self, batch: Batch) -> list[list[tuple[list[int], list[int]]]]:
-        """Per prompt, per sharer: its unpadded sharer ids and each receiver position's sharer index."""
-        pads = (batch.mask == 0).sum(-1).tolist()
-        out = []
-        for b in range(batch.ids.shape[0]):
-            row = []
-            for s_ids, s_mask, index in batch.sharers:
-                s_pad = int((s_mask[b] == 0).sum())
-                row.append((s_ids[b, s_pad:].tolist(), (index[b, pads[b]:-1] - s_pad).tolist()))
-            out.append(row)
-        return out
-
-    def _reuse_fused(self, cache: Cache, batch: Batch) -> torch.Tensor:
-        """Copy each row's longest stored fused prefix into `cache`; returns the (B, T) mask of positions still to
-        fuse. A stored position is reused only where it was fused from the same sharer tokens: near the end of
-        a shared prefix a sharer may have tokenised the boundary differently (a merge across it)."""
-        mask = batch.mask[:, :-1]
-        fresh = mask.clone()
-        pads = (mask == 0).sum(-1).tolist()
-        for b, (row, aligned) in enumerate(zip(_rows(batch.ids[:, :-1], mask), self._alignment_rows(batch))):
-            fused = self.store.longest_prefix(self.pair_identity().fingerprint, row)
-            if fused is None:
-                continue
-            n = len(fused)
-            for (ids, index), old in zip(aligned, fused.meta["aligned"]):
-                same = common_prefix(ids, old["ids"])  # sharer tokens both prompts share
-                n = min(n, next((i for i in range(n) if index[i] >= same or index[i] != old["index"][i]), n))
-            start = pads[b]
-            for layer, k, v in zip(cache.layers, fused.keys, fused.values):
-                layer.keys[b, :, start:start + n] = k[:, :n].to(layer.keys.dtype)
-                layer.values[b, :, start:start + n] = v[:, :n].to(layer.values.dtype)
-            fresh[b, start:start + n] = 0
-        return fresh
-
-    def _store_fused(self, cache: Cache, batch: Batch) -> None:
-        mask = batch.mask[:, :-1]
-        pads = (mask == 0).sum(-1).tolist()
-        for b, (row, aligned) in enumerate(zip(_rows(batch.ids[:, :-1], mask), self._alignment_rows(batch))):
-            keys = [layer.keys[b, :, pads[b]:].clone() for layer in cache.layers]
-            values = [layer.values[b, :, pads[b]:].clone() for layer in cache.layers]
-            meta = {"aligned": [{"ids": ids, "index": index} for ids, index in aligned]}
-            self.store.put(PromptCache(self.pair_identity(), row, keys, values, meta=meta))
 
     def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch, fresh: torch.Tensor | None = None
              ) -> None:  # fmt: skip
