@@ -25,9 +25,7 @@ import torch
 from cache2cache import __version__
 from cache2cache.atomic import write_json
 from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-from cache2cache.serving.app import ServeConfig, create_app
-
-from serve_load import serve  # noqa: E402  (same folder)
+from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
 
 QUESTIONS = ["Why is the sky blue? Explain the physics briefly.", "How does a battery store energy?",
              "What causes the seasons on Earth?", "Why does ice float on water?"]  # fmt: skip
@@ -43,7 +41,8 @@ def main() -> None:
     model = build("tiny-llama", ["tiny-qwen2"]) if args.tiny else build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
     sharer = model.sharers[0].name
     app = create_app(model, ServeConfig(max_tokens=64))
-    server, url = serve(app)
+    running = start_in_thread(app)
+    url = running.url
     store = app.state.server.store
     rows = []
     try:
@@ -83,7 +82,7 @@ def main() -> None:
                                  "same_answer": cold.json()["choices"][0]["message"]["content"]
                                  == warm.json()["choices"][0]["message"]["content"]})  # fmt: skip
     finally:
-        server.should_exit = True
+        running.stop()
     summary = {}
     for dtype in ("float32", "bfloat16"):
         rs = [r for r in rows if r["dtype"] == dtype]

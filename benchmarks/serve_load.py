@@ -23,23 +23,14 @@ from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 
 from cache2cache import __version__
 from cache2cache.atomic import write_json
 from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-from cache2cache.serving.app import ServeConfig, create_app
+from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
 
 TOPICS = ["the sky", "rain", "a volcano", "the moon", "bread", "a battery", "a rainbow", "the heart", "sound",
           "a magnet", "ice", "a seed", "wind", "salt", "a bridge", "glass"]  # fmt: skip
-
-
-def serve(app) -> tuple[uvicorn.Server, str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def one(client: httpx.Client, model: str, i: int, max_tokens: int) -> dict:
@@ -90,7 +81,8 @@ def main() -> None:
     else:
         model = build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
     app = create_app(model, ServeConfig(max_batch=args.max_batch, max_wait_ms=20, max_tokens=max(64, args.max_tokens)))
-    server, url = serve(app)
+    running = start_in_thread(app)
+    url = running.url
     state = app.state.server
     try:
         serial = run_load(url, args.model, args.serial or args.clients, 1, args.max_tokens)
@@ -100,7 +92,7 @@ def main() -> None:
         load["mean_batch"] = (state.engine.batched_rows - batches0[1]) / max(1, load["engine_batches"])
         healthy = httpx.get(f"{url}/health").json()["status"] == "ok"
     finally:
-        server.should_exit = True
+        running.stop()
     result = {
         "date": date.today().isoformat(), "c2c_version": __version__, "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "receiver": model.receiver.name,

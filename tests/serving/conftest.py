@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 from cache2cache import C2CModel
-from cache2cache.serving.app import ServeConfig, create_app
+from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
 
 from ..conftest import make_fuser, tiny
 
@@ -18,23 +15,15 @@ from ..conftest import make_fuser, tiny
 class LiveServer:
     def __init__(self, app) -> None:
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                break
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.running = start_in_thread(app)
+        self.url = self.running.url
 
     @property
     def state(self):
         return self.app.state.server
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.running.stop()
 
 
 def tiny_model() -> C2CModel:

@@ -315,6 +315,38 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
     return app
 
 
+@dataclass
+class Running:
+    """A server started by `start_in_thread`: its base URL, and `stop()`."""
+
+    server: object
+    thread: threading.Thread
+    url: str
+
+    def stop(self, timeout: float = 10) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=timeout)
+
+
+def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Running:
+    """Run `app` on uvicorn in a daemon thread (port 0: a free one). For tests, benchmarks and the screenshot
+    tool; `c2c serve` runs uvicorn itself."""
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started:
+            break
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError("the server did not start within 30 s")
+    return Running(server, thread, f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}")
+
+
 def _usage(done: Finished) -> Usage:
     return Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                  total_tokens=done.prompt_tokens + done.completion_tokens)  # fmt: skip

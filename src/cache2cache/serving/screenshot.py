@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import threading
-import time
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,10 +37,8 @@ def screenshot_playground(url: str, question: str, out: Path, timeout_s: float =
 
 
 def main() -> None:
-    import uvicorn
-
     from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-    from .app import ServeConfig, create_app
+    from .app import ServeConfig, create_app, start_in_thread
 
     ap = argparse.ArgumentParser(description="Screenshot the playground answering one question (default pair).")
     ap.add_argument("--question", default="Why does ice float on water?")
@@ -50,16 +46,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
     app = create_app(build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER]), ServeConfig(default_max_tokens=64))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
+    running = start_in_thread(app)
+    url = running.url
     try:
-        for mode, text in screenshot_playground(url, args.question, args.out, args.timeout).items():
+        for mode, text in screenshot_playground(url + "/", args.question, args.out, args.timeout).items():
             print(f"--- {mode}\n{text}")
     finally:
-        server.should_exit = True
+        running.stop()
     print(f"wrote {args.out}")
 
 
