@@ -46,9 +46,11 @@ class ModelIdentity:
 _memo: "weakref.WeakKeyDictionary[torch.nn.Module, ModelIdentity]" = weakref.WeakKeyDictionary()
 
 
-def identity_memo() -> "weakref.WeakKeyDictionary[torch.nn.Module, ModelIdentity]":
-    """The identities known so far, by model module (computed or pinned)."""
-    return _memo
+def known_identity(model: LoadedModel) -> ModelIdentity | None:
+    """The model's identity, or None for a skeleton whose identity nobody has pinned yet."""
+    if model.is_skeleton and model.model not in _memo:
+        return None
+    return identity_of(model)
 
 
 def pin_identity(model: LoadedModel, identity: ModelIdentity) -> None:

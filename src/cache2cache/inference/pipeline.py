@@ -19,7 +19,7 @@ import torch
 from transformers import Cache, GenerationConfig, TextIteratorStreamer
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
-from ..caches.identity import ModelIdentity, identity_memo, identity_of, pin_identity
+from ..caches.identity import ModelIdentity, identity_of, known_identity, pin_identity
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..fuser.model import Fuser, LayerDeltas
@@ -56,12 +56,12 @@ class C2CModel(PrefixReuse):
         self.aligners: list[TokenAligner] = []
         for sharer, fuser in zip(self.sharers, self.fusers):
             s_geo = ModelGeometry.from_config(sharer.model.config)
-            if sharer.is_skeleton and fuser.config.sharer_fingerprint and sharer.model not in identity_memo():
+            if known_identity(sharer) is None and fuser.config.sharer_fingerprint:
                 # a sharer without weights here: it is the checkpoint the fuser was trained with
                 pin_identity(sharer, ModelIdentity(sharer.name, fuser.config.sharer_fingerprint, s_geo))
+            s_ident = known_identity(sharer)
             fuser.check_pair(receiver.name, r_geo, sharer.name, s_geo, identity_of(receiver).fingerprint,
-                             identity_of(sharer).fingerprint if sharer.model in identity_memo() or
-                             not sharer.is_skeleton else None)  # fmt: skip
+                             s_ident.fingerprint if s_ident else None)  # fmt: skip
             fuser.to(receiver.device).eval()
             self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
         self._fusion_enabled = True
@@ -143,12 +143,14 @@ class C2CModel(PrefixReuse):
         sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
         t1 = clock(answerer.device)
         cache = self.prefill_answerer(batch, answerer)
-        fresh = self._reuse_fused(cache, batch) if fusing and self.store is not None else None
+        reusing = fusing and self.store is not None
+        aligned_rows = self.alignment_rows(batch) if reusing else []  # once, for the lookup and the store
+        fresh = self._reuse_fused(cache, batch, aligned_rows) if reusing else None
         t2 = clock(answerer.device)
         if fusing:
             self.fuse(cache, sharer_caches, batch, fresh)
-            if self.store is not None:
-                self._store_fused(cache, batch)
+            if reusing:
+                self._store_fused(cache, batch, aligned_rows)
         t3 = clock(answerer.device)
         timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
         return cache, timings

@@ -47,7 +47,7 @@ class PrefixReuse:
             self._pair_identity = ModelIdentity(name, h.hexdigest()[:16], r.geometry)
         return self._pair_identity
 
-    def _alignmentrows(self, batch: Batch) -> list[list[tuple[list[int], list[int]]]]:
+    def alignment_rows(self, batch: Batch) -> list[list[tuple[list[int], list[int]]]]:
         """Per prompt, per sharer: its unpadded sharer ids and each receiver position's sharer index."""
         pads = (batch.mask == 0).sum(-1).tolist()
         out = []
@@ -59,14 +59,14 @@ class PrefixReuse:
             out.append(row)
         return out
 
-    def _reuse_fused(self, cache: Cache, batch: Batch) -> torch.Tensor:
+    def _reuse_fused(self, cache: Cache, batch: Batch, aligned_rows: list) -> torch.Tensor:
         """Copy each row's longest stored fused prefix into `cache`; returns the (B, T) mask of positions still to
         fuse. A stored position is reused only where it was fused from the same sharer tokens: near the end of
         a shared prefix a sharer may have tokenised the boundary differently (a merge across it)."""
         mask = batch.mask[:, :-1]
         fresh = mask.clone()
         pads = (mask == 0).sum(-1).tolist()
-        for b, (row, aligned) in enumerate(zip(rows(batch.ids[:, :-1], mask), self._alignmentrows(batch))):
+        for b, (row, aligned) in enumerate(zip(rows(batch.ids[:, :-1], mask), aligned_rows)):
             fused = self.store.longest_prefix(self.pair_identity().fingerprint, row)
             if fused is None:
                 continue
@@ -81,10 +81,10 @@ class PrefixReuse:
             fresh[b, start:start + n] = 0
         return fresh
 
-    def _store_fused(self, cache: Cache, batch: Batch) -> None:
+    def _store_fused(self, cache: Cache, batch: Batch, aligned_rows: list) -> None:
         mask = batch.mask[:, :-1]
         pads = (mask == 0).sum(-1).tolist()
-        for b, (row, aligned) in enumerate(zip(rows(batch.ids[:, :-1], mask), self._alignmentrows(batch))):
+        for b, (row, aligned) in enumerate(zip(rows(batch.ids[:, :-1], mask), aligned_rows)):
             keys = [layer.keys[b, :, pads[b]:].clone() for layer in cache.layers]
             values = [layer.values[b, :, pads[b]:].clone() for layer in cache.layers]
             meta = {"aligned": [{"ids": ids, "index": index} for ids, index in aligned]}

@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from ..alignment.tokens import encode, render
-from ..caches.identity import identity_memo, identity_of, pin_identity
+from ..caches.identity import identity_of, known_identity, pin_identity
 from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..inference.batching import to_messages
@@ -64,7 +64,7 @@ async def fetch_remote_caches(server, model, prompt) -> None:
 def claims_cache(model, cache: PromptCache) -> bool:
     """Whether `cache` was made by `model`. A skeleton (no weights here) takes the identity of the first cache
     that carries its name and geometry, and holds every later one to it."""
-    if model.is_skeleton and model.model not in identity_memo():
+    if known_identity(model) is None:
         if cache.identity.name != model.name:
             return False
         try:

@@ -3,8 +3,7 @@ tokens, computed by the receiver decoding the response from the fused cache.
 
 One step, in order: set lr and gate temperature -> evaluate/save when due -> for each micro-batch: prefill
 sharer and receiver without gradients, fuse with gradients, run the receiver over the response, add the loss ->
-(several processes: torch DistributedDataParallel averages the gradients, under `torchrun` or
-`accelerate launch`) -> clip -> AdamW step -> log.
+all-reduce gradients across processes (`torchrun` or `accelerate launch`) -> clip -> AdamW step -> log.
 
 Reproducibility: data order comes from (seed, epoch) and gate noise from (seed, step, global micro-batch), so
 a resumed run and a data-parallel run (torchrun, any number of processes with the same global batch)
@@ -13,7 +12,6 @@ reproduce the single uninterrupted run's losses.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -25,7 +23,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..alignment.layers import layer_map
@@ -136,8 +133,6 @@ class FuserTrainer:
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.fuser.train()  # C2CModel puts fusers in eval mode for inference
-        if self.world > 1:  # gradients averaged across processes by DDP; the pipeline calls the wrapper
-            self.model.fusers[0] = DistributedDataParallel(self.fuser)
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -255,11 +250,6 @@ class FuserTrainer:
             correct += int(s.argmax()) == gold
         return LossSums(ce, rank, correct)
 
-    def _sync_gradients(self, last: bool):
-        """DDP averages gradients once per step, after the last micro-batch (gradient accumulation)."""
-        wrapper = self.model.fusers[0]
-        return contextlib.nullcontext() if last or self.world == 1 else wrapper.no_sync()
-
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             dist.all_reduce(t)
@@ -303,18 +293,18 @@ class FuserTrainer:
             n_groups = sum(bool(e.option_ids) for e in batch)
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
             loss_total = torch.zeros(3, dtype=torch.float64, device=self.device)  # ce, ranking, ranked right
-            micro = self._my_micro_batches(batch)
-            for j, (global_micro, examples) in enumerate(micro):
+            for global_micro, examples in self._my_micro_batches(batch):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
-                with self._sync_gradients(last=j == len(micro) - 1):
-                    sums = self.loss_sum(collate(self.model, examples))
-                    loss = sums.ce / n_targets
-                    if n_groups and cfg.option_loss_weight:
-                        loss = loss + cfg.option_loss_weight * sums.rank / n_groups
-                    # each process divides by the global counts; DDP averages over processes, so scale back up
-                    (loss * self.world).backward()
+                sums = self.loss_sum(collate(self.model, examples))
+                loss = sums.ce / n_targets
+                if n_groups and cfg.option_loss_weight:
+                    loss = loss + cfg.option_loss_weight * sums.rank / n_groups
+                loss.backward()
                 loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct], dtype=torch.float64,
                                            device=self.device)  # fmt: skip
+            for p in self.fuser.parameters():  # sum over processes: each already divided by the global count
+                if p.grad is not None:
+                    self._all_reduce(p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
             if not math.isfinite(float(grad_norm)):  # before the step: the weights stay as they were
                 raise C2CError(f"step {self.step + 1}: the gradient is not finite (loss {loss_total.tolist()}); "
