@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cache2cache.atomic import write_json
 from cache2cache.evaluation.runner import EvalConfig, select_items
 from cache2cache.evaluation.scoring import mcnemar_exact, prompt_for
+from cache2cache.inference.controls import rotate_sharers
 from cache2cache.inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, build
 from cache2cache.inference.pipeline import Batch, C2CModel, right_pad
 
@@ -33,17 +34,7 @@ def cloze_picks(model: C2CModel, items, mismatch: bool) -> list[int]:
     batch = model.encode(prompts, "c2c", new_tokens=max(map(len, rows)))
     caches = model.prefill_sharers(batch)
     if mismatch:
-        s_ids, s_mask, index = batch.sharers[0]
-        b = s_ids.shape[0]
-        perm = torch.tensor([(i + 1) % b for i in range(b)])
-        lens, pads = s_mask.sum(-1), (s_mask == 0).sum(-1)
-        new_index = index.clone()
-        for i in range(b):  # stretch row i's sharer positions onto row perm[i]'s prompt
-            j = int(perm[i])
-            rel = (index[i] - pads[i]).clamp(min=0).float() / max(1, int(lens[i]) - 1)
-            new_index[i] = (pads[j] + (rel * (int(lens[j]) - 1)).round().long()).clamp(max=s_ids.shape[1] - 1)
-        caches[0].batch_select_indices(perm)
-        batch = Batch(batch.ids, batch.mask, [(s_ids[perm], s_mask[perm], new_index)])
+        batch = rotate_sharers(batch, caches)
     cache = model.prefill_answerer(batch, model.receiver)
     model.fuse(cache, caches, batch)
     owner = torch.tensor([i for i, opts in enumerate(options) for _ in opts])

@@ -129,3 +129,43 @@ def test_option_loss_weight_trains_the_ranking(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ranks = [m["option_loss"] for m in logged if m["kind"] == "train"]
     assert sum(ranks[-6:]) / 6 < 0.8 * sum(ranks[:6]) / 6
+
+
+def _mismatch_on_val(trainer: FuserTrainer) -> float:
+    trainer.fuser.eval()
+    with torch.no_grad():
+        total = 0.0
+        for i in range(0, len(trainer.val), 4):
+            tb = collate(trainer.model, trainer.val[i:i + 4])
+            if tb.groups and tb.prompt.ids.shape[0] > 1:
+                total += trainer.mismatch_loss(tb, trainer.prefill(tb)[0])[0].item()
+    return total
+
+
+def test_mismatch_term_is_zero_for_a_fuser_that_adds_nothing(tmp_path):
+    """The mismatch term compares the receiver alone with the receiver fused with another question's sharer cache:
+    an untrained (zero-output) fuser changes nothing, so the two option distributions must agree exactly; a fuser
+    that adds anything makes them differ."""
+    trainer = _trainer(tmp_path, "max_steps=1", "mismatch_loss_weight=1", "data=" + str(_mc_file(tmp_path / "q.jsonl", 40)))
+    assert _mismatch_on_val(trainer) == pytest.approx(0.0, abs=1e-6)
+    for p in trainer.fuser.parameters():
+        torch.nn.init.normal_(p, std=0.5) if p.dim() >= 2 else None
+    assert _mismatch_on_val(trainer) > 1e-3
+
+
+def test_mismatch_term_keeps_a_fuser_from_learning_a_prior_that_ignores_the_sharer(tmp_path):
+    """Trained to rank the gold option, a fuser learns to move the receiver's choices whatever the sharer read (on
+    tiny random models there is nothing else to learn); with the mismatch term on, it moves them much less when
+    given another question's sharer cache."""
+    data = "data=" + str(_mc_file(tmp_path / "only_mc.jsonl", 40))
+    common = ("max_steps=24", "option_loss_weight=4", "lr=5e-3", "eval_every=100", data)
+    kl = {}
+    for weight in (0, 4):
+        (tmp_path / str(weight)).mkdir()
+        trainer = _trainer(tmp_path / str(weight), *common, f"mismatch_loss_weight={weight}")
+        trainer.train()
+        kl[weight] = _mismatch_on_val(trainer)
+    assert kl[0] > 0.05 and kl[4] < 0.6 * kl[0]  # measured: 9.3 and 4.3
+    logged = [json.loads(line) for line in (tmp_path / "4" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("mismatch_loss" in m and "mismatch_acc" in m for m in logged if m["kind"] == "train")
+    assert "val_option_acc_mismatched" in logged[-1]

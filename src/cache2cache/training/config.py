@@ -53,6 +53,10 @@ class TrainConfig:
     # the softmax temperature over per-character option log-likelihoods (they differ by ~0.1-1 nats per char).
     option_loss_weight: float = 0.0
     option_temperature: float = 0.25
+    # Weight of the mismatch term: KL from the receiver alone to the receiver fused with another question's sharer
+    # cache, over a question's options. It makes answer priors that ignore the sharer cost what they gain, so the
+    # fuser has to carry what the sharer read (0 = off; costs two more receiver passes per micro-batch).
+    mismatch_loss_weight: float = 0.0
     temperature_start: float = 1.0  # Gumbel-sigmoid gate temperature, annealed geometrically ...
     temperature_end: float = 0.05  # ... to this at the last step
     autocast_bf16: bool = True  # bf16 autocast for the fuser where the device supports it
@@ -83,8 +87,8 @@ class TrainConfig:
             raise C2CError(f"gate_lr_mult must be > 0, got {self.gate_lr_mult}")
         if self.lr <= 0 or not 0 < self.temperature_end <= self.temperature_start:
             raise C2CError("need lr > 0 and 0 < temperature_end <= temperature_start")
-        if not (self.option_loss_weight >= 0 and self.option_temperature > 0):
-            raise C2CError("need option_loss_weight >= 0 and option_temperature > 0")
+        if not (self.option_loss_weight >= 0 and self.mismatch_loss_weight >= 0 and self.option_temperature > 0):
+            raise C2CError("need option_loss_weight >= 0, mismatch_loss_weight >= 0 and option_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise C2CError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -30,6 +30,7 @@ from ..atomic import write_json, write_text
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
+from ..inference.controls import rotate_sharers
 from ..inference.factory import check_device, default_device, untrained_fuser
 from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
@@ -46,11 +47,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class LossSums:
     """A micro-batch's summed losses: cross-entropy over trained tokens, option ranking over its multiple-choice
-    examples, and how many of those ranked the gold option first."""
+    examples, and how many of those ranked the gold option first; with `mismatch_loss_weight`, the mismatch term
+    (KL from the receiver alone to the receiver fused with another question's sharer cache) and how many examples
+    that mismatched run ranks right."""
 
     ce: torch.Tensor
     rank: torch.Tensor
     correct: int
+    mismatch: torch.Tensor | None = None
+    mismatch_correct: int = 0
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -226,21 +231,48 @@ class FuserTrainer:
         m = self.model
         return m.prefill_sharers(tb.prompt), m.prefill_answerer(tb.prompt, m.receiver)
 
-    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> LossSums:
-        """Fuse (with gradients), copy each prompt's fused cache to its continuation rows, run the receiver over
-        them: cross-entropy on responses and gold options, and the option-ranking loss: the softmax over a
-        question's options of their per-character log-likelihoods (what cloze scoring compares) against the
-        gold one. Ranking teaches the fuser to carry which answer is right, not only what answers look like."""
-        m, p = self.model, tb.prompt
+    def option_scores(self, tb: TrainBatch, cache, prompt: Batch | None = None, sharer_caches: list | None = None
+                      ) -> torch.Tensor:  # fmt: skip
+        """Per-row summed log-likelihood of each continuation from `cache` (fused first when sharer caches are
+        given, with gradients to the fuser)."""
+        m, p = self.model, prompt or tb.prompt
         with self._autocast():
-            m.fuse(cache, sharer_caches, p)
+            if sharer_caches is not None:
+                m.fuse(cache, sharer_caches, p)
             if tb.owner.numel() != p.ids.shape[0]:
                 cache.batch_select_indices(tb.owner)
             rows = Batch(p.ids[tb.owner], p.mask[tb.owner], [])
             logits = m.continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
         n, r = tb.response_ids.shape
         logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
-        per_row = (logp.view(n, r) * tb.response_mask).sum(-1)
+        return (logp.view(n, r) * tb.response_mask).sum(-1)
+
+    def mismatch_loss(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, int]:
+        """The term that makes a prior useless: fused with *another* question's sharer cache (rows rotated, see
+        inference/controls.py), the receiver's option distribution must stay the receiver's own (KL(alone ||
+        mismatched)). A fuser that adds answer-style priors whatever the sharer read pays here; one that carries
+        what the sharer read about this question does not. Reorders `sharer_caches` in place."""
+        m = self.model
+        with torch.no_grad():
+            alone = self.option_scores(tb, m.prefill_answerer(tb.prompt, m.receiver))
+            rotated = rotate_sharers(tb.prompt, sharer_caches)
+            cache = m.prefill_answerer(tb.prompt, m.receiver)
+        mismatched = self.option_scores(tb, cache, rotated, sharer_caches)
+        kl, correct = torch.zeros((), device=mismatched.device), 0
+        scale = tb.option_chars * self.cfg.option_temperature
+        for idx, gold in tb.groups:
+            target = (alone[idx] / scale[idx]).log_softmax(-1)
+            got = (mismatched[idx] / scale[idx]).log_softmax(-1)
+            kl = kl + (target.exp() * (target - got)).sum()
+            correct += int(got.argmax()) == gold
+        return kl, correct
+
+    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> LossSums:
+        """Fuse (with gradients), copy each prompt's fused cache to its continuation rows, run the receiver over
+        them: cross-entropy on responses and gold options, and the option-ranking loss: the softmax over a
+        question's options of their per-character log-likelihoods (what cloze scoring compares) against the
+        gold one. Ranking teaches the fuser to carry which answer is right, not only what answers look like."""
+        per_row = self.option_scores(tb, cache, sharer_caches=sharer_caches)
         ce = -(per_row * tb.trained).sum()
         rank, correct = torch.zeros((), device=ce.device), 0
         scores = per_row / tb.option_chars / self.cfg.option_temperature
@@ -248,6 +280,8 @@ class FuserTrainer:
             s = scores[idx]
             rank = rank - s.log_softmax(-1)[gold]
             correct += int(s.argmax()) == gold
+        if self.cfg.mismatch_loss_weight and tb.groups and tb.prompt.ids.shape[0] > 1:
+            return LossSums(ce, rank, correct, *self.mismatch_loss(tb, sharer_caches))
         return LossSums(ce, rank, correct)
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -260,18 +294,20 @@ class FuserTrainer:
         """Validation cross-entropy per trained token and, where the held-out set has multiple-choice examples,
         how often the receiver ranks the gold option first (gates hard, as at inference)."""
         self.fuser.eval()
-        total = torch.zeros(4, dtype=torch.float64, device=self.device)
+        total = torch.zeros(5, dtype=torch.float64, device=self.device)
         mine = self.val[self.rank::self.world]
         for i in range(0, len(mine), self.cfg.micro_batch_size):
             tb = collate(self.model, mine[i:i + self.cfg.micro_batch_size])
             sums = self.loss_sum(tb)
-            total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups)],
-                                  dtype=torch.float64, device=self.device)  # fmt: skip
+            total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups),
+                                   sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
         self._all_reduce(total)
         self.fuser.train()
         out = {"val_loss": float(total[0] / total[1])}
         if total[3]:
             out["val_option_acc"] = float(total[2] / total[3])
+            if self.cfg.mismatch_loss_weight:  # the same questions fused with another question's sharer cache
+                out["val_option_acc_mismatched"] = float(total[4] / total[3])
         return out
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -292,16 +328,20 @@ class FuserTrainer:
             n_targets = sum(len(e.response_ids) for e in batch)  # known to every process: no communication
             n_groups = sum(bool(e.option_ids) for e in batch)
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
-            loss_total = torch.zeros(3, dtype=torch.float64, device=self.device)  # ce, ranking, ranked right
+            # ce, ranking, ranked right, mismatch term, ranked right with another question's sharer cache
+            loss_total = torch.zeros(5, dtype=torch.float64, device=self.device)
             for global_micro, examples in self._my_micro_batches(batch):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
                 sums = self.loss_sum(collate(self.model, examples))
                 loss = sums.ce / n_targets
                 if n_groups and cfg.option_loss_weight:
                     loss = loss + cfg.option_loss_weight * sums.rank / n_groups
+                if sums.mismatch is not None:
+                    loss = loss + cfg.mismatch_loss_weight * sums.mismatch / n_groups
                 loss.backward()
-                loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct], dtype=torch.float64,
-                                           device=self.device)  # fmt: skip
+                mismatch = 0.0 if sums.mismatch is None else sums.mismatch.item()
+                loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct, mismatch,
+                                            sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
             for p in self.fuser.parameters():  # sum over processes: each already divided by the global count
                 if p.grad is not None:
                     self._all_reduce(p.grad)
@@ -312,7 +352,7 @@ class FuserTrainer:
                                "the data)")  # fmt: skip
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            ce_sum, rank_sum, ranked_right = self._all_reduce(loss_total).tolist()
+            ce_sum, rank_sum, ranked_right, mismatch_sum, mismatch_right = self._all_reduce(loss_total).tolist()
             train_loss = ce_sum / n_targets
             if not (math.isfinite(train_loss) and math.isfinite(rank_sum)):
                 raise C2CError(f"step {self.step + 1}: the loss is not finite ({train_loss}); stopped, the last good "
@@ -323,6 +363,8 @@ class FuserTrainer:
             self.tokens_seen += n_tokens
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 options = {"option_loss": rank_sum / n_groups, "option_acc": ranked_right / n_groups} if n_groups else {}
+                if n_groups and cfg.mismatch_loss_weight:
+                    options.update(mismatch_loss=mismatch_sum / n_groups, mismatch_acc=mismatch_right / n_groups)
                 self._log({"kind": "train", "step": self.step, "loss": train_loss, **options, "lr": lr,
                            "temperature": temp, "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / dt,
                            "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed})  # fmt: skip
