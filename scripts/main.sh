@@ -14,4 +14,4 @@ bash scripts/setup.sh
 .venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-1.5B-Instruct
 .venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
 exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-100}" \
-  --method cloze --modes receiver,c2c --out runs/main/arc_easy
+  --method cloze --modes receiver,c2c --out runs/main/arc_easy --overwrite

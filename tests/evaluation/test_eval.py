@@ -10,6 +10,7 @@ import torch
 from cache2cache import C2CModel
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
+from cache2cache.evaluation.progress import choose_output
 from cache2cache.evaluation.runner import EvalConfig, Evaluator, paired, select_items, summarise, write_results
 from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, wilson_interval
 from cache2cache.evaluation.tasks import load_jsonl_task
@@ -188,3 +189,59 @@ def test_paired_counts_discordant_questions():
     (p,) = paired(records, ["a", "b"])
     assert (p["mode"], p["versus"], p["n"], p["right_only_mode"], p["right_only_versus"]) == ("b", "a", 3, 2, 0)
     assert p["mcnemar_p"] == pytest.approx(0.5)
+
+
+EVAL = ["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--task", f"jsonl:{TASK}", "--split", "all",
+        "--modes", "receiver,c2c", "--method", "cloze", "--batch-size", "2"]  # fmt: skip
+
+
+def test_a_finished_evaluation_is_never_overwritten_unasked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(EVAL) == 0 and main(EVAL) == 0  # the default folder: the second run takes a fresh one
+    first, second = tmp_path / "runs/eval" / f"jsonl_{TASK}_all".replace("/", "_"), None
+    folders = sorted(p.name for p in (tmp_path / "runs/eval").iterdir())
+    assert len(folders) == 2 and folders[1] == folders[0] + "-2"
+    out = tmp_path / "runs/eval" / folders[0]
+    before = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    assert main([*EVAL, "--out", str(out)]) == 2  # explicit: refused, nothing touched
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1 and (out / "summary.json").read_bytes() == before
+    assert main([*EVAL, "--out", str(out), "--overwrite"]) == 0
+
+
+def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path, monkeypatch):
+    """Killed after some batches, the same command scores only the rest and ends with the same records as a run
+    that was never interrupted; a cut-off last line of the partial file is dropped."""
+    assert main([*EVAL, "--out", str(tmp_path / "clean")]) == 0
+    calls, real, dying = [], Evaluator.score_batch, [True]
+
+    def dies_on_third_batch(self, batch, mode):
+        calls.append((mode, [it.id for it in batch]))
+        if dying[0] and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch, mode)
+
+    monkeypatch.setattr(Evaluator, "score_batch", dies_on_third_batch)
+    out = tmp_path / "cut"
+    assert main([*EVAL, "--out", str(out)]) == 130
+    partial = out / "records.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 4  # header + two batches of two
+    with open(partial, "a") as f:
+        f.write('{"mode": "receiver", "id": "half a li')  # what a kill mid-write leaves
+    calls.clear()
+    dying[0] = False
+    assert main([*EVAL, "--out", str(out)]) == 0
+    items = [it.id for it in select_items(_cfg())]  # 5 items: 3 batches per mode, 2 scored before the kill
+    assert calls == [("receiver", items[4:]), ("c2c", items[:2]), ("c2c", items[2:4]), ("c2c", items[4:])]
+    assert not partial.exists()
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "latency_s"} for line in path.read_text().splitlines()]
+
+    assert strip(out / "records.jsonl") == strip(tmp_path / "clean" / "records.jsonl")
+    (out / "summary.json").unlink()  # a partial run of other settings is never mixed in
+    partial.write_text(json.dumps({"header": {"config": "other"}}) + "\n")
+    with pytest.raises(C2CError, match="other settings"):
+        choose_output(out, out, {"config": "mine"}, overwrite=False)
+    assert choose_output(None, out, {"config": "mine"}, overwrite=False) == out.with_name("cut-2")

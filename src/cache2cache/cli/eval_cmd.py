@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from ..atomic import check_writable_dir
+from ..evaluation.progress import Progress, choose_output
 from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
@@ -48,7 +50,10 @@ def register(sub) -> None:
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's text budget in t2t mode")
     p.add_argument("--gen-tokens", type=positive_int, default=256, help="generation budget (method generate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/TASK_SPLIT)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default runs/eval/TASK_SPLIT, or TASK_SPLIT-2, -3, ... if that holds a "
+                        "finished evaluation); an interrupted evaluation with the same settings continues there")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
     p.add_argument("--close-gates", type=layer_list, default=[], metavar="LAYERS",
                    help="ablation: shut the fuser's gates at these receiver layers, e.g. 0-14")
     p.add_argument("--list-tasks", action="store_true", help="list tasks, splits and MMLU subjects, then exit")
@@ -67,19 +72,26 @@ def run(args) -> int:
                      subjects=[s.strip() for s in args.subjects.split(",") if s.strip()], batch_size=args.batch_size,
                      t2t_tokens=args.t2t_tokens, gen_tokens=args.gen_tokens, seed=args.seed)  # fmt: skip
     items = select_items(cfg)  # bad task / split / file fails before any model loads
-    out = args.out or Path("runs/eval") / f"{args.task.replace(':', '_').replace('/', '_')}_{args.split}"
-    check_writable_dir(out, "--out")  # before minutes of work, not after
+    default = Path("runs/eval") / f"{args.task.replace(':', '_').replace('/', '_')}_{args.split}"
+    header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer, "fusers": [str(f) for f in args.fuser],
+              "close_gates": args.close_gates, "dtype": args.dtype, "chat": not args.no_chat}  # fmt: skip
+    out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after
     model = build_from_args(args)
     for fuser in model.fusers:
         fuser.close_gates(args.close_gates)
     evaluator = Evaluator(model, cfg)
-    records = evaluator.run(items)
+    progress = Progress(out, header, args.overwrite)
+    if progress.done:
+        print(f"continuing the interrupted evaluation in {out}: {len(progress.done)} records already scored",
+              file=sys.stderr)  # fmt: skip
+    records = evaluator.run(items, progress)
     identities = {"receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
                   "fusers": [f.source or "untrained" for f in model.fusers], "closed_gates": args.close_gates,
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
                              "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
     summary = summarise(records, cfg, identities)
     write_results(out, records, summary)
+    progress.finish()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -2,7 +2,7 @@
 
 Modes: receiver (alone), sharer (alone), t2t (the sharer writes notes in text, up to a token budget; the
 receiver answers with them in its prompt), c2c (the receiver answers from the fused cache).
-Outputs, each written atomically: records.jsonl (one line per example and mode), summary.json (accuracy with
+Outputs, each written atomically (and records.partial.jsonl while it runs, see progress.py): records.jsonl (one line per example and mode), summary.json (accuracy with
 a 95% Wilson interval, latency means, config, identities, versions, seed), results.md, accuracy.png,
 latency.png.
 """
@@ -26,6 +26,7 @@ from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.answerers import ANSWER_MODES, Question, Scores, answerer
 from ..inference.pipeline import C2CModel, GenerateOptions
+from .progress import Progress
 from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, prompt_for,
                       t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
@@ -107,14 +108,21 @@ class Evaluator:
                  "correct": pred == it.answer, "notes": n, "output": o, "latency_s": share}
                 for it, p, pred, n, o in zip(items, prompts, preds, notes, outputs)]  # fmt: skip
 
-    def run(self, items: list[Item]) -> list[dict]:
+    def run(self, items: list[Item], progress: Progress | None = None) -> list[dict]:
+        """Every mode on every item, batch by batch; with `progress`, batches an interrupted run already scored
+        are taken from it and each new one is appended to it as soon as it is scored."""
         records = []
         bs = self.cfg.batch_size
         batches = [items[i:i + bs] for i in range(0, len(items), bs)]
         with tqdm(total=len(batches) * len(self.cfg.modes), desc="eval", unit="batch", dynamic_ncols=True) as bar:
             for mode in self.cfg.modes:
                 for batch in batches:
-                    records += self.score_batch(batch, mode)
+                    scored = progress.scored(mode, [it.id for it in batch]) if progress else None
+                    if scored is None:
+                        scored = self.score_batch(batch, mode)
+                        if progress:
+                            progress.add(scored)
+                    records += scored
                     bar.update(1)
                     done = [r for r in records if r["mode"] == mode]
                     bar.set_postfix(mode=mode, acc=f"{sum(r['correct'] for r in done) / len(done):.3f}")
