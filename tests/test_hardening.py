@@ -27,7 +27,7 @@ def _cli(capsys, *argv):
 
 @pytest.mark.parametrize("setting", ["grad_clip=-1", "grad_clip=0", "lr=nan", "lr=inf", "gate_lr_mult=nan",
                                      "weight_decay=-0.1", "option_temperature=0", "min_lr_ratio=nan",
-                                     "option_loss_weight=-1"])  # fmt: skip
+                                     "option_loss_weight=-1", "mismatch_loss_weight=-1", "mismatch_loss_weight=nan"])  # fmt: skip
 def test_bad_numbers_are_refused_before_any_model_loads(capsys, tmp_path, setting):
     code, err = _cli(capsys, "train", TINY, setting, f"out_dir={tmp_path / 'run'}")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
@@ -99,3 +99,23 @@ def test_reuse_finetune_refuses_a_non_empty_folder(capsys, tmp_path):
     code, err = _cli(capsys, "reuse", "finetune", "--base", "tiny-llama", "--out", str(out))
     assert code == 2 and "--overwrite" in err
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_the_cli_shows_our_warnings_and_hides_other_libraries(tmp_path):
+    """`c2c` quiets transformers' and torch's warnings, never cache2cache's own: a fuser config with keys this
+    version does not know must say so."""
+    import subprocess
+    import sys
+
+    from .conftest import make_fuser, tiny
+
+    fuser_dir = tmp_path / "fuser"
+    make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(fuser_dir)
+    config = json.loads((fuser_dir / "config.json").read_text())
+    (fuser_dir / "config.json").write_text(json.dumps({**config, "from_the_future": 1}))
+    run = subprocess.run([sys.executable, "-m", "cache2cache.cli.main", "generate", "--receiver", "tiny-llama",
+                          "--sharer", "tiny-qwen2", "--fuser", str(fuser_dir), "--prompt", "hi", "--max-new-tokens",
+                          "2", "--device", "cpu"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "unknown fuser config keys ['from_the_future']" in run.stderr
+    assert "generation flags" not in run.stderr and "Traceback" not in run.stderr

@@ -75,7 +75,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+    # other libraries' warnings (transformers' generation flags, torch deprecations) are noise to a CLI user;
+    # ours (a fuser config from a newer version, unknown keys) are meant for them
+    warnings.filterwarnings("ignore", module=r"(?!cache2cache)")
 
 
 def main(argv: list[str] | None = None) -> int:

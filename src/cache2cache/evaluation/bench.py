@@ -11,7 +11,6 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +20,7 @@ from .. import __version__
 from ..errors import C2CError
 from ..inference.answerers import ANSWER_MODES, Question, answerer
 from ..kv import ModelGeometry
-from ..inference.pipeline import C2CModel, GenerateOptions
+from ..inference.pipeline import C2CModel, GenerateOptions, clock
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
 
@@ -37,9 +36,7 @@ class FirstTokenClock(BaseStreamer):
     def put(self, value) -> None:
         self.calls += 1
         if self.calls == 2 and self.first is None:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.first = time.perf_counter()
+            self.first = clock(self.device)
 
     def end(self) -> None:
         pass
@@ -80,12 +77,6 @@ def check_batch_fits(model: C2CModel, batch: int, tokens: int) -> None:
                        f"the {free / 2**30:.1f} GiB available; use a smaller --batch-sizes")  # fmt: skip
 
 
-def _sync_clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -99,9 +90,9 @@ def run_once(model: C2CModel, item: Item, mode: str, cfg: BenchConfig) -> dict:
     question = Question([{"role": "user", "content": question_block(item)}], t2t_prompt(item),
                         lambda notes: [{"role": "user", "content": question_block(item, notes)}])  # fmt: skip
     clock = FirstTokenClock(device)
-    start = _sync_clock(device)
+    start = clock(device)
     out = answerer(model, mode, cfg.t2t_tokens, exact_notes=True).generate([question], options, streamer=clock)
-    end = _sync_clock(device)
+    end = clock(device)
     return {"ttft_s": clock.first - start, "e2e_s": end - start, "parts": out.timings.to_dict(),
             "new_tokens": out.results[0].new_tokens}  # fmt: skip
 
@@ -137,9 +128,9 @@ def throughput(model: C2CModel, items: list[Item], cfg: BenchConfig, modes=("rec
             model.generate(prompts, mode, options)
             times = []
             for _ in range(max(1, cfg.repeats // 2)):
-                t0 = _sync_clock(model.receiver.device)
+                t0 = clock(model.receiver.device)
                 model.generate(prompts, mode, options)
-                times.append(_sync_clock(model.receiver.device) - t0)
+                times.append(clock(model.receiver.device) - t0)
             out[mode][str(bs)] = bs * cfg.new_tokens / statistics.median(times)
     return out
 

@@ -30,7 +30,7 @@ from .batching import (MODES, Batch, GenerateOptions, GenerationOutput, Generati
 from .prefix_reuse import PrefixReuse
 from .prefix_reuse import rows as _rows
 
-__all__ = ["C2CModel", "MODES", "Batch", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt",
+__all__ = ["C2CModel", "MODES", "Batch", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
            "Timings", "left_pad", "positions", "right_pad", "to_messages"]
 
 class C2CModel(PrefixReuse):

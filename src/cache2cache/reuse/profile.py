@@ -15,13 +15,13 @@ have gold answers, and the time to build B's cache vs B's full prefill.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import Cache
 
 from ..errors import C2CError
+from ..inference.batching import clock
 from ..models.loading import LoadedModel
 from .capture import Capture
 from .partial import GroupKV, RecomputePlan, build_cache, first_token_logits, next_token_logits
@@ -103,9 +103,9 @@ def timed_build(b: LoadedModel, cap: Capture, plan: RecomputePlan, repeats: int)
     """B's cache for `plan` and the median time to build it over `repeats` builds."""
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock(b.device)
         cache = build_cache(b, cap, plan)
-        times.append(time.perf_counter() - t0)
+        times.append(clock(b.device) - t0)
     return cache, sorted(times)[len(times) // 2]
 
 
