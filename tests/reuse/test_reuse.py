@@ -76,6 +76,27 @@ def test_partial_plan_recomputes_only_its_layers(pair):
         assert same == (i not in plan.layers)
 
 
+def test_building_a_cache_leaves_the_shared_model_untouched(pair):
+    """While B recomputes a group, its model is as it was (same layers, no hooks): a server's other requests can
+    run the same model at the same time. Checked from inside the group's forward, while the build runs."""
+    a, b = pair
+    cap = capture(a, PROMPTS)
+    layers = list(b.model.model.layers)
+    seen = []
+
+    def check(module, args, output):
+        seen.append(list(b.model.model.layers) == layers and not any(layer._forward_pre_hooks for layer in layers))
+
+    handle = layers[2].register_forward_hook(check)
+    try:
+        build_cache(b, cap, RecomputePlan.parse("2-3", len(cap.keys)))
+        assert seen == [True]  # the group ran, and the model it ran on was unchanged meanwhile
+        own = C2CModel(b).next_token_logits(PROMPTS, "receiver")
+    finally:
+        handle.remove()
+    assert torch.equal(next_token_logits(b, cap, RecomputePlan.parse("all", len(cap.keys))), own)
+
+
 def test_capture_round_trips_through_safetensors(tmp_path):
     a, b = tiny("tiny-llama"), tiny("tiny-llama-ft")
     cap = capture(a, PROMPTS)

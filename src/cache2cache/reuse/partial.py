@@ -4,13 +4,14 @@ For a plan of contiguous groups [start, end), B runs its own layers start..end-1
 (from B's own embeddings when start is 0) and keeps the KV they produce; every other layer keeps A's KV. The
 plan "recompute everything" ([0, L)) is exactly B's own prefill; the empty plan reuses A's cache as it is.
 
-B's layers outside the group are swapped for identities while it runs, so the model's own forward builds the
-masks and rotary embeddings (sliding windows included) and no architecture-specific code is needed here.
+B's layers outside the group are replaced by identities in a view of its decoder that shares the weights, so
+the model's own forward builds the masks and rotary embeddings (sliding windows included), no
+architecture-specific code is needed here, and the shared model is never modified.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -76,29 +77,29 @@ class _Skip(nn.Module):
         return hidden_states
 
 
-@contextmanager
-def _only_layers(model: nn.Module, start: int, end: int, hidden: torch.Tensor | None):
+class _Fed(nn.Module):
+    """The group's first layer, reading A's E-cache instead of the hidden states that reach it (all skipped)."""
+
+    def __init__(self, layer: nn.Module, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.layer, self.hidden = layer, hidden
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.layer(self.hidden, *args, **kwargs)
+
+
+def _only_layers(model: nn.Module, start: int, end: int, hidden: torch.Tensor | None) -> nn.Module:
+    """A view of `model`'s decoder (the module holding `layers`) that runs only layers start..end-1, fed `hidden`
+    at `start` when given. The view shares every weight and changes nothing in `model`, so other threads (a
+    server's requests) can use the same model meanwhile."""
     layers = decoder_layers(model)
-    saved = list(layers)
-    handle = None
-    try:
-        for i in range(len(layers)):
-            if not start <= i < end:
-                layers[i] = _Skip()
-        if hidden is not None:  # feed A's E-cache into the group's first layer
-
-            def swap(module, args, kwargs):
-                if args:
-                    return (hidden,) + tuple(args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": hidden}
-
-            handle = layers[start].register_forward_pre_hook(swap, with_kwargs=True)
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        for i, layer in enumerate(saved):
-            layers[i] = layer
+    view = copy.copy(model.model)
+    view._modules = dict(view._modules)  # the view's own submodule table; the modules themselves are shared
+    run = [layer if start <= i < end else _Skip() for i, layer in enumerate(layers)]
+    if hidden is not None:
+        run[start] = _Fed(layers[start], hidden)
+    view.layers = nn.ModuleList(run)
+    return view
 
 
 GroupKV = dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]]
@@ -120,9 +121,8 @@ def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan, memo: GroupKV
         if kv is None:
             scratch = new_cache(b.model.config, keep_full_history=True)
             hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
-            with _only_layers(b.model, start, end, hidden):
-                b.model.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                              past_key_values=scratch, use_cache=True)  # fmt: skip
+            _only_layers(b.model, start, end, hidden)(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                                                      past_key_values=scratch, use_cache=True)  # fmt: skip
             kv = [(scratch.layers[i].keys, scratch.layers[i].values) for i in range(start, end)]
             if memo is not None:
                 memo[(start, end)] = kv
