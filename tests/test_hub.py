@@ -8,7 +8,7 @@ import torch
 
 from cache2cache import C2CModel, Fuser
 from cache2cache.errors import C2CError
-from cache2cache.fuser import hub
+from cache2cache import hub
 from cache2cache.models.loading import load_model
 
 from .conftest import make_fuser, tiny
@@ -96,3 +96,57 @@ def test_shipped_fusers_load_by_name():
     assert Fuser.from_pretrained(names[0]).config.receiver == "SmolLM2-135M-Instruct"
     with pytest.raises(C2CError, match="not found"):
         Fuser.from_pretrained("no-such-shipped-fuser")
+
+
+def _saved_model(folder, name="tiny-llama"):
+    m = tiny(name)
+    m.model.save_pretrained(folder)
+    m.tokenizer.save_pretrained(folder)
+    return m
+
+
+def test_a_model_loads_from_a_plain_folder_and_from_a_hub_repo_id_offline(tmp_path, monkeypatch):
+    """The same weights whichever way they are named; hub ids go through the Hub cache (mocked here), so offline
+    mode and an unreachable Hub fail at once with one line."""
+    m = _saved_model(tmp_path / "plain")
+    ids = m.tokenizer("The same logits", return_tensors="pt")["input_ids"]
+    want = m.model(ids).logits
+    assert torch.equal(load_model(str(tmp_path / "plain"), dtype="float32").model(ids).logits, want)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / ("ab" * 20)
+    _saved_model(snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("ab" * 20)
+    hub_model = load_model("someone/tiny", dtype="float32")
+    assert hub_model.name == "someone/tiny" and torch.equal(hub_model.model(ids).logits, want)
+    with pytest.raises(C2CError, match="model 'someone/absent' is not in the local Hub cache and HF_HUB_OFFLINE"):
+        load_model("someone/absent")
+
+
+def test_broken_model_folders_are_refused_without_unpickling(tmp_path):
+    good = tmp_path / "good"
+    m = _saved_model(good)
+    cases = {}
+    for name in ("truncated", "text", "pickled", "own-base"):
+        cases[name] = tmp_path / name
+        cases[name].mkdir()
+        for f in good.iterdir():
+            (cases[name] / f.name).write_bytes(f.read_bytes())
+    weights = (good / "model.safetensors").read_bytes()
+    (cases["truncated"] / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (cases["text"] / "model.safetensors").write_text("not weights")
+    (cases["pickled"] / "model.safetensors").unlink()
+    torch.save(m.model.state_dict(), cases["pickled"] / "pytorch_model.bin")
+    (cases["own-base"] / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(cases["own-base"])}))
+    unpickled = []
+    real_load = torch.load
+    torch.load = lambda *a, **k: unpickled.append(a) or real_load(*a, **k)
+    try:
+        for name, why in [("truncated", "corrupt safetensors"), ("text", "corrupt safetensors"),
+                          ("pickled", "pickled weights"), ("own-base", "its own base")]:  # fmt: skip
+            with pytest.raises(C2CError, match=why):
+                load_model(str(cases[name]))
+    finally:
+        torch.load = real_load
+    assert unpickled == []

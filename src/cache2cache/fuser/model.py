@@ -21,7 +21,7 @@ from ..alignment.layers import layer_map
 from ..atomic import replace_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
-from . import hub
+from .. import hub
 from .config import PRESETS, FuserConfig
 from .layer import LayerFuser
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import C2CError
+from ..hub import download, looks_like_repo_id
 from .catalog import find
 from ..packages import default_cache_dir
 from .pull import is_pulled, model_dir, pull
@@ -57,9 +59,20 @@ def parse_dtype(name: str) -> torch.dtype | None:
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Weights from safetensors only (a directory or hub repo with just pickled weights is refused unloaded),
+    or from the GGUF file in `kwargs`."""
+    if "gguf_file" not in kwargs:
+        kwargs["use_safetensors"] = True
+        folder = Path(source)
+        if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+            raise C2CError(f"{source} holds only pickled weights (*.bin): cache2cache loads safetensors only (convert "
+                           "them once with a tool you trust)")  # fmt: skip
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        kwargs.pop("use_safetensors", None)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except SafetensorError as e:
+        raise C2CError(f"could not load model {source!r}: corrupt safetensors weights ({e})") from None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise C2CError(f"could not load model {source!r}: {first}") from e
@@ -95,6 +108,7 @@ def load_model(
     cache_dir: Path | None = None,
     auto_pull: bool = True,
     prefill_only: bool = False,
+    _adapters: tuple[Path, ...] = (),
 ) -> LoadedModel:
     """Load `spec` frozen and in eval mode.
 
@@ -130,15 +144,17 @@ def load_model(
             model, tokenizer = _from_pretrained(str(path.parent), want or torch.bfloat16, gguf_file=path.name)
             name = path.stem
         elif (path / "adapter_config.json").is_file():
+            if path.resolve() in _adapters:
+                raise C2CError(f"adapter {spec} is its own base (through {', '.join(map(str, _adapters))})")
             base = load_model(_adapter_base(path), dtype=dtype, cache_dir=cache_dir, auto_pull=auto_pull,
-                              prefill_only=prefill_only)  # fmt: skip
+                              prefill_only=prefill_only, _adapters=(*_adapters, path.resolve()))  # fmt: skip
             model, tokenizer = merge_adapter(base.model, path), base.tokenizer
             name = path.name
         elif path.is_dir():
             model, tokenizer = _from_pretrained(str(path), want or torch.bfloat16)
             name = path.name
-        elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-            model, tokenizer = _from_pretrained(spec, want or torch.bfloat16)  # a hub id
+        elif looks_like_repo_id(spec):
+            model, tokenizer = _from_pretrained(str(download(spec, what="model")), want or torch.bfloat16)
             name = spec
         else:
             raise C2CError(f"unknown model {spec!r}: not a catalog name (see `c2c models`), directory or hub id")
