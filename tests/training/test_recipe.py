@@ -12,6 +12,7 @@ import torch
 from cache2cache import Fuser
 from cache2cache.errors import C2CError
 from cache2cache.training.config import load_config
+from cache2cache.training.plots import read_metrics
 from cache2cache.training.recipe import FuserTrainer, lr_at, temperature_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,14 @@ def test_interrupted_then_resumed_run_reproduces_the_loss_curve(tmp_path, monkey
 
 
 def test_two_processes_give_the_same_result_as_one(tmp_path):
-    args = ["train", str(TINY), "max_steps=4", "batch_size=4", "micro_batch_size=2", "save_every=100"]
+    """torchrun with 2 processes (DDP over gloo) reproduces 1 process with the same global batch: losses, every
+    loss term (the mismatch term runs the fuser twice per micro-batch) and the final fuser; and both exit (a
+    teardown in the wrong order used to hang the process at exit)."""
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"question": f"Which number comes after {i}?", "choices": [str(i + 1), str(i + 7),
+                                      "never"], "answer": i % 2}) + "\n" for i in range(40)))  # fmt: skip
+    args = ["train", str(TINY), "max_steps=4", "batch_size=4", "micro_batch_size=2", "save_every=100",
+            f"data={ROOT / 'examples' / 'tiny_chat.jsonl'}:1,{mc}:1", "option_loss_weight=1", "mismatch_loss_weight=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     one = subprocess.run([sys.executable, "-m", "cache2cache.cli.main", *args, f"out_dir={tmp_path / 'one'}"],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -101,6 +109,9 @@ def test_two_processes_give_the_same_result_as_one(tmp_path):
     assert [(s, k) for s, k, _ in a] == [(s, k) for s, k, _ in b]
     for (_, _, x), (_, _, y) in zip(a, b):
         assert x == pytest.approx(y, rel=1e-5)
+    terms = [[m.get(k, -1.0) for m in read_metrics(tmp_path / run / "metrics.jsonl") if m["kind"] == "train"
+              for k in ("option_loss", "mismatch_loss")] for run in ("one", "two")]  # fmt: skip
+    assert terms[0] == pytest.approx(terms[1], rel=1e-5) and max(terms[0][1::2]) > 0
     fa = Fuser.from_pretrained(tmp_path / "one" / "fuser").state_dict()
     fb = Fuser.from_pretrained(tmp_path / "two" / "fuser").state_dict()
     assert all(torch.allclose(fa[k], fb[k], atol=1e-5) for k in fa)

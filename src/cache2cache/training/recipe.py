@@ -3,7 +3,8 @@ tokens, computed by the receiver decoding the response from the fused cache.
 
 One step, in order: set lr and gate temperature -> evaluate/save when due -> for each micro-batch: prefill
 sharer and receiver without gradients, fuse with gradients, run the receiver over the response, add the loss ->
-all-reduce gradients across processes (`torchrun` or `accelerate launch`) -> clip -> AdamW step -> log.
+(several processes: torch DistributedDataParallel sums the gradients once per step, under `torchrun` or
+`accelerate launch`) -> clip -> AdamW step -> log.
 
 Reproducibility: data order comes from (seed, epoch) and gate noise from (seed, step, global micro-batch), so
 a resumed run and a data-parallel run (torchrun, any number of processes with the same global batch)
@@ -12,6 +13,8 @@ reproduce the single uninterrupted run's losses.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import math
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..alignment.layers import layer_map
@@ -138,6 +142,8 @@ class FuserTrainer:
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.fuser.train()  # C2CModel puts fusers in eval mode for inference
+        if self.world > 1:  # the pipeline calls the wrapper, which sums gradients across processes in backward
+            self.model.fusers[0] = DistributedDataParallel(self.fuser)
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -284,6 +290,10 @@ class FuserTrainer:
             return LossSums(ce, rank, correct, *self.mismatch_loss(tb, sharer_caches))
         return LossSums(ce, rank, correct)
 
+    def _sync_gradients(self, last: bool):
+        """Gradient accumulation: DDP communicates once per step, in the backward of the last micro-batch."""
+        return contextlib.nullcontext() if last or self.world == 1 else self.model.fusers[0].no_sync()
+
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             dist.all_reduce(t)
@@ -330,21 +340,21 @@ class FuserTrainer:
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
             # ce, ranking, ranked right, mismatch term, ranked right with another question's sharer cache
             loss_total = torch.zeros(5, dtype=torch.float64, device=self.device)
-            for global_micro, examples in self._my_micro_batches(batch):
+            micro = self._my_micro_batches(batch)
+            for j, (global_micro, examples) in enumerate(micro):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
-                sums = self.loss_sum(collate(self.model, examples))
-                loss = sums.ce / n_targets
-                if n_groups and cfg.option_loss_weight:
-                    loss = loss + cfg.option_loss_weight * sums.rank / n_groups
-                if sums.mismatch is not None:
-                    loss = loss + cfg.mismatch_loss_weight * sums.mismatch / n_groups
-                loss.backward()
+                with self._sync_gradients(last=j == len(micro) - 1):
+                    sums = self.loss_sum(collate(self.model, examples))
+                    loss = sums.ce / n_targets
+                    if n_groups and cfg.option_loss_weight:
+                        loss = loss + cfg.option_loss_weight * sums.rank / n_groups
+                    if sums.mismatch is not None:
+                        loss = loss + cfg.mismatch_loss_weight * sums.mismatch / n_groups
+                    # each process divides by the global counts and DDP averages over processes: scale back up
+                    (loss * self.world).backward()
                 mismatch = 0.0 if sums.mismatch is None else sums.mismatch.item()
                 loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct, mismatch,
                                             sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
-            for p in self.fuser.parameters():  # sum over processes: each already divided by the global count
-                if p.grad is not None:
-                    self._all_reduce(p.grad)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
             if not math.isfinite(float(grad_norm)):  # before the step: the weights stay as they were
                 raise C2CError(f"step {self.step + 1}: the gradient is not finite (loss {loss_total.tolist()}); "
@@ -419,5 +429,11 @@ class FuserTrainer:
         return summary
 
     def cleanup(self) -> None:
+        """Drop the DDP wrapper *before* the process group. The other order leaves the wrapper's reducer holding the
+        last reference to the gloo group, whose destructor then joins a worker thread that waits for the GIL the
+        destructor holds: the process hangs at exit (seen in 3 of 6 two-process runs; pytorch/pytorch#56297)."""
+        if hasattr(self, "model") and isinstance(self.model.fusers[0], DistributedDataParallel):
+            self.model.fusers[0] = self.fuser
+            gc.collect()
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
