@@ -55,7 +55,9 @@ def test_generate_with_a_saved_fuser_and_two_sharers(capsys, tmp_path):
 
 def test_stream_prints_text(capsys):
     code, out, _ = _run(capsys, "generate", *PAIR, "--prompt", "hi", "--max-new-tokens", "3", "--stream")
-    assert code == 0 and out.endswith("\n")
+    assert code == 0
+    _, plain, _ = _run(capsys, "generate", *PAIR, "--prompt", "hi", "--max-new-tokens", "3", "--json")
+    assert out == json.loads(plain)["outputs"][0]["results"][0]["text"] + "\n"  # streamed == generated
 
 
 def _error_cases(tmp_path):

@@ -1,3 +1,6 @@
+import dataclasses
+import time
+
 import pytest
 import torch
 
@@ -47,12 +50,21 @@ def test_sliding_window_receiver_fuses_only_the_kept_positions():
 
 
 def test_several_sharers_add_their_deltas(prompts):
+    """With two sharers the receiver's cache is its own plus each fuser's delta: (both - alone) equals
+    (first only - alone) + (second only - alone) in every layer, and each delta is not zero."""
     r, s1, s2 = tiny("tiny-llama"), tiny("tiny-qwen2"), tiny("tiny-gemma3")
     f1, f2 = make_fuser(r, s1, seed=1), make_fuser(r, s2, seed=2)
-    both = C2CModel(r, [s1, s2], [f1, f2]).next_token_logits(prompts)
-    one = C2CModel(r, [s1], [f1]).next_token_logits(prompts)
-    alone = C2CModel(r).next_token_logits(prompts, "receiver")
-    assert (both - one).abs().max() > 1e-3 and (both - alone).abs().max() > 1e-3
+
+    def keys(model: C2CModel, mode: str = "c2c") -> list[torch.Tensor]:
+        cache, _ = model.prefill(model.encode(prompts, mode), mode)
+        return [layer.keys for layer in cache.layers]
+
+    both, one, two = keys(C2CModel(r, [s1, s2], [f1, f2])), keys(C2CModel(r, [s1], [f1])), keys(C2CModel(r, [s2], [f2]))
+    alone = keys(C2CModel(r), "receiver")
+    for b, x, y, a in zip(both, one, two, alone):
+        torch.testing.assert_close(b - a, (x - a) + (y - a), rtol=1e-4, atol=1e-5)
+    assert max((x - a).abs().max() for x, a in zip(one, alone)) > 1e-3
+    assert max((y - a).abs().max() for y, a in zip(two, alone)) > 1e-3
     texts = C2CModel(r, [s1, s2], [f1, f2]).generate(prompts, options=GenerateOptions(max_new_tokens=4))
     assert len(texts.results) == len(prompts)
 
@@ -63,7 +75,9 @@ def test_sampling_is_reproducible_with_a_seed(prompts):
     opts = GenerateOptions(max_new_tokens=10, do_sample=True, temperature=1.5, top_k=50, seed=7)
     a = [x.text for x in model.generate(prompts, options=opts).results]
     b = [x.text for x in model.generate(prompts, options=opts).results]
-    assert a == b
+    other = [x.text for x in model.generate(prompts, options=dataclasses.replace(opts, seed=8)).results]
+    greedy = [x.text for x in model.generate(prompts, options=GenerateOptions(max_new_tokens=10)).results]
+    assert a == b and a != other and a != greedy  # the seed decides the sample, and it is a sample
 
 
 def test_stream_yields_the_generated_text():
@@ -76,10 +90,13 @@ def test_stream_yields_the_generated_text():
 
 def test_timings_and_token_counts():
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
-    out = C2CModel(r, [s], [make_fuser(r, s)]).generate(["hello", "hi there"], options=GenerateOptions(5))
+    model = C2CModel(r, [s], [make_fuser(r, s)])
+    start = time.perf_counter()
+    out = model.generate(["hello", "hi there"], options=GenerateOptions(5))
+    wall = time.perf_counter() - start
     t = out.timings
     assert t.sharer_prefill_s > 0 and t.fuse_s > 0 and t.receiver_prefill_s > 0 and t.decode_s > 0
-    assert abs(t.total_s - (t.sharer_prefill_s + t.fuse_s + t.receiver_prefill_s + t.decode_s)) < 1e-9
+    assert t.total_s <= wall and t.total_s > 0.5 * wall  # the phases are disjoint parts of the call, most of it
     assert all(1 <= x.new_tokens <= 5 and x.prompt_tokens > 0 and x.sharer_prompt_tokens[0] > 0
                for x in out.results)
 
