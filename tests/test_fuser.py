@@ -184,3 +184,57 @@ def test_the_shipped_default_fuser_fits_the_default_pair():
     assert model_names(none) == (DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
     other = argparse.Namespace(receiver="tiny-llama", sharer=["tiny-qwen2"], fuser=[])
     assert model_names(other) == ("tiny-llama", ["tiny-qwen2"], [])
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda c: c.pop("receiver_geometry"), "missing receiver_geometry"),
+    (lambda c: c.pop("layer_map"), "missing layer_map"),
+    (lambda c: c.update(layer_map="abc"), "layer_map must be a list"),
+    (lambda c: c.update(layer_map=["x"] * len(c["layer_map"])), "sharer layer numbers"),
+    (lambda c: c.update(layer_map=[99] * len(c["layer_map"])), "sharer layer numbers"),
+    (lambda c: c.update(hidden_dim="128"), "hidden_dim must be a int"),
+    (lambda c: c.update(gate_init="1"), "gate_init must be a float"),
+    (lambda c: c.update(zero_init=1), "zero_init must be a bool"),
+    (lambda c: c.update(sharer_geometry=[1, 2]), "sharer_geometry must be a dict"),
+    (lambda c: c.update(receiver_geometry={"arch": "x"}), "not a model geometry"),
+    (lambda c: c.update(token_alignment="sideways"), "token_alignment must be one of"),
+    (lambda c: c.update(receiver=5), "receiver must be a str"),
+])  # fmt: skip
+def test_a_hand_edited_config_fails_with_one_line(tmp_path, edit, why):
+    d = make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(tmp_path / "f")
+    cfg = json.loads((d / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(C2CError, match=why):
+        Fuser.from_pretrained(d)
+
+
+def test_bf16_files_load_back_to_the_rounded_weights_and_the_same_answers(tmp_path, prompts):
+    """How the shipped fusers are stored: half the bytes, every weight the bf16 rounding of the fp32 one, loaded
+    as fp32; fused answers equal those of the in-memory fuser rounded the same way."""
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    fuser = make_fuser(r, s)
+    full = fuser.save_pretrained(tmp_path / "fp32")
+    half = fuser.save_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    size = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.49 < size < 0.55
+    loaded = Fuser.from_pretrained(half)
+    rounded = {k: v.to(torch.bfloat16).float() for k, v in fuser.state_dict().items()}
+    assert all(v.dtype == torch.float32 and torch.equal(v, rounded[k]) for k, v in loaded.state_dict().items())
+    fuser.load_state_dict(rounded)
+    want = C2CModel(r, [s], [fuser]).next_token_logits(prompts)
+    assert torch.equal(C2CModel(r, [s], [loaded]).next_token_logits(prompts), want)
+
+
+def test_check_pair_refuses_other_kv_shapes_under_the_same_names():
+    """A model re-exported with other shapes (here: the sharer's geometry with one layer less) keeps its name; the
+    recorded geometry still tells them apart."""
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    fuser = make_fuser(r, s)
+    r_geo, s_geo = ModelGeometry.from_config(r.model.config), ModelGeometry.from_config(s.model.config)
+    fuser.check_pair(r.name, r_geo, s.name, s_geo)  # the real pair passes
+    shallower = ModelGeometry(s_geo.arch, s_geo.vocab_size, s_geo.layers[:-1])
+    with pytest.raises(C2CError, match="same names, different models"):
+        fuser.check_pair(r.name, r_geo, s.name, shallower)
+    with pytest.raises(C2CError, match="trained for"):
+        fuser.check_pair(r.name, r_geo, "tiny-gemma3", s_geo)

@@ -46,6 +46,31 @@ class FuserConfig:
     c2c_version: str = field(default=__version__, metadata={"help": "cache2cache version that wrote this config"})
 
     def __post_init__(self) -> None:
+        """Every field of the declared type and every reference in range: a hand-edited or truncated config.json
+        fails here with one line, not later inside the model code."""
+        kinds = {"str": str, "dict": dict, "list": list, "int": int, "float": (int, float), "bool": bool}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, kinds[f.type]) or (f.type in ("int", "float") and isinstance(value, bool)):
+                raise C2CError(f"FuserConfig.{f.name} must be a {f.type}, got {value!r}")
+        from ..alignment.tokens import STRATEGIES  # imported here: both pull in transformers, which a bare
+        from ..kv import ModelGeometry  # config (read by `c2c --help`-fast code paths) does not need
+
+        if self.token_alignment not in STRATEGIES:
+            raise C2CError(f"FuserConfig.token_alignment must be one of {STRATEGIES}, got {self.token_alignment!r}")
+        n_sharer = None
+        for name in ("receiver_geometry", "sharer_geometry"):
+            geometry = getattr(self, name)
+            if geometry:
+                try:
+                    layers = ModelGeometry.from_dict(geometry).layers
+                except (KeyError, TypeError, ValueError) as e:
+                    raise C2CError(f"FuserConfig.{name} is not a model geometry ({type(e).__name__}: {e})") from None
+                n_sharer = len(layers) if name == "sharer_geometry" else n_sharer
+        for s in self.layer_map:
+            if s is not None and not (type(s) is int and 0 <= s < (n_sharer if n_sharer is not None else 1 << 30)):
+                raise C2CError(f"FuserConfig.layer_map entries must be sharer layer numbers "
+                               f"(0-{(n_sharer or 1) - 1}) or null, got {s!r}")  # fmt: skip
         for name in ("hidden_dim", "num_blocks", "ffn_mult"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "num_blocks" else 1):
@@ -82,6 +107,9 @@ class FuserConfig:
         if _version(str(raw.get("c2c_version", "0"))) > _version(__version__):
             warnings.warn(f"{path} was written by cache2cache {raw['c2c_version']}, newer than this {__version__}: "
                           "it loads, but settings it relies on may be ignored")  # fmt: skip
+        missing = [k for k in ("receiver_geometry", "sharer_geometry", "layer_map") if not raw.get(k)]
+        if missing:
+            raise C2CError(f"corrupt fuser config {path}: missing {', '.join(missing)}")
         try:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except TypeError as e:
