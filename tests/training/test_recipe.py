@@ -156,3 +156,39 @@ def test_data_and_batch_errors(tmp_path):
         _train(tmp_path / "r", f"data={bad}")
     with pytest.raises(C2CError, match="multiple of processes"):
         _train(tmp_path / "r", "batch_size=3")
+
+
+def test_a_run_with_relative_paths_resumes_from_any_directory(tmp_path, monkeypatch):
+    """tiny.toml names its data relative to the repository; the saved config holds absolute paths, so the run
+    resumes from elsewhere."""
+    from cache2cache.cli.main import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["train", str(TINY), f"out_dir={tmp_path / 'run'}", "max_steps=4", "save_every=2", "--json"]) == 0
+    saved = json.loads((tmp_path / "run" / "checkpoint-0000004" / "train_config.json").read_text())
+    assert saved["data"] == str(ROOT / "examples" / "tiny_chat.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", "run", "max_steps=6", "--json"]) == 0
+    assert [s for s, kind, _ in _losses(tmp_path / "run") if kind == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("damage", ["optimizer.safetensors", "fuser/model.safetensors", "trainer_state.json"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    import shutil
+
+    from cache2cache.training.checkpoint import load_checkpoint
+
+    _train(tmp_path / "straight", "max_steps=6", "save_every=2")
+    shutil.copytree(tmp_path / "straight", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoint-0000006")  # as if killed after step 4's checkpoint ...
+    (tmp_path / "run" / "latest").write_text("checkpoint-0000004\n")
+    (tmp_path / "run" / "checkpoint-0000004" / damage).write_bytes(b"\x00garbage")  # ... which is damaged
+    with caplog.at_level("WARNING"):
+        _train(tmp_path / "run", "max_steps=6", "save_every=2", resume=tmp_path / "run")
+    assert "resuming from the previous intact one, checkpoint-0000002" in caplog.text
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "run")  # steps 3-6 retrained from 2
+    assert [r[:2] for r in resumed] == [r[:2] for r in straight]
+    assert [r[2] for r in resumed] == pytest.approx([r[2] for r in straight], rel=1e-6)
+    (tmp_path / "run" / "checkpoint-0000006" / "optimizer.json").write_text("{")
+    with pytest.raises(C2CError, match="corrupt checkpoint"):  # a checkpoint named explicitly: no fallback
+        load_checkpoint(tmp_path / "run" / "checkpoint-0000006")

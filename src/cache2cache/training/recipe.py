@@ -79,7 +79,7 @@ class FuserTrainer:
     """A torchtune-style recipe: `setup()`, `train()`, `cleanup()`; nothing hidden."""
 
     def __init__(self, cfg: TrainConfig, resume: Path | None = None) -> None:
-        self.cfg, self.resume = cfg, resume
+        self.cfg, self.resume = cfg.with_absolute_paths(), resume  # saved as such: resumable from anywhere
         self.out_dir = Path(cfg.out_dir).expanduser()
         self.step = 0
         self.tokens_seen = 0
