@@ -122,3 +122,24 @@ def test_bad_options_and_modes():
         C2CModel(tiny("tiny-llama")).generate(["x"], "t9")
     with pytest.raises(C2CError, match="one fuser per sharer"):
         C2CModel(tiny("tiny-llama"), [tiny("tiny-qwen2")], [])
+
+
+@pytest.mark.parametrize("strategy", ["first", "longest"])
+def test_the_fusers_token_alignment_is_the_one_the_pipeline_uses(strategy):
+    """A fuser trained with `first` or `longest` alignment is fused that way: the batch's receiver->sharer index is
+    the aligner's for that strategy, and the answer differs from an `offsets` fuser with the same weights where
+    the two maps differ."""
+    from cache2cache.alignment.tokens import TokenAligner
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    prompt = "Déjà vu: naïve café owners in 東京 serve crème brûlée 😀 daily"
+    fuser = make_fuser(r, s, token_alignment=strategy)
+    model = C2CModel(r, [s], [fuser])
+    batch = model.encode([prompt])
+    aligned = TokenAligner(r.tokenizer, s.tokenizer, strategy).align([{"role": "user", "content": prompt}])
+    offsets = TokenAligner(r.tokenizer, s.tokenizer, "offsets").align([{"role": "user", "content": prompt}])
+    assert aligned.sharer_index != offsets.sharer_index  # the prompt tells the strategies apart
+    assert batch.sharers[0][2][0].tolist() == aligned.sharer_index
+    same_weights = make_fuser(r, s, token_alignment="offsets")
+    same_weights.load_state_dict(fuser.state_dict())
+    assert not torch.equal(model.next_token_logits([prompt]), C2CModel(r, [s], [same_weights]).next_token_logits([prompt]))

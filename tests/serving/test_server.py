@@ -214,3 +214,37 @@ def test_concurrent_requests_for_different_models_all_finish(live):
         outs = list(pool.map(ask, jobs, timeout=120))
     assert [o.model for o in outs] == [m for m, _ in jobs]
     assert outs[0].choices[0].message.content == outs[-1].choices[0].message.content == _direct(live, "receiver", MSG, 4)
+
+
+def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(live, http, monkeypatch):
+    """Generation that fails after some tokens were sent: the client gets the text so far, then an OpenAI-style
+    error event and [DONE] (the 200 is already on the wire); the error is counted and the server goes on."""
+    from cache2cache.serving import engine
+
+    real, seen = engine._Rows._advance, []
+
+    def fails_at_the_fourth_token(self, b, token):
+        seen.append(token)
+        if len(seen) == 4:
+            raise RuntimeError("the accelerator fell over")
+        real(self, b, token)
+
+    errors_before = _metric(http, 'c2c_errors_total{status="500"}')
+    monkeypatch.setattr(engine._Rows, "_advance", fails_at_the_fourth_token)
+    body = {"model": "receiver", "messages": MSG, "max_tokens": 12, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    deltas = [json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2]]
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and "the accelerator fell over" in error["message"]
+    assert "".join(deltas) and _direct(live, "receiver", MSG, 12).startswith("".join(deltas))  # the text so far
+    assert _metric(http, 'c2c_errors_total{status="500"}') == errors_before + 1
+    monkeypatch.undo()
+    out = _client(live).chat.completions.create(model="receiver", messages=MSG, max_tokens=4, temperature=0)
+    assert out.choices[0].message.content == _direct(live, "receiver", MSG, 4)
+
+
+def _metric(http, name: str) -> float:
+    line = next((x for x in http.get("/metrics").text.splitlines() if x.startswith(name)), None)
+    return float(line.split()[-1]) if line else 0.0
