@@ -157,6 +157,20 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("serve zero batch", ["serve", *T, "--max-batch", "0"]),
         ("serve bad sharer url", ["serve", *T, "--fuser", f"{d}/fuser", "--sharer-url", "ftp://x"]),
         ("serve remote sharer untrained", ["serve", *T, "--sharer-url", "http://127.0.0.1:9"]),
+        # broken model folders and configs (session 6)
+        ("model truncated weights", ["generate", "--receiver", f"{d}/model-truncated", "--sharer", "tiny-qwen2",
+                                     "--prompt", "x"]),
+        ("model text as weights", ["generate", "--receiver", f"{d}/model-text", "--sharer", "tiny-qwen2", "--prompt", "x"]),
+        ("model pickled weights only", ["generate", "--receiver", f"{d}/model-pickled", "--sharer", "tiny-qwen2",
+                                        "--prompt", "x"]),
+        ("adapter based on itself", ["generate", "--receiver", f"{d}/model-own-base", "--sharer", "tiny-qwen2",
+                                     "--prompt", "x"]),
+        ("hub id offline", ["generate", "--receiver", "someone/not-cached", "--sharer", "tiny-qwen2", "--prompt", "x"]),
+        ("fuser layer_map out of range", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/layer-map-fuser"]),
+        ("fuser missing geometry", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/no-geometry-fuser"]),
+        ("eval over a finished eval", ["eval", *T, "--task", f"jsonl:{d}/tiny_mc.jsonl", "--split", "all",
+                                       "--out", f"{d}/finished-eval"]),
+        ("train resume all checkpoints corrupt", ["train", "--resume", f"{d}/corrupt-run"]),
     ]  # fmt: skip
 
 
@@ -179,7 +193,31 @@ def workspace(tmp_path_factory) -> Path:
             (w / name / "config.json").write_text(json.dumps({"hidden_dim": "wide"}))
         else:
             (w / name / "model.safetensors").unlink()
+    _broken_models(w)
+    (w / "finished-eval").mkdir()
+    (w / "finished-eval" / "summary.json").write_text("{}")
+    (w / "corrupt-run" / "checkpoint-0000002").mkdir(parents=True)
+    (w / "corrupt-run" / "checkpoint-0000002" / "trainer_state.json").write_text("{")
     return w
+
+
+def _broken_models(w: Path) -> None:
+    import torch
+
+    m = tiny("tiny-llama")
+    for name in ("model-truncated", "model-text", "model-pickled", "model-own-base"):
+        m.model.save_pretrained(w / name)
+        m.tokenizer.save_pretrained(w / name)
+    weights = (w / "model-truncated" / "model.safetensors").read_bytes()
+    (w / "model-truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (w / "model-text" / "model.safetensors").write_text("hello")
+    (w / "model-pickled" / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, w / "model-pickled" / "pytorch_model.bin")
+    (w / "model-own-base" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(w / "model-own-base")}))
+    for name, edit in (("layer-map-fuser", {"layer_map": [99, 99, 99, 99]}), ("no-geometry-fuser", {"sharer_geometry": {}})):
+        make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(w / name)
+        config = json.loads((w / name / "config.json").read_text())
+        (w / name / "config.json").write_text(json.dumps({**config, **edit}))
 
 
 def _snapshot(w: Path) -> dict[str, str]:
@@ -192,6 +230,8 @@ CASES = _cases(Path("{w}"))
 @pytest.mark.parametrize("name", [c[0] for c in CASES])
 def test_bad_input_is_one_clean_line_and_destroys_nothing(name, workspace, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(workspace / "hub-cache"))
     argv = dict(_cases(workspace))[name]
     before = _snapshot(workspace)
     try:
