@@ -41,3 +41,18 @@ def test_one_row_has_no_other_question_to_borrow():
     batch = model.encode(PROMPTS[:1])
     with pytest.raises(C2CError, match="at least two"):
         rotate_sharers(batch, model.prefill_sharers(batch))
+
+
+def test_the_mismatched_mode_fuses_another_questions_cache():
+    """Two copies of one question: the next row's cache says the same, so the control equals C2C exactly. Two
+    different questions: it does not. Outside the block, C2C is back to normal."""
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    model = C2CModel(r, [s], [make_fuser(r, s)])
+    same = [PROMPTS[0], PROMPTS[0]]
+    c2c = model.next_token_logits(same)
+    with model.mismatched_sharers():
+        torch.testing.assert_close(model.next_token_logits(same), c2c, rtol=0, atol=1e-5)
+        mismatched = model.next_token_logits(PROMPTS[:2])
+    right = model.next_token_logits(PROMPTS[:2])
+    assert not torch.allclose(mismatched, right, atol=1e-3)
+    assert torch.equal(right, model.next_token_logits(PROMPTS[:2]))

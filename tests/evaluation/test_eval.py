@@ -10,9 +10,10 @@ import torch
 from cache2cache import C2CModel
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
+from cache2cache.inference.answerers import answerer
 from cache2cache.evaluation.progress import choose_output
 from cache2cache.evaluation.runner import EvalConfig, Evaluator, paired, select_items, summarise, write_results
-from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, wilson_interval
+from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, prompt_for, wilson_interval
 from cache2cache.evaluation.tasks import load_jsonl_task
 
 from ..conftest import make_fuser, tiny
@@ -245,3 +246,22 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path, monkeypa
     with pytest.raises(C2CError, match="other settings"):
         choose_output(out, out, {"config": "mine"}, overwrite=False)
     assert choose_output(None, out, {"config": "mine"}, overwrite=False) == out.with_name("cut-2")
+
+
+def test_the_mismatched_control_is_an_eval_mode():
+    """`--modes c2c,mismatched`: with the gates closed both equal the receiver; with them open the control differs
+    from C2C; a trailing single question joins the batch before it (the control needs a neighbour)."""
+    cfg = _cfg(modes=["receiver", "c2c", "mismatched"], method="cloze", batch_size=4)  # 5 items: 4 + 1 -> one batch
+    items = select_items(cfg)
+    closed = Evaluator(_model(closed=True), cfg).run(items)
+    picks = {m: [r["prediction"] for r in closed if r["mode"] == m] for m in cfg.modes}
+    assert picks["mismatched"] == picks["c2c"] == picks["receiver"]
+    model = _model()
+    scores = {}
+    for mode in ("c2c", "mismatched"):
+        ans = answerer(model, mode)
+        scores[mode] = ans.logprobs([prompt_for(it, "cloze") for it in items], [[f" {c}" for c in it.choices]
+                                                                                for it in items]).values  # fmt: skip
+    assert scores["c2c"] != scores["mismatched"]
+    with pytest.raises(C2CError, match="batch_size >= 2"):
+        _cfg(modes=["mismatched"], batch_size=1)

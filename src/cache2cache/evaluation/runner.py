@@ -1,10 +1,12 @@
 """Run a task in several modes through the same prompts and code, and write honest, reproducible results.
 
 Modes: receiver (alone), sharer (alone), t2t (the sharer writes notes in text, up to a token budget; the
-receiver answers with them in its prompt), c2c (the receiver answers from the fused cache).
-Outputs, each written atomically (and records.partial.jsonl while it runs, see progress.py): records.jsonl (one line per example and mode), summary.json (accuracy with
-a 95% Wilson interval, latency means, config, identities, versions, seed), results.md, accuracy.png,
-latency.png.
+receiver answers with them in its prompt), c2c (the receiver answers from the fused cache), and the control
+mismatched (C2C with the sharer's cache of another question of the batch: a gain over the receiver that survives
+it is a prior the fuser adds, not communication).
+Outputs, each written atomically (and records.partial.jsonl while it runs, see progress.py): records.jsonl (one
+line per example and mode), summary.json (accuracy with a 95% Wilson interval, latency means, config,
+identities, versions, seed), results.md, accuracy.png, latency.png.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from tqdm import tqdm
 from .. import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
-from ..inference.answerers import ANSWER_MODES, Question, Scores, answerer
+from ..inference.answerers import ANSWER_MODES, CONTROL_MODES, Question, Scores, answerer
 from ..inference.pipeline import C2CModel, GenerateOptions
 from .progress import Progress
 from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, prompt_for,
                       t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
-EVAL_MODES = ANSWER_MODES
+EVAL_MODES = ANSWER_MODES + CONTROL_MODES
 
 
 @dataclass
@@ -55,6 +57,8 @@ class EvalConfig:
             raise C2CError(f"unknown scoring method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.limit < 0 or self.batch_size < 1 or self.t2t_tokens < 1 or self.gen_tokens < 1:
             raise C2CError("limit must be >= 0 and batch_size, t2t_tokens, gen_tokens >= 1")
+        if "mismatched" in self.modes and self.batch_size < 2:
+            raise C2CError("mode mismatched fuses another question of the batch: needs batch_size >= 2")
 
 
 def select_items(cfg: EvalConfig) -> list[Item]:
@@ -73,8 +77,8 @@ def _prompt_hash(prompt) -> str:
 
 class Evaluator:
     def __init__(self, model: C2CModel, cfg: EvalConfig) -> None:
-        if any(m in ("sharer", "t2t", "c2c") for m in cfg.modes) and not model.sharers:
-            raise C2CError("modes sharer, t2t and c2c need a sharer")
+        if any(m != "receiver" for m in cfg.modes) and not model.sharers:
+            raise C2CError("modes sharer, t2t, c2c and mismatched need a sharer")
         self.model, self.cfg = model, cfg
 
     def score_batch(self, items: list[Item], mode: str) -> list[dict]:
@@ -114,6 +118,8 @@ class Evaluator:
         records = []
         bs = self.cfg.batch_size
         batches = [items[i:i + bs] for i in range(0, len(items), bs)]
+        if "mismatched" in self.cfg.modes and len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [batches[-2] + batches[-1]]  # the control needs another question in every batch
         with tqdm(total=len(batches) * len(self.cfg.modes), desc="eval", unit="batch", dynamic_ncols=True) as bar:
             for mode in self.cfg.modes:
                 for batch in batches:

@@ -10,6 +10,7 @@ Evaluation passes its own, so that notes land inside its scoring format.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -20,6 +21,7 @@ from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, to_mes
 from .pipeline import C2CModel
 
 ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c")
+CONTROL_MODES = ("mismatched",)  # evaluation only: C2C with another question's sharer cache (controls.py)
 
 T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
                "will choose the answer.")
@@ -76,11 +78,16 @@ class Answerer:
         """The prompts the answering model reads, any notes written for them, and what writing them cost."""
         return [q.prompt for q in questions], [None] * len(questions), Timings()
 
+    def running(self) -> contextlib.AbstractContextManager:
+        """Held while the model answers (the control mode changes what the pipeline fuses)."""
+        return contextlib.nullcontext()
+
     def generate(self, questions: Sequence[Question | Prompt], options: GenerateOptions | None = None,
                  streamer=None, stopping_criteria=None) -> GenerationOutput:  # fmt: skip
         prompts, notes, extra = self.prepare(_questions(questions))
-        out = self.model.generate(prompts, self.answer_mode, options, streamer=streamer,
-                                  stopping_criteria=stopping_criteria)  # fmt: skip
+        with self.running():
+            out = self.model.generate(prompts, self.answer_mode, options, streamer=streamer,
+                                      stopping_criteria=stopping_criteria)  # fmt: skip
         out.mode, out.timings.t2t_sharer_s = self.mode, extra.total_s
         for r, n in zip(out.results, notes):
             r.notes = n
@@ -89,14 +96,16 @@ class Answerer:
     def logprobs(self, questions: Sequence[Question | Prompt], continuations: Sequence[Sequence[str]]) -> Scores:
         """Summed log-probability of each continuation after each question (cloze scoring)."""
         prompts, notes, extra = self.prepare(_questions(questions))
-        values, timings = self.model.continuation_logprobs(prompts, continuations, self.answer_mode)
+        with self.running():
+            values, timings = self.model.continuation_logprobs(prompts, continuations, self.answer_mode)
         timings.t2t_sharer_s = extra.total_s
         return Scores(values, timings, notes)
 
     def next_token_logits(self, questions: Sequence[Question | Prompt]) -> Scores:
         """(B, V) logits of the token after each question (letter scoring)."""
         prompts, notes, extra = self.prepare(_questions(questions))
-        logits, timings = self.model.next_token_logits_timed(prompts, self.answer_mode)
+        with self.running():
+            logits, timings = self.model.next_token_logits_timed(prompts, self.answer_mode)
         timings.t2t_sharer_s = extra.total_s
         return Scores(logits, timings, notes)
 
@@ -116,12 +125,27 @@ class TextToText(Answerer):
         return [q.answered_with(n) for q, n in zip(questions, notes)], list(notes), out.timings
 
 
+class Mismatched(Answerer):
+    """C2C where each question is fused with the sharer's cache of the next question of its batch: a fuser whose
+    gain over the receiver survives this has learned a prior, not to read the sharer. Needs batches of two or
+    more."""
+
+    def __init__(self, model: C2CModel) -> None:
+        super().__init__(model, "mismatched")
+        self.answer_mode = "c2c"
+
+    def running(self) -> contextlib.AbstractContextManager:
+        return self.model.mismatched_sharers()
+
+
 def answerer(model: C2CModel, mode: str, note_tokens: int = 64, exact_notes: bool = False) -> Answerer:
-    """The answerer for `mode` (one of ANSWER_MODES) over `model`."""
-    if mode not in ANSWER_MODES:
-        raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(ANSWER_MODES)}")
-    if mode in ("sharer", "t2t", "c2c") and not model.sharers:
+    """The answerer for `mode` (one of ANSWER_MODES, or CONTROL_MODES) over `model`."""
+    if mode not in ANSWER_MODES + CONTROL_MODES:
+        raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(ANSWER_MODES + CONTROL_MODES)}")
+    if mode != "receiver" and not model.sharers:
         raise C2CError(f"mode {mode!r} needs a sharer")
     if mode == "t2t":
         return TextToText(model, note_tokens, exact_notes)
+    if mode == "mismatched":
+        return Mismatched(model)
     return Answerer(model, mode)

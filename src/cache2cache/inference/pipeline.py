@@ -25,6 +25,7 @@ from ..errors import C2CError
 from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
+from .controls import rotate_sharers
 from .batching import (MODES, Batch, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings, clock,
                        left_pad, positions, right_pad, to_messages)
 from .prefix_reuse import PrefixReuse
@@ -65,6 +66,7 @@ class C2CModel(PrefixReuse):
             fuser.to(receiver.device).eval()
             self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
         self._fusion_enabled = True
+        self._mismatched = False
         self.store = store
         self._pair_identity: ModelIdentity | None = None
 
@@ -80,6 +82,16 @@ class C2CModel(PrefixReuse):
             yield
         finally:
             self._fusion_enabled = True
+
+    @contextlib.contextmanager
+    def mismatched_sharers(self) -> Iterator[None]:
+        """Within this block, mode "c2c" fuses each prompt with the sharers' caches of the *next* prompt of its
+        batch (the control of inference/controls.py: what a fuser adds whatever the sharer read)."""
+        self._mismatched = True
+        try:
+            yield
+        finally:
+            self._mismatched = False
 
     # ---- preparing a batch ----------------------------------------------------------------------------
 
@@ -141,14 +153,15 @@ class C2CModel(PrefixReuse):
         timings = Timings()
         t0 = clock(answerer.device)
         sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
+        fusion_batch = rotate_sharers(batch, sharer_caches) if fusing and self._mismatched else batch
         t1 = clock(answerer.device)
         cache = self.prefill_answerer(batch, answerer)
-        reusing = fusing and self.store is not None
+        reusing = fusing and self.store is not None and not self._mismatched
         aligned_rows = self.alignment_rows(batch) if reusing else []  # once, for the lookup and the store
         fresh = self._reuse_fused(cache, batch, aligned_rows) if reusing else None
         t2 = clock(answerer.device)
         if fusing:
-            self.fuse(cache, sharer_caches, batch, fresh)
+            self.fuse(cache, sharer_caches, fusion_batch, fresh)
             if reusing:
                 self._store_fused(cache, batch, aligned_rows)
         t3 = clock(answerer.device)
