@@ -199,7 +199,6 @@ EVAL = ["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--task", 
 def test_a_finished_evaluation_is_never_overwritten_unasked(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(EVAL) == 0 and main(EVAL) == 0  # the default folder: the second run takes a fresh one
-    first, second = tmp_path / "runs/eval" / f"jsonl_{TASK}_all".replace("/", "_"), None
     folders = sorted(p.name for p in (tmp_path / "runs/eval").iterdir())
     assert len(folders) == 2 and folders[1] == folders[0] + "-2"
     out = tmp_path / "runs/eval" / folders[0]
