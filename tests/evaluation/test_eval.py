@@ -264,3 +264,22 @@ def test_the_mismatched_control_is_an_eval_mode():
     assert scores["c2c"] != scores["mismatched"]
     with pytest.raises(C2CError, match="batch_size >= 2"):
         _cfg(modes=["mismatched"], batch_size=1)
+
+
+def test_bench_measures_every_mode_and_writes_json_and_a_plot(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--task", f"jsonl:{TASK}", "--split",
+                 "all", "--repeats", "2", "--batch-sizes", "1,2", "--new-tokens", "4", "--t2t-tokens", "16",
+                 "--out", str(out), "--json"])  # fmt: skip
+    assert code == 0 and out.with_suffix(".png").stat().st_size > 1000
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    lat = result["latency"]
+    assert set(lat) == {"receiver", "sharer", "t2t", "c2c"}
+    for mode, m in lat.items():
+        assert 0 < m["ttft_s"] <= m["e2e_s"], mode
+    # T2T pays for the sharer's 16 note tokens before the receiver starts; C2C does not
+    assert lat["t2t"]["parts_median_s"]["t2t_sharer_s"] > 0 and lat["c2c"]["parts_median_s"]["t2t_sharer_s"] == 0
+    assert lat["t2t"]["ttft_s"] > lat["c2c"]["ttft_s"]
+    assert set(result["throughput_tok_s"]) == {"receiver", "c2c"}
+    assert all(v > 0 for per_bs in result["throughput_tok_s"].values() for v in per_bs.values())

@@ -89,11 +89,11 @@ def run_once(model: C2CModel, item: Item, mode: str, cfg: BenchConfig) -> dict:
     options = GenerateOptions(max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens)
     question = Question([{"role": "user", "content": question_block(item)}], t2t_prompt(item),
                         lambda notes: [{"role": "user", "content": question_block(item, notes)}])  # fmt: skip
-    clock = FirstTokenClock(device)
+    first_token = FirstTokenClock(device)
     start = clock(device)
-    out = answerer(model, mode, cfg.t2t_tokens, exact_notes=True).generate([question], options, streamer=clock)
+    out = answerer(model, mode, cfg.t2t_tokens, exact_notes=True).generate([question], options, streamer=first_token)
     end = clock(device)
-    return {"ttft_s": clock.first - start, "e2e_s": end - start, "parts": out.timings.to_dict(),
+    return {"ttft_s": first_token.first - start, "e2e_s": end - start, "parts": out.timings.to_dict(),
             "new_tokens": out.results[0].new_tokens}  # fmt: skip
 
 
