@@ -138,7 +138,7 @@ def _mismatch_on_val(trainer: FuserTrainer) -> float:
         for i in range(0, len(trainer.val), 4):
             tb = collate(trainer.model, trainer.val[i:i + 4])
             if tb.groups and tb.prompt.ids.shape[0] > 1:
-                total += trainer.mismatch_loss(tb, trainer.prefill(tb)[0])[0].item()
+                total += trainer.losses.mismatch_loss(tb, trainer.losses.prefill(tb)[0])[0].item()
     return total
 
 

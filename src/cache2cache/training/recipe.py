@@ -20,12 +20,10 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -34,32 +32,17 @@ from ..atomic import write_json, write_text
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
-from ..inference.controls import rotate_sharers
 from ..inference.factory import check_device, default_device, untrained_fuser
 from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .mixture import load_mixture
-from ..inference.pipeline import Batch
 from .examples import TrainBatch, TrainExample, build_examples, collate
+from .losses import LossSums, MicroBatchLoss
 from .plots import plot_gates, plot_loss, read_metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LossSums:
-    """A micro-batch's summed losses: cross-entropy over trained tokens, option ranking over its multiple-choice
-    examples, and how many of those ranked the gold option first; with `mismatch_loss_weight`, the mismatch term
-    (KL from the receiver alone to the receiver fused with another question's sharer cache) and how many examples
-    that mismatched run ranks right."""
-
-    ce: torch.Tensor
-    rank: torch.Tensor
-    correct: int
-    mismatch: torch.Tensor | None = None
-    mismatch_correct: int = 0
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
@@ -142,6 +125,7 @@ class FuserTrainer:
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.fuser.train()  # C2CModel puts fusers in eval mode for inference
+        self.losses = MicroBatchLoss(self.model, cfg, self._autocast)
         if self.world > 1:  # the pipeline calls the wrapper, which sums gradients across processes in backward
             self.model.fusers[0] = DistributedDataParallel(self.fuser)
 
@@ -229,66 +213,7 @@ class FuserTrainer:
 
     def loss_sum(self, tb: TrainBatch) -> LossSums:
         """Summed losses of a micro-batch (gradients reach the fuser only)."""
-        return self.response_loss(tb, *self.prefill(tb))
-
-    @torch.no_grad()
-    def prefill(self, tb: TrainBatch) -> tuple[list, object]:
-        """The frozen part of a step: sharer caches and the receiver's prompt cache, without gradients."""
-        m = self.model
-        return m.prefill_sharers(tb.prompt), m.prefill_answerer(tb.prompt, m.receiver)
-
-    def option_scores(self, tb: TrainBatch, cache, prompt: Batch | None = None, sharer_caches: list | None = None
-                      ) -> torch.Tensor:  # fmt: skip
-        """Per-row summed log-likelihood of each continuation from `cache` (fused first when sharer caches are
-        given, with gradients to the fuser)."""
-        m, p = self.model, prompt or tb.prompt
-        with self._autocast():
-            if sharer_caches is not None:
-                m.fuse(cache, sharer_caches, p)
-            if tb.owner.numel() != p.ids.shape[0]:
-                cache.batch_select_indices(tb.owner)
-            rows = Batch(p.ids[tb.owner], p.mask[tb.owner], [])
-            logits = m.continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
-        n, r = tb.response_ids.shape
-        logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
-        return (logp.view(n, r) * tb.response_mask).sum(-1)
-
-    def mismatch_loss(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, int]:
-        """The term that makes a prior useless: fused with *another* question's sharer cache (rows rotated, see
-        inference/controls.py), the receiver's option distribution must stay the receiver's own (KL(alone ||
-        mismatched)). A fuser that adds answer-style priors whatever the sharer read pays here; one that carries
-        what the sharer read about this question does not. Reorders `sharer_caches` in place."""
-        m = self.model
-        with torch.no_grad():
-            alone = self.option_scores(tb, m.prefill_answerer(tb.prompt, m.receiver))
-            rotated = rotate_sharers(tb.prompt, sharer_caches)
-            cache = m.prefill_answerer(tb.prompt, m.receiver)
-        mismatched = self.option_scores(tb, cache, rotated, sharer_caches)
-        kl, correct = torch.zeros((), device=mismatched.device), 0
-        scale = tb.option_chars * self.cfg.option_temperature
-        for idx, gold in tb.groups:
-            target = (alone[idx] / scale[idx]).log_softmax(-1)
-            got = (mismatched[idx] / scale[idx]).log_softmax(-1)
-            kl = kl + (target.exp() * (target - got)).sum()
-            correct += int(got.argmax()) == gold
-        return kl, correct
-
-    def response_loss(self, tb: TrainBatch, sharer_caches: list, cache) -> LossSums:
-        """Fuse (with gradients), copy each prompt's fused cache to its continuation rows, run the receiver over
-        them: cross-entropy on responses and gold options, and the option-ranking loss: the softmax over a
-        question's options of their per-character log-likelihoods (what cloze scoring compares) against the
-        gold one. Ranking teaches the fuser to carry which answer is right, not only what answers look like."""
-        per_row = self.option_scores(tb, cache, sharer_caches=sharer_caches)
-        ce = -(per_row * tb.trained).sum()
-        rank, correct = torch.zeros((), device=ce.device), 0
-        scores = per_row / tb.option_chars / self.cfg.option_temperature
-        for idx, gold in tb.groups:
-            s = scores[idx]
-            rank = rank - s.log_softmax(-1)[gold]
-            correct += int(s.argmax()) == gold
-        if self.cfg.mismatch_loss_weight and tb.groups and tb.prompt.ids.shape[0] > 1:
-            return LossSums(ce, rank, correct, *self.mismatch_loss(tb, sharer_caches))
-        return LossSums(ce, rank, correct)
+        return self.losses(tb)
 
     def _sync_gradients(self, last: bool):
         """Gradient accumulation: DDP communicates once per step, in the backward of the last micro-batch."""
