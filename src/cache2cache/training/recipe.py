@@ -102,7 +102,7 @@ class FuserTrainer:
         receiver = load_model(cfg.receiver, dtype=cfg.dtype, device=self.device)
         sharer = load_model(cfg.sharer, dtype=cfg.dtype, device=self.device, prefill_only=True)
         if ckpt:
-            fuser = Fuser.from_pretrained(ckpt["fuser_dir"], self.device)
+            fuser = ckpt["fuser"].to(self.device)
             self.step = ckpt["trainer_state"]["step"]
             self.tokens_seen = ckpt["trainer_state"]["tokens_seen"]
             self.elapsed = ckpt["trainer_state"]["elapsed_s"]
