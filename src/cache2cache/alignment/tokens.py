@@ -11,6 +11,11 @@ segment. Receiver tokens inside message contents map by one of three strategies:
   the first (or longest) resulting token is kept, so the sharer reads one token per receiver token.
 
 Identical tokenizers and templates take an identity fast path.
+
+The sharer may read more than the receiver: a *brief* (a passage, a document) placed before the last user
+message's text (`with_brief`). The receiver's message texts are then found inside the sharer's rendering, so
+each receiver token still maps to the sharer token that covers the same characters, and that token has read
+the brief.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ class AlignedPrompt:
     receiver_ids: list[int]
     sharer_ids: list[int]
     sharer_index: list[int]  # len == len(receiver_ids); each a valid index into sharer_ids
+
+
+def with_brief(messages: Messages, brief: str) -> Messages:
+    """The sharer's messages: `brief` and a blank line before the last user message's text."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        raise C2CError("a brief for the sharer needs a user message to go before")
+    out = [dict(m) for m in messages]
+    out[last]["content"] = f"{brief.strip()}\n\n{out[last]['content']}"
+    return out
 
 
 def render(
@@ -123,14 +138,16 @@ class TokenAligner:
             or (receiver.get_vocab() == sharer.get_vocab() and receiver.chat_template == sharer.chat_template)
         )
 
-    def align(self, messages: Messages, chat: bool = True) -> AlignedPrompt:
+    def align(self, messages: Messages, chat: bool = True, sharer_messages: Messages | None = None) -> AlignedPrompt:
+        """`sharer_messages` (default: `messages`) is what the sharer reads when it reads more (`with_brief`)."""
         r_text = render(self.receiver, messages, chat)
         r_ids, r_spans = encode(self.receiver, r_text)
         if not r_ids:
             raise C2CError("the prompt is empty after tokenisation")
-        if self.identity:
+        briefed = sharer_messages is not None and sharer_messages != messages
+        if self.identity and not briefed:
             return AlignedPrompt(r_ids, list(r_ids), list(range(len(r_ids))))
-        s_text = render(self.sharer, messages, chat)
+        s_text = render(self.sharer, sharer_messages if briefed else messages, chat)
         r_segs, s_segs = _segments(r_text, messages), _segments(s_text, messages)
         if len(r_segs) != len(s_segs):  # a message found in one rendering only: treat each as one block
             r_segs, s_segs = [(0, len(r_text), False)], [(0, len(s_text), False)]

@@ -15,7 +15,7 @@ import hashlib
 import json
 import platform
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from ..errors import C2CError
 from ..inference.answerers import ANSWER_MODES, CONTROL_MODES, Question, Scores, answerer
 from ..inference.pipeline import C2CModel, GenerateOptions
 from .progress import Progress
-from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, prompt_for,
+from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, posed, prompt_for,
                       t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
@@ -72,7 +72,9 @@ def select_items(cfg: EvalConfig) -> list[Item]:
 
 
 def _prompt_hash(prompt) -> str:
-    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:12]
+    """What the models read (a briefed prompt: both parts), so that a changed prompt is never taken as the same."""
+    return hashlib.sha1(json.dumps(asdict(prompt) if is_dataclass(prompt) else prompt, sort_keys=True).encode()
+                        ).hexdigest()[:12]  # fmt: skip
 
 
 class Evaluator:
@@ -85,7 +87,7 @@ class Evaluator:
         cfg, model = self.cfg, self.model
         ans = answerer(model, mode, cfg.t2t_tokens)
         tokenizer = model.answerer(ans.answer_mode).tokenizer
-        questions = [Question(prompt_for(it, cfg.method), t2t_prompt(it),
+        questions = [Question(posed(it, cfg.method), t2t_prompt(it),
                               lambda notes, it=it: prompt_for(it, cfg.method, notes)) for it in items]  # fmt: skip
         outputs: list[str | None] = [None] * len(items)  # generated text, kept for auditing (method generate)
         if cfg.method == "letter":

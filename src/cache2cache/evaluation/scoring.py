@@ -15,8 +15,9 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
+from ..alignment.tokens import with_brief
 from ..inference.answerers import T2T_REQUEST
-from ..inference.pipeline import Prompt
+from ..inference.pipeline import Briefed, Prompt
 from .tasks import Item
 
 METHODS = ("letter", "cloze", "generate")
@@ -55,12 +56,19 @@ def prompt_for(item: Item, method: str, notes: str | None = None) -> Prompt:
     return messages
 
 
+def posed(item: Item, method: str) -> Prompt:
+    """The question as the models read it: `prompt_for`, and for an item with a brief, the brief for the sharers."""
+    prompt = prompt_for(item, method)
+    return Briefed(prompt, item.brief) if item.brief else prompt
+
+
 def t2t_prompt(item: Item) -> Prompt:
-    """What the sharer is asked in text-to-text mode: useful context, in text, for another model."""
+    """What the sharer is asked in text-to-text mode (after any brief): useful context, in text, for another model."""
     block = f"Question: {item.question.strip()}"
     if item.choices:
         block += "\n\n" + options_block(item)
-    return [{"role": "user", "content": f"{block}\n\n{T2T_REQUEST}"}]
+    messages = [{"role": "user", "content": f"{block}\n\n{T2T_REQUEST}"}]
+    return with_brief(messages, item.brief) if item.brief else messages
 
 
 def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[int]]:

@@ -33,6 +33,7 @@ class Item:
     choices: list[str]  # empty for generation tasks
     answer: int | str  # index of the correct choice, or the gold answer string
     subject: str = ""
+    brief: str = ""  # read by the sharers only, before the question (evaluation/probes.py)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def _load_gsm8k(split: str, subjects: list[str] | None) -> list[Item]:
 # ---- user tasks ---------------------------------------------------------------------------------------------
 
 def load_jsonl_task(path: Path) -> list[Item]:
-    """Read {"question", "choices", "answer"} records; any malformed line is an error naming the line."""
+    """Read {"question", "choices", "answer"} records (and an optional "brief", text only the sharer reads);
+    any malformed line is an error naming the line."""
     if not path.is_file():
         raise C2CError(f"task file not found: {path}")
     items = []
@@ -149,9 +151,12 @@ def load_jsonl_task(path: Path) -> list[Item]:
                     answer = ord(answer.upper()) - ord("A")
                 if not isinstance(answer, int) or not 0 <= answer < len(choices):
                     raise ValueError(f"answer {rec['answer']!r} is not a choice index or letter")
+                if not isinstance(rec.get("brief", ""), str):
+                    raise ValueError("brief must be a string")
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise C2CError(f"{path}:{n}: malformed task record ({e})") from None
-            items.append(Item(str(rec.get("id", n)), question, [str(c) for c in choices], answer))
+            items.append(Item(str(rec.get("id", n)), question, [str(c) for c in choices], answer,
+                              brief=rec.get("brief", "")))  # fmt: skip
     if not items:
         raise C2CError(f"task file {path} has no records")
     return items
@@ -171,3 +176,5 @@ register(Task("arc_challenge", "mc", ("validation", "test"), _rc_loader("arc_cha
 register(Task("arc_easy", "mc", ("validation", "test"), _rc_loader("arc_easy"), "ARC-Easy"))
 register(Task("openbookqa", "mc", ("validation", "test"), _rc_loader("openbookqa"), "OpenBookQA"))
 register(Task("gsm8k", "gen", ("test",), _load_gsm8k, "GSM8K grade-school maths (generation)"))
+
+from . import probes  # noqa: E402,F401  (registers the capacity probes; it imports this module)

@@ -13,12 +13,23 @@ from typing import Sequence
 
 import torch
 
-from ..alignment.tokens import Messages
+from ..alignment.tokens import Messages, with_brief
 from ..errors import C2CError
 
 MODES = ("c2c", "receiver", "sharer")  # what C2CModel runs itself; answerers.py adds text-to-text
 
-Prompt = str | Messages
+
+
+@dataclass(frozen=True)
+class Briefed:
+    """A prompt the sharers read with a brief the receiver never sees (a passage, a document): what C2C must
+    carry across. The receiver alone reads `prompt`; the sharers read `with_brief(prompt, brief)`."""
+
+    prompt: str | Messages
+    brief: str
+
+
+Prompt = str | Messages | Briefed
 
 
 @dataclass
@@ -125,6 +136,9 @@ def clock(device: torch.device) -> float:
 
 
 def to_messages(prompt: Prompt) -> Messages:
+    """The messages the receiver reads."""
+    if isinstance(prompt, Briefed):
+        return to_messages(prompt.prompt)
     if isinstance(prompt, str):
         if not prompt.strip():
             raise C2CError("the prompt is empty")
@@ -134,3 +148,9 @@ def to_messages(prompt: Prompt) -> Messages:
     return prompt
 
 
+
+
+def sharer_messages(prompt: Prompt) -> Messages:
+    """The messages the sharers read: the receiver's, with the brief if there is one."""
+    messages = to_messages(prompt)
+    return with_brief(messages, prompt.brief) if isinstance(prompt, Briefed) and prompt.brief.strip() else messages

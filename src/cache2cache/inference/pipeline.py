@@ -26,12 +26,12 @@ from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .controls import rotate_sharers
-from .batching import (MODES, Batch, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings, clock,
-                       left_pad, positions, right_pad, to_messages)
+from .batching import (MODES, Batch, Briefed, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings,
+                       clock, left_pad, positions, right_pad, sharer_messages, to_messages)
 from .prefix_reuse import PrefixReuse
 from .prefix_reuse import rows as _rows
 
-__all__ = ["C2CModel", "MODES", "Batch", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
+__all__ = ["C2CModel", "MODES", "Batch", "Briefed", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
            "Timings", "left_pad", "positions", "right_pad", "to_messages"]
 
 class C2CModel(PrefixReuse):
@@ -104,7 +104,7 @@ class C2CModel(PrefixReuse):
             raise C2CError(f"mode {mode!r} needs at least one sharer")
         if not prompts:
             raise C2CError("no prompts given")
-        messages = [to_messages(p) for p in prompts]
+        messages = [(sharer_messages if mode == "sharer" else to_messages)(p) for p in prompts]
         answerer = self.answerer(mode)
         if mode != "c2c":
             rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
@@ -112,7 +112,9 @@ class C2CModel(PrefixReuse):
                 self._check_length(answerer, len(r), new_tokens)
             ids, mask, _ = left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
             return Batch(ids, mask, [])
-        aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat) for m in messages] for al in self.aligners]
+        briefs = [sharer_messages(p) for p in prompts]
+        aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat, s) for m, s in zip(messages, briefs)]
+                                              for al in self.aligners]  # fmt: skip
         for r in aligned[0]:
             self._check_length(self.receiver, len(r.receiver_ids), new_tokens)
         for sharer, per_prompt in zip(self.sharers, aligned):

