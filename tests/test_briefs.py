@@ -66,7 +66,7 @@ def _model():
 def test_a_brief_reaches_the_sharer_and_through_the_fuser_never_the_receiver_itself():
     model = _model()
     briefed = Briefed(PROMPT, BRIEF)
-    logits = lambda prompts, mode: model.next_token_logits(prompts, mode)  # noqa: E731
+    logits = lambda prompts, mode: model.next_token_logits(prompts, mode)
     assert torch.equal(logits([briefed], "receiver"), logits([PROMPT], "receiver"))
     assert torch.equal(logits([briefed], "sharer"), logits([with_brief(PROMPT, BRIEF)], "sharer"))
     assert not torch.allclose(logits([briefed], "sharer"), logits([PROMPT], "sharer"))
@@ -97,7 +97,7 @@ def test_evaluation_gives_the_brief_to_the_sharer_only(tmp_path):
         cfg = EvalConfig(task=f"jsonl:{task}", split="all", modes=["receiver", "sharer", "c2c", "t2t"],
                          method="letter", batch_size=2, t2t_tokens=3)  # fmt: skip
         runs[briefs] = Evaluator(model, cfg).run(load_jsonl_task(task))
-    picks = lambda recs, m, key="prediction": [r[key] for r in recs if r["mode"] == m]  # noqa: E731
+    picks = lambda recs, m, key="prediction": [r[key] for r in recs if r["mode"] == m]
     plain, briefed = runs[False], runs[True]
     assert picks(plain, "receiver") == picks(briefed, "receiver")
     assert set(picks(plain, "sharer", "prompt_hash")).isdisjoint(picks(briefed, "sharer", "prompt_hash"))
@@ -144,6 +144,27 @@ def test_probe_records_train_on_four_fifths_and_evaluate_on_the_held_out_fifth(m
     assert {c.prompt[0]["content"] for c in convs}.isdisjoint({f"Question: Q{i}?\nAnswer:" for i in (0, 5)})
     assert all(c.brief == SCIQ["support"] for c in convs)
     boolq = get_task("boolq_brief").load("heldout")
-    assert [(it.question, it.choices[it.answer], it.brief) for it in boolq][0] == ("Is it 0?", "no", "The sky is blue.")
+    first = boolq[0]
+    assert (first.question, first.choices[first.answer], first.brief) == ("Is it 0?", "no", "The sky is blue.")
     assert mixture.load_source("boolq_brief")[1].used == 8
     assert [p.source for p in mixture.parse_mix("sciq_brief:1,boolq_brief:1")] == ["sciq_brief", "boolq_brief"]
+
+
+def test_generate_with_a_brief_file(tmp_path, capsys):
+    from cache2cache.cli.main import main
+    from cache2cache.inference.answerers import _default_request
+
+    brief = tmp_path / "brief.txt"
+    brief.write_text(BRIEF)
+    argv = ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--prompt", "What colour?",
+            "--mode", "c2c", "--max-new-tokens", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)["outputs"][0]["results"][0]
+    assert main(argv + ["--brief-file", str(brief)]) == 0
+    briefed = json.loads(capsys.readouterr().out)["outputs"][0]["results"][0]
+    assert briefed["prompt_tokens"] == plain["prompt_tokens"]  # the receiver's prompt is the same
+    assert briefed["sharer_prompt_tokens"][0] > plain["sharer_prompt_tokens"][0] + 5  # the sharer read the brief
+    assert _default_request(Briefed("What colour?", BRIEF))[0]["content"].startswith(BRIEF)  # T2T's sharer too
+    (tmp_path / "empty.txt").write_text(" \n")
+    assert main(argv + ["--brief-file", str(tmp_path / "empty.txt")]) == 2
+    assert "is empty" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.answerers import ANSWER_MODES, answerer
-from ..inference.pipeline import GenerateOptions, GenerationOutput
+from ..inference.pipeline import Briefed, GenerateOptions, GenerationOutput
 from .common import add_model_args, build_from_args, model_names, number, positive_int
 
 
@@ -34,13 +34,16 @@ def register(sub) -> None:
             "examples:\n"
             "  c2c generate --prompt 'Why is the sky blue?' --compare\n"
             "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt a --prompt b --json\n"
-            "  c2c generate --fuser runs/my-fuser --prompt 'Explain GQA' --stream"
+            "  c2c generate --fuser runs/my-fuser --prompt 'Explain GQA' --stream\n"
+            "  c2c generate --brief-file report.txt --prompt 'What did it conclude?' --compare\n"
+            "      (only the sharer reads report.txt; C2C's answer can know it only through the fuser)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
+    p.add_argument("--brief-file", type=Path, help="a document only the sharer reads, before each prompt")
     p.add_argument("--mode", choices=ANSWER_MODES, default="c2c", help="who answers (default c2c)")
     p.add_argument("--compare", action="store_true", help="run receiver, sharer, t2t and c2c side by side")
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's note budget in t2t mode")
@@ -67,8 +70,22 @@ def _prompts(args) -> list[str]:
     return prompts
 
 
+def _brief(args) -> str:
+    if not args.brief_file:
+        return ""
+    try:
+        brief = args.brief_file.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise C2CError(f"cannot read brief file {args.brief_file}: {e}") from None
+    if not brief.strip():
+        raise C2CError(f"brief file {args.brief_file} is empty")
+    return brief
+
+
 def run(args) -> int:
     prompts = _prompts(args)
+    brief = _brief(args)
+    asked = [Briefed(p, brief) for p in prompts] if brief else prompts
     options = GenerateOptions(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     _, sharers, _ = model_names(args)
@@ -81,7 +98,7 @@ def run(args) -> int:
     console = Console(stderr=True)
     model = build_from_args(args)
     if args.stream:
-        for piece in model.stream(prompts[0], modes[0], options):
+        for piece in model.stream(asked[0], modes[0], options):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -89,7 +106,7 @@ def run(args) -> int:
     outputs = []
     for mode in modes:
         with console.status(f"generating ({mode}, {len(prompts)} prompt(s))..."):
-            outputs.append(answerer(model, mode, args.t2t_tokens).generate(prompts, options))
+            outputs.append(answerer(model, mode, args.t2t_tokens).generate(asked, options))
     if args.json:
         print(json.dumps({
             "receiver": model.receiver.name,
@@ -97,6 +114,7 @@ def run(args) -> int:
             "fusers": [{"path": f.source, "untrained": f.source is None} for f in model.fusers],
             "fuser_parameters": [f.num_parameters() for f in model.fusers],
             "prompts": prompts,
+            "brief_chars": len(brief),
             "outputs": [o.to_dict() for o in outputs],
         }, indent=2, ensure_ascii=False))  # fmt: skip
     else:

@@ -177,4 +177,4 @@ register(Task("arc_easy", "mc", ("validation", "test"), _rc_loader("arc_easy"), 
 register(Task("openbookqa", "mc", ("validation", "test"), _rc_loader("openbookqa"), "OpenBookQA"))
 register(Task("gsm8k", "gen", ("test",), _load_gsm8k, "GSM8K grade-school maths (generation)"))
 
-from . import probes  # noqa: E402,F401  (registers the capacity probes; it imports this module)
+from . import probes  # noqa: F401  (registers the capacity probes; it imports this module)

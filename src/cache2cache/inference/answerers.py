@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import C2CError
-from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, to_messages
+from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
 from .pipeline import C2CModel
 
 ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c")
@@ -27,17 +27,17 @@ T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this qu
                "will choose the answer.")
 
 
-def _last_user_text(prompt: Prompt) -> str:
-    messages = to_messages(prompt)
+def _last_user_text(messages) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
 
 
 def _default_request(prompt: Prompt) -> Prompt:
-    return [{"role": "user", "content": f"{_last_user_text(prompt).strip()}\n\n{T2T_REQUEST}"}]
+    """The sharer's last user message (with any brief) and the request for notes."""
+    return [{"role": "user", "content": f"{_last_user_text(sharer_messages(prompt)).strip()}\n\n{T2T_REQUEST}"}]
 
 
 def _default_with_notes(prompt: Prompt, notes: str) -> Prompt:
-    text = f"{_last_user_text(prompt).strip()}\n\nNotes from another model:\n{notes.strip()}"
+    text = f"{_last_user_text(to_messages(prompt)).strip()}\n\nNotes from another model:\n{notes.strip()}"
     return text if isinstance(prompt, str) else [{"role": "user", "content": text}]
 
 
