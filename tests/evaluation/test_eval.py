@@ -283,3 +283,21 @@ def test_bench_measures_every_mode_and_writes_json_and_a_plot(tmp_path, capsys):
     assert lat["t2t"]["ttft_s"] > lat["c2c"]["ttft_s"]
     assert set(result["throughput_tok_s"]) == {"receiver", "c2c"}
     assert all(v > 0 for per_bs in result["throughput_tok_s"].values() for v in per_bs.values())
+
+
+def test_receiver_only_evaluation_does_not_load_the_sharers_weights(tmp_path, monkeypatch, capsys):
+    from cache2cache.inference import factory
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    make_fuser(r, s).save_pretrained(tmp_path / "fuser")
+    loaded = []
+    real = factory.load_model
+    monkeypatch.setattr(factory, "load_model", lambda name, **kw: loaded.append(name) or real(name, **kw))
+    argv = ["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--fuser", str(tmp_path / "fuser"),
+            "--task", f"jsonl:{TASK}", "--split", "all", "--method", "cloze", "--json"]  # fmt: skip
+    assert main(argv + ["--modes", "receiver", "--out", str(tmp_path / "a")]) == 0
+    assert loaded == ["tiny-llama"]
+    alone = json.loads(capsys.readouterr().out)["modes"]["receiver"]["accuracy"]
+    assert main(argv + ["--modes", "receiver,sharer", "--out", str(tmp_path / "b")]) == 0
+    assert loaded == ["tiny-llama", "tiny-llama", "tiny-qwen2"]
+    assert json.loads(capsys.readouterr().out)["modes"]["receiver"]["accuracy"] == alone

@@ -15,7 +15,7 @@ from ..evaluation.progress import Progress, choose_output
 from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
-from .common import add_model_args, build_from_args, layer_list, positive_int
+from .common import add_model_args, build_from_args, layer_list, model_names, positive_int
 
 
 def register(sub) -> None:
@@ -76,7 +76,9 @@ def run(args) -> int:
     header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer, "fusers": [str(f) for f in args.fuser],
               "close_gates": args.close_gates, "dtype": args.dtype, "chat": not args.no_chat}  # fmt: skip
     out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after
-    model = build_from_args(args)
+    # the receiver alone never runs a sharer: with a trained fuser to describe it, load the sharer's tokenizer and
+    # config, not gigabytes of weights
+    model = build_from_args(args, skeleton_sharers=set(cfg.modes) <= {"receiver"} and bool(model_names(args)[2]))
     for fuser in model.fusers:
         fuser.close_gates(args.close_gates)
     evaluator = Evaluator(model, cfg)
