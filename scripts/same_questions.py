@@ -31,7 +31,8 @@ def main() -> None:
     have = [it for it in items if it.id in done]
     wanted = [it for it in items if it.id not in done][: max(0, args.take - len(have))]
     write_text(args.out, "".join(json.dumps({"id": it.id, "question": it.question, "choices": it.choices,
-                                             "answer": it.answer}) + "\n" for it in wanted))  # fmt: skip
+                                             "answer": it.answer, **({"brief": it.brief} if it.brief else {})}) + "\n"
+                                 for it in wanted))  # fmt: skip
     print(f"{args.task}: {len(have)} of the sample already scored, {len(wanted)} more written to {args.out}")
 
 
