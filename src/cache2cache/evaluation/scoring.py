@@ -15,9 +15,8 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
-from ..alignment.tokens import with_brief
 from ..inference.answerers import T2T_REQUEST
-from ..inference.pipeline import Briefed, Prompt
+from ..inference.pipeline import Briefed, Prompt, sharer_messages
 from .tasks import Item
 
 METHODS = ("letter", "cloze", "generate")
@@ -68,7 +67,7 @@ def t2t_prompt(item: Item) -> Prompt:
     if item.choices:
         block += "\n\n" + options_block(item)
     messages = [{"role": "user", "content": f"{block}\n\n{T2T_REQUEST}"}]
-    return with_brief(messages, item.brief) if item.brief else messages
+    return sharer_messages(Briefed(messages, item.brief))
 
 
 def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[int]]:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..alignment.tokens import Messages
 from ..errors import C2CError
 from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
 from .pipeline import C2CModel
@@ -27,7 +28,7 @@ T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this qu
                "will choose the answer.")
 
 
-def _last_user_text(messages) -> str:
+def _last_user_text(messages: Messages) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
 
 

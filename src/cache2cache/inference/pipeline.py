@@ -32,7 +32,7 @@ from .prefix_reuse import PrefixReuse
 from .prefix_reuse import rows as _rows
 
 __all__ = ["C2CModel", "MODES", "Batch", "Briefed", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
-           "Timings", "left_pad", "positions", "right_pad", "to_messages"]
+           "Timings", "left_pad", "positions", "right_pad", "sharer_messages", "to_messages"]
 
 class C2CModel(PrefixReuse):
     """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
@@ -112,8 +112,8 @@ class C2CModel(PrefixReuse):
                 self._check_length(answerer, len(r), new_tokens)
             ids, mask, _ = left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
             return Batch(ids, mask, [])
-        briefs = [sharer_messages(p) for p in prompts]
-        aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat, s) for m, s in zip(messages, briefs)]
+        sharer_views = [sharer_messages(p) for p in prompts]
+        aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat, s) for m, s in zip(messages, sharer_views)]
                                               for al in self.aligners]  # fmt: skip
         for r in aligned[0]:
             self._check_length(self.receiver, len(r.receiver_ids), new_tokens)

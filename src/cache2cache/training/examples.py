@@ -10,7 +10,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render, with_brief
+from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
+from ..inference.batching import Briefed, sharer_messages
 from ..inference.pipeline import Batch, C2CModel, right_pad
 from .data import Conversation
 
@@ -68,7 +69,7 @@ def build_examples(
     for conv in tqdm(conversations, desc="tokenise + align", unit="conv", disable=not progress, dynamic_ncols=True):
         if needed is not None and len(out) >= needed:
             break
-        prompt = aligner.align(conv.prompt, sharer_messages=with_brief(conv.prompt, conv.brief) if conv.brief else None)
+        prompt = aligner.align(conv.prompt, sharer_messages=sharer_messages(Briefed(conv.prompt, conv.brief)))
         if len(prompt.receiver_ids) > max_prompt_tokens or len(prompt.sharer_ids) > max_prompt_tokens:
             skipped["prompt too long"] += 1
             continue
