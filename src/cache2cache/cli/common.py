@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..alignment.tokens import STRATEGIES
 from ..fuser.config import PRESETS
-from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, DEFAULT_TRANSLATOR, build
 from ..inference.pipeline import C2CModel
 
 
@@ -49,6 +49,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuser", action="append", default=[], type=Path,
                    help="trained fuser directory; one per --sharer, same order (default: the shipped fuser of "
                         "the default pair)")  # fmt: skip
+    p.add_argument("--translator", action="append", default=[], type=Path,
+                   help="fitted translator directory (`c2c fit`) for the first --sharer: enables mode translated "
+                        "(default: the shipped translator of the default pair)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -69,9 +72,19 @@ def model_names(args) -> tuple[str, list[str], list[Path]]:
     return args.receiver or DEFAULT_RECEIVER, sharers, list(args.fuser)
 
 
+def translator_names(args) -> list[Path]:
+    """The translators asked for; with none, the default pair's shipped one (when the default pair is used)."""
+    if getattr(args, "translator", None):
+        return list(args.translator)
+    receiver, sharers, _ = model_names(args)
+    default = (receiver, sharers[:1]) == (DEFAULT_RECEIVER, [DEFAULT_SHARER])
+    return [DEFAULT_TRANSLATOR] if default and (DEFAULT_TRANSLATOR / "config.json").is_file() else []
+
+
 def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     receiver, sharers, fusers = model_names(args)
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
-                     chat=not args.no_chat, skeleton_sharers=skeleton_sharers, preset=args.preset,
+                     chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
+                     preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

@@ -25,7 +25,8 @@ def register(sub) -> None:
             "The sharer(s) prefill the prompt, each fuser projects its sharer's KV cache into the receiver's\n"
             "cache, and the receiver answers from the fused cache. --mode receiver / sharer run the single-model\n"
             "baselines through the same code, --mode t2t is text-to-text (the sharer writes notes, the receiver\n"
-            "reads them); --compare runs them all side by side.\n\n"
+            "reads them); --compare runs them all side by side. With --brief-file (a document only the sharer\n"
+            "reads), --mode translated answers from the receiver's cache of it written by a translator.\n\n"
             f"Defaults: receiver {DEFAULT_RECEIVER}, sharer {DEFAULT_SHARER} (pulled on first use) and the\n"
             "fuser shipped for them. With another pair and no --fuser an untrained fuser is used, which leaves\n"
             "the receiver's answer unchanged."
@@ -36,7 +37,8 @@ def register(sub) -> None:
             "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt a --prompt b --json\n"
             "  c2c generate --fuser runs/my-fuser --prompt 'Explain GQA' --stream\n"
             "  c2c generate --brief-file report.txt --prompt 'What did it conclude?' --compare\n"
-            "      (only the sharer reads report.txt; C2C's answer can know it only through the fuser)"
+            "      (only the sharer reads report.txt; C2C's answer can know it only through the fuser, the\n"
+            "       translated answer only through the translator's cache of it)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,14 +91,20 @@ def run(args) -> int:
     options = GenerateOptions(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     _, sharers, _ = model_names(args)
-    if args.compare:
-        modes = list(ANSWER_MODES) if sharers else ["receiver"]
+    if args.compare:  # translated only where there is a brief (without one it is the receiver alone)
+        modes = [m for m in ANSWER_MODES if brief or m != "translated"] if sharers else ["receiver"]
     else:
         modes = [args.mode]
+    if args.mode == "translated" and not brief and not args.compare:
+        raise C2CError("--mode translated answers from a translated brief: give --brief-file")
     if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode == "t2t"):
         raise C2CError("--stream takes exactly one prompt, a mode other than t2t, and no --json/--compare")
     console = Console(stderr=True)
     model = build_from_args(args)
+    if "translated" in modes and not model.translators:
+        if not args.compare:
+            raise C2CError("--mode translated needs a --translator (fit one with `c2c fit`)")
+        modes.remove("translated")
     if args.stream:
         for piece in model.stream(asked[0], modes[0], options):
             sys.stdout.write(piece)
@@ -127,6 +135,7 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
     names = {"c2c": f"C2C ({model.receiver.name} <- {', '.join(s.name for s in model.sharers)})",
              "receiver": f"receiver alone ({model.receiver.name})",
              "t2t": "T2T (sharer writes notes, receiver reads them)",
+             "translated": "translated (receiver reads the sharer's translated cache of the brief)",
              "sharer": f"sharer alone ({model.sharers[0].name})" if model.sharers else "sharer"}  # fmt: skip
     for i, prompt in enumerate(prompts):
         table = Table(title=f"prompt {i + 1}: {prompt[:100]}", title_justify="left", show_lines=True)

@@ -21,6 +21,7 @@ COMMANDS = {
     "models": ("models_cmd", "list, pull and inspect the models that can be loaded by name"),
     "generate": ("generate_cmd", "answer prompts with C2C, the receiver, the sharer or text-to-text"),
     "train": ("train_cmd", "train a fuser for a receiver/sharer pair"),
+    "fit": ("fit_cmd", "fit a cache translator: the receiver reads what only the sharer read"),
     "eval": ("eval_cmd", "accuracy of receiver, sharer, T2T and C2C on a task, with paired tests"),
     "bench": ("bench_cmd", "latency (TTFT, phases) and throughput of every mode"),
     "reuse": ("reuse_cmd", "same-base cache reuse: profile, evaluate, generate, fine-tune a partner"),
@@ -52,6 +53,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "  c2c generate --prompt 'What is a KV cache?' # default pair, side by side with --compare\n"
             "  c2c generate --receiver tiny-llama --sharer tiny-qwen2 --prompt hi --json\n"
             "  c2c train configs/tiny.toml                 # train a fuser (resumable; torchrun for several)\n"
+            "  c2c fit                                     # fit a translator for the default pair\n"
             "  c2c eval --task arc_easy --limit 100        # receiver vs sharer vs T2T vs C2C accuracy\n"
             "  c2c bench                                   # TTFT, latency by phase, tokens/s\n"
             "  c2c reuse generate --a tiny-llama --b tiny-llama-ft --plan 0-1 --prompt hi\n"

@@ -3,7 +3,9 @@
 Modes: receiver (alone), sharer (alone), t2t (the sharer writes notes in text, up to a token budget; the
 receiver answers with them in its prompt), c2c (the receiver answers from the fused cache), and the control
 mismatched (C2C with the sharer's cache of another question of the batch: a gain over the receiver that survives
-it is a prior the fuser adds, not communication).
+it is a prior the fuser adds, not communication); for items with a brief (read by the sharer only): translated (the
+receiver answers from the translated cache of the brief), its control translated_mismatched (another question's
+brief, translated) and receiver_brief (the receiver reads the brief itself: the upper bound).
 Outputs, each written atomically (and records.partial.jsonl while it runs, see progress.py): records.jsonl (one
 line per example and mode), summary.json (accuracy with a 95% Wilson interval, latency means, config,
 identities, versions, seed), results.md, accuracy.png, latency.png.
@@ -57,8 +59,8 @@ class EvalConfig:
             raise C2CError(f"unknown scoring method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.limit < 0 or self.batch_size < 1 or self.t2t_tokens < 1 or self.gen_tokens < 1:
             raise C2CError("limit must be >= 0 and batch_size, t2t_tokens, gen_tokens >= 1")
-        if "mismatched" in self.modes and self.batch_size < 2:
-            raise C2CError("mode mismatched fuses another question of the batch: needs batch_size >= 2")
+        if {"mismatched", "translated_mismatched"} & set(self.modes) and self.batch_size < 2:
+            raise C2CError("the mismatched controls use another question of the batch: need batch_size >= 2")
 
 
 def select_items(cfg: EvalConfig) -> list[Item]:
@@ -79,8 +81,10 @@ def _prompt_hash(prompt) -> str:
 
 class Evaluator:
     def __init__(self, model: C2CModel, cfg: EvalConfig) -> None:
-        if any(m != "receiver" for m in cfg.modes) and not model.sharers:
-            raise C2CError("modes sharer, t2t, c2c and mismatched need a sharer")
+        if any(m not in ("receiver", "receiver_brief") for m in cfg.modes) and not model.sharers:
+            raise C2CError("modes sharer, t2t, c2c, translated and the mismatched controls need a sharer")
+        if any(m.startswith("translated") for m in cfg.modes) and not model.translators:
+            raise C2CError("modes translated and translated_mismatched need a translator (--translator)")
         self.model, self.cfg = model, cfg
 
     def score_batch(self, items: list[Item], mode: str) -> list[dict]:
@@ -120,7 +124,7 @@ class Evaluator:
         records = []
         bs = self.cfg.batch_size
         batches = [items[i:i + bs] for i in range(0, len(items), bs)]
-        if "mismatched" in self.cfg.modes and len(batches) > 1 and len(batches[-1]) == 1:
+        if {"mismatched", "translated_mismatched"} & set(self.cfg.modes) and len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [batches[-2] + batches[-1]]  # the control needs another question in every batch
         with tqdm(total=len(batches) * len(self.cfg.modes), desc="eval", unit="batch", dynamic_ncols=True) as bar:
             for mode in self.cfg.modes:

@@ -1,4 +1,4 @@
-"""The four ways to answer, behind one small interface: receiver alone, sharer alone, text-to-text, C2C.
+"""The ways to answer, behind one small interface: receiver alone, sharer alone, text-to-text, C2C, translated.
 
 `c2c generate`, `c2c eval`, `c2c bench`, the agents and the server all ask an `Answerer` (made by `answerer()`)
 and never branch on the mode themselves, so text-to-text lives here and nowhere else.
@@ -18,11 +18,13 @@ import torch
 
 from ..alignment.tokens import Messages
 from ..errors import C2CError
-from .batching import GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
+from .batching import Briefed, GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
 from .pipeline import C2CModel
 
-ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c")
-CONTROL_MODES = ("mismatched",)  # evaluation only: C2C with another question's sharer cache (controls.py)
+ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c", "translated")
+# evaluation only: C2C with another question's sharer cache (controls.py), translation of another question's brief,
+# and the receiver reading the brief itself (the upper bound of what a translated brief can give)
+CONTROL_MODES = ("mismatched", "translated_mismatched", "receiver_brief")
 
 T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
                "will choose the answer.")
@@ -139,14 +141,48 @@ class Mismatched(Answerer):
         return self.model.mismatched_sharers()
 
 
+class TranslatedMismatched(Answerer):
+    """Mode translated where each question gets the translated brief of the next question of its batch: what a
+    translator gives whatever the sharer read (a format or topic prior). Needs batches of two or more."""
+
+    def __init__(self, model: C2CModel) -> None:
+        super().__init__(model, "translated_mismatched")
+        self.answer_mode = "translated"
+
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        if len(questions) < 2:
+            raise C2CError("the translated_mismatched control needs at least two questions in a batch")
+        briefs = [q.prompt.brief if isinstance(q.prompt, Briefed) else "" for q in questions]
+        prompts = [Briefed(q.prompt.prompt if isinstance(q.prompt, Briefed) else q.prompt,
+                           briefs[(i + 1) % len(questions)]) for i, q in enumerate(questions)]  # fmt: skip
+        return prompts, [None] * len(questions), Timings()
+
+
+class ReceiverBrief(Answerer):
+    """The receiver reads the brief itself, placed exactly where the translated cache of it would be."""
+
+    def __init__(self, model: C2CModel) -> None:
+        super().__init__(model, "receiver_brief")
+        self.answer_mode = "receiver"
+
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        return [sharer_messages(q.prompt) for q in questions], [None] * len(questions), Timings()
+
+
 def answerer(model: C2CModel, mode: str, note_tokens: int = 64, exact_notes: bool = False) -> Answerer:
     """The answerer for `mode` (one of ANSWER_MODES, or CONTROL_MODES) over `model`."""
     if mode not in ANSWER_MODES + CONTROL_MODES:
         raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(ANSWER_MODES + CONTROL_MODES)}")
-    if mode != "receiver" and not model.sharers:
+    if mode not in ("receiver", "receiver_brief") and not model.sharers:
         raise C2CError(f"mode {mode!r} needs a sharer")
+    if mode.startswith("translated") and not model.translators:
+        raise C2CError(f"mode {mode!r} needs a translator (--translator; fit one with `c2c fit`)")
     if mode == "t2t":
         return TextToText(model, note_tokens, exact_notes)
     if mode == "mismatched":
         return Mismatched(model)
+    if mode == "translated_mismatched":
+        return TranslatedMismatched(model)
+    if mode == "receiver_brief":
+        return ReceiverBrief(model)
     return Answerer(model, mode)

@@ -16,7 +16,7 @@ import torch
 from ..alignment.tokens import Messages, with_brief
 from ..errors import C2CError
 
-MODES = ("c2c", "receiver", "sharer")  # what C2CModel runs itself; answerers.py adds text-to-text
+MODES = ("c2c", "receiver", "sharer", "translated")  # what C2CModel runs itself; answerers.py adds the rest
 
 
 
@@ -106,6 +106,10 @@ class Batch:
     ids: torch.Tensor  # (B, L) the answering model's prompt
     mask: torch.Tensor  # (B, L)
     sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
+    # mode "translated": per row, the (messages, brief) the sharer reads, or None for a row without a brief; the
+    # first `head` columns (left-padded) are then the translated cache, the rest (left-padded) the receiver reads
+    briefs: list[tuple[Messages, str] | None] = field(default_factory=list)
+    head: int = 0
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

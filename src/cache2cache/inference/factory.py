@@ -14,6 +14,7 @@ from ..fuser.model import Fuser
 from ..kv import ModelGeometry
 from ..models.catalog import ASSETS
 from ..models.loading import LoadedModel, load_model, load_skeleton
+from ..translation.translator import Translator
 from .pipeline import C2CModel
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ DEFAULT_RECEIVER = "SmolLM2-135M-Instruct"
 DEFAULT_SHARER = "Qwen2.5-Coder-1.5B-Instruct"
 # The fuser trained for the default pair (configs/smollm2_qwen15.toml), shipped inside the package.
 DEFAULT_FUSER = ASSETS / "fusers" / "smollm2-135m-from-qwen2.5-coder-1.5b"
+# The translator fitted for the default pair (`c2c fit`, see its config.json for the text), shipped likewise.
+DEFAULT_TRANSLATOR = ASSETS / "translators" / "smollm2-135m-from-qwen2.5-coder-1.5b"
 
 
 def default_device() -> str:
@@ -64,15 +67,18 @@ def build(
     cache_dir: Path | None = None,
     chat: bool = True,
     skeleton_sharers: bool = False,
+    translators: Sequence[str | Path] = (),
     **untrained_kwargs,
 ) -> C2CModel:
     """Load the models and fusers. With no fuser paths an untrained fuser is made per sharer (a warning says so);
     with fuser paths there must be exactly one per sharer, in the same order. `skeleton_sharers` loads the
-    sharers without weights, for a process that receives their caches from elsewhere."""
+    sharers without weights, for a process that receives their caches from elsewhere. `translators` (at most
+    one per sharer, in order) enable mode "translated"."""
     if fusers and len(fusers) != len(sharers):
         raise C2CError(f"give one --fuser per --sharer (got {len(sharers)} sharer(s), {len(fusers)} fuser(s))")
     device = check_device(device or default_device())
     loaded_fusers = [Fuser.from_pretrained(f, device) for f in fusers]  # fail fast, before loading big models
+    loaded_translators = [Translator.from_pretrained(t, device) for t in translators]
     r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
     if skeleton_sharers:  # their caches come from another process: tokenizer and config only
         if not loaded_fusers:
@@ -83,4 +89,6 @@ def build(
     if not loaded_fusers and ss:
         log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
         loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]
-    return C2CModel(r, ss, loaded_fusers, chat=chat)
+    if loaded_translators and skeleton_sharers:
+        loaded_translators = []  # a sharer without weights here reads no brief: nothing to translate
+    return C2CModel(r, ss, loaded_fusers, chat=chat, translators=loaded_translators)

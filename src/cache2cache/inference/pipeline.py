@@ -25,21 +25,25 @@ from ..errors import C2CError
 from ..fuser.model import Fuser, LayerDeltas
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
+from ..translation.reading import check_translator
+from ..translation.translator import Translator
 from .controls import rotate_sharers
 from .batching import (MODES, Batch, Briefed, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings,
                        clock, left_pad, positions, right_pad, sharer_messages, to_messages)
 from .prefix_reuse import PrefixReuse
 from .prefix_reuse import rows as _rows
+from .translated import TranslatedReading
 
 __all__ = ["C2CModel", "MODES", "Batch", "Briefed", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
            "Timings", "left_pad", "positions", "right_pad", "sharer_messages", "to_messages"]
 
-class C2CModel(PrefixReuse):
+class C2CModel(PrefixReuse, TranslatedReading):
     """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
 
     Holds no global state: several instances (say, one per model pair in a server) can live side by side. With
     a `PrefixStore`, prompts that share a prefix with an earlier one (a document, a conversation so far) are
-    prefilled and fused from the stored prefix on (see `prefill`).
+    prefilled and fused from the stored prefix on (see `prefill`). With a translator for the first sharer, mode
+    "translated" answers briefed prompts from the translated cache of the brief (translated.py).
     """
 
     def __init__(
@@ -49,10 +53,17 @@ class C2CModel(PrefixReuse):
         fusers: Sequence[Fuser] = (),
         chat: bool = True,
         store: PrefixStore | None = None,
+        translators: Sequence[Translator] = (),
     ) -> None:
         if len(fusers) != len(sharers):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
+        if len(translators) > len(sharers):
+            raise C2CError(f"at most one translator per sharer: got {len(sharers)} sharer(s), {len(translators)}")
         self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
+        self.translators = list(translators)
+        for sharer, translator in zip(self.sharers, self.translators):
+            check_translator(translator, receiver, sharer)
+            translator.to(receiver.device).eval()
         r_geo = ModelGeometry.from_config(receiver.model.config)
         self.aligners: list[TokenAligner] = []
         for sharer, fuser in zip(self.sharers, self.fusers):
@@ -100,10 +111,12 @@ class C2CModel(PrefixReuse):
         for `new_tokens` in the answering model's context."""
         if mode not in MODES:
             raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        if mode in ("c2c", "sharer") and not self.sharers:
+        if mode in ("c2c", "sharer", "translated") and not self.sharers:
             raise C2CError(f"mode {mode!r} needs at least one sharer")
         if not prompts:
             raise C2CError("no prompts given")
+        if mode == "translated":
+            return self.encode_translated(prompts, new_tokens)
         messages = [(sharer_messages if mode == "sharer" else to_messages)(p) for p in prompts]
         answerer = self.answerer(mode)
         if mode != "c2c":
@@ -150,6 +163,8 @@ class C2CModel(PrefixReuse):
         """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in. With a prefix
         store, every model resumes from the longest cached prefix of its prompt, and fusion from the longest
         fused prefix (fusion is per position, so a prefix's fused keys and values do not change)."""
+        if mode == "translated":
+            return self.prefill_translated(batch)
         answerer = self.answerer(mode)
         fusing = mode == "c2c" and self._fusion_enabled
         timings = Timings()

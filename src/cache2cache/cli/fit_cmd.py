@@ -1,0 +1,104 @@
+"""`c2c fit`: fit a cache translator for a receiver/sharer pair on plain text both models read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..atomic import check_writable_dir
+from ..errors import C2CError
+from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, check_device, default_device
+from ..translation.text import DEFAULT_TEXT, parse_text_spec
+from ..translation.translator import FEATURES
+from .common import positive_int
+
+
+def feature_list(text: str) -> list[str]:
+    feats = [f.strip() for f in text.split(",") if f.strip()]
+    if not feats or any(f not in FEATURES for f in feats):
+        raise argparse.ArgumentTypeError(f"expected a comma list from {', '.join(FEATURES)}, got {text!r}")
+    return feats
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit a cache translator (sharer K/V -> receiver K/V) on plain text",
+        description=(
+            "Fit a translator: per receiver layer, ridge maps from the sharer's keys and values (a window of\n"
+            "sharer layers at the same relative depth) and the receiver's embedding of each token to the\n"
+            "receiver's own keys and values of the same text. Both models read each passage as a brief, in their\n"
+            "own chat templates; only moments are kept (memory does not grow with the text), checkpointed to\n"
+            "--stats, so the same command continues a killed fit. Every tenth passage is held out to choose the\n"
+            "ridge strength and report R² per layer (fit.json, r2.png). With the statistics complete, a rerun\n"
+            "only solves: cheap to try other --key-features / --value-features."
+        ),
+        epilog=(
+            "examples:\n"
+            "  c2c fit                                          # the default pair, sciq + boolq passages\n"
+            "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
+            "  c2c fit --text boolq:500,notes.txt --window 1 --key-features keys,embedding\n"
+            "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
+            "        --modes receiver,translated,translated_mismatched,receiver_brief"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--receiver", default=DEFAULT_RECEIVER, help=f"receiver model (default {DEFAULT_RECEIVER})")
+    p.add_argument("--sharer", default=DEFAULT_SHARER, help=f"sharer model (default {DEFAULT_SHARER})")
+    p.add_argument("--text", default=DEFAULT_TEXT,
+                   help=f"fitting text: comma list of sciq, boolq, sharegpt, .txt/.jsonl files, each with an "
+                        f"optional :N passages (default {DEFAULT_TEXT})")  # fmt: skip
+    p.add_argument("--max-chars", type=positive_int, default=1200, help="cut each passage to this many characters")
+    p.add_argument("--window", type=positive_int, default=3, help="sharer layers per receiver layer (default 3)")
+    p.add_argument("--key-features", type=feature_list, default=list(FEATURES),
+                   help=f"what the key maps read, from {', '.join(FEATURES)} (default all)")
+    p.add_argument("--value-features", type=feature_list, default=list(FEATURES),
+                   help="what the value maps read (default all)")
+    p.add_argument("--out", type=Path, default=None, help="translator folder (default runs/translators/PAIR)")
+    p.add_argument("--stats", type=Path, default=None,
+                   help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
+    p.add_argument("--no-chat", action="store_true", help="read passages as raw text, no chat template")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    p.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models.loading import load_model
+    from ..translation.fit import accumulate, solve, write_report
+    from ..translation.text import passages
+
+    parse_text_spec(args.text)  # a bad source fails before any model loads
+    device = check_device(args.device or default_device())
+    name = f"{Path(args.receiver).name}-from-{Path(args.sharer).name}".lower()
+    out = args.out or Path("runs/translators") / name
+    stats = args.stats or out.with_name(f"{out.name}.stats.safetensors")
+    check_writable_dir(out, "translator folder")
+    if stats.exists() and not stats.is_file():
+        raise C2CError(f"--stats {stats} exists and is not a file")
+    texts = passages(args.text, args.max_chars)
+    with Console(stderr=True).status("loading models..."):
+        receiver = load_model(args.receiver, device=device, cache_dir=args.cache_dir)
+        sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
+    state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
+    translator = solve(state, args.key_features, args.value_features)
+    translator.save_pretrained(out)
+    write_report(translator, out)
+    fit = translator.config.fit
+    report = {"out": str(out), "stats": str(stats), "parameters": translator.num_parameters(),
+              "receiver_parameters": sum(p.numel() for p in receiver.model.parameters()), **fit}  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    r2 = fit["r2"]
+    print(f"translator -> {out}: {report['parameters']:,} parameters "
+          f"({report['parameters'] / report['receiver_parameters']:.1%} of the receiver), {fit['tokens']:,} tokens, "
+          f"{fit['seconds'] / 60:.1f} min of reading", file=sys.stderr)  # fmt: skip
+    print(f"held-out R² (mean over {len(r2)} layers): keys {sum(x[0] for x in r2) / len(r2):.3f}, "
+          f"values {sum(x[1] for x in r2) / len(r2):.3f}; per layer in {out / 'fit.json'}, {out / 'r2.png'}")  # fmt: skip
+    return 0

@@ -1,0 +1,273 @@
+"""Fit a translator in closed form from streaming sufficient statistics.
+
+Both models read the same passages (each as the brief of a prompt, in its own template, exactly as a message is
+read at use time). For every receiver token of a passage we have features (the aligned sharer token's pre-RoPE
+keys and values at the layer window, the receiver's embedding of the token) and targets (the receiver's own
+pre-RoPE keys and values). Per receiver layer only the moments are kept: n, sums, X^T X, X^T Y and the targets'
+squares, separately for fitting passages and held-out passages (every tenth). Memory does not grow with the
+text; the statistics are checkpointed, so a killed fit resumes where it stopped.
+
+`solve` turns the statistics into a `Translator` for any subset of the features (a sub-block of the moments, so
+one pass over the text serves every feature choice): standardised ridge regression per layer and for keys and
+values separately, the ridge strength chosen on the held-out passages, the held-out R² recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from tqdm import tqdm
+
+from ..atomic import write_bytes, write_json
+from ..caches.identity import identity_of
+from ..errors import C2CError
+from ..models.loading import LoadedModel
+from .features import BriefSpan, align_spans
+from .reading import embeddings, prerope_kv
+from .translator import FEATURES, Translator, TranslatorConfig, windows
+
+HELD_OUT_EVERY = 10
+RIDGE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # times the mean feature variance (1 here)
+FIT_QUESTION = "?"  # what follows a brief in a fitting prompt: never read (both models stop at the brief's end)
+
+
+@dataclass
+class Moments:
+    """Sums over tokens for one receiver layer: features x (F) and targets y (keys then values)."""
+
+    n: torch.Tensor
+    sx: torch.Tensor
+    sy: torch.Tensor
+    xx: torch.Tensor
+    xy: torch.Tensor
+    yy: torch.Tensor  # per target dimension
+
+    @classmethod
+    def zeros(cls, f: int, o: int) -> "Moments":
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        return cls(z(1), z(f), z(o), z(f, f), z(f, o), z(o))
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.n += x.shape[0]
+        self.sx += x.sum(0).double()
+        self.sy += y.sum(0).double()
+        self.xx += (x.T @ x).double()
+        self.xy += (x.T @ y).double()
+        self.yy += (y * y).sum(0).double()
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{k}": getattr(self, k) for k in ("n", "sx", "sy", "xx", "xy", "yy")}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> "Moments":
+        return cls(*(t[f"{prefix}.{k}"] for k in ("n", "sx", "sy", "xx", "xy", "yy")))
+
+    def __iadd__(self, other: "Moments") -> "Moments":
+        for k in ("n", "sx", "sy", "xx", "xy", "yy"):
+            getattr(self, k).add_(getattr(other, k))
+        return self
+
+
+@dataclass
+class FitState:
+    """Everything a fit has accumulated: per receiver layer, fitting and held-out moments; passages done."""
+
+    layout: dict  # receiver, sharer, geometries, fingerprints, windows, hidden size: what the moments mean
+    fit: list[Moments]
+    held: list[Moments]
+    done: int = 0
+    tokens: int = 0
+    sources: dict = field(default_factory=dict)  # source -> passages read
+    seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        tensors = {}
+        for i, (a, b) in enumerate(zip(self.fit, self.held)):
+            tensors |= a.tensors(f"fit.{i}") | b.tensors(f"held.{i}")
+        meta = {"layout": self.layout, "done": self.done, "tokens": self.tokens, "sources": self.sources,
+                "seconds": self.seconds}  # fmt: skip
+        write_bytes(path, save_bytes(tensors, metadata={"cache2cache.fit": json.dumps(meta)}))
+
+    @classmethod
+    def load(cls, path: Path) -> "FitState":
+        try:
+            data = path.read_bytes()
+            tensors = load_bytes(data)
+            n = int.from_bytes(data[:8], "little")
+            meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["cache2cache.fit"])
+            layers = len(meta["layout"]["windows"])
+            return cls(meta["layout"], [Moments.from_tensors(tensors, f"fit.{i}") for i in range(layers)],
+                       [Moments.from_tensors(tensors, f"held.{i}") for i in range(layers)], meta["done"],
+                       meta["tokens"], meta["sources"], meta["seconds"])  # fmt: skip
+        except (OSError, SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise C2CError(f"corrupt fitting statistics {path} ({type(e).__name__}: {e}); delete it to start over"
+                           ) from None  # fmt: skip
+
+
+def layout_of(receiver: LoadedModel, sharer: LoadedModel, width: int) -> dict:
+    r, s = identity_of(receiver), identity_of(sharer)
+    return {"receiver": receiver.name, "sharer": sharer.name, "receiver_geometry": r.geometry.to_dict(),
+            "sharer_geometry": s.geometry.to_dict(), "receiver_fingerprint": r.fingerprint,
+            "sharer_fingerprint": s.fingerprint,
+            "windows": windows(r.geometry.num_layers, s.geometry.num_layers, width),
+            "receiver_hidden": receiver.model.config.get_text_config().hidden_size}  # fmt: skip
+
+
+def full_config(layout: dict) -> TranslatorConfig:
+    """The config whose features are all of FEATURES: what the moments are accumulated over."""
+    return TranslatorConfig(**layout, key_features=list(FEATURES), value_features=list(FEATURES))
+
+
+@torch.no_grad()
+def passage_pairs(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:  # fmt: skip
+    """For one passage read as a brief: the aligned sharer keys and values per sharer layer (T, kv), the
+    receiver's embedding of its brief tokens (T, hidden), and per receiver layer the targets (T, 2 kv)."""
+    messages = [{"role": "user", "content": FIT_QUESTION}]
+    r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
+    s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
+    index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
+    r_keys, r_values = prerope_kv(receiver, r_span.ids[:r_span.end])
+    brief = slice(r_span.start, r_span.end)
+    targets = [torch.cat([k[brief], v[brief]], dim=-1).cpu() for k, v in zip(r_keys, r_values)]
+    return ([k[index.to(k.device)].cpu() for k in s_keys], [v[index.to(v.device)].cpu() for v in s_values],
+            embeddings(receiver, r_span.brief_ids).cpu(), targets)  # fmt: skip
+
+
+def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
+               width: int = 3, chat: bool = True, every_s: float = 120.0) -> FitState:  # fmt: skip
+    """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path`, resuming from
+    what it holds (it must describe the same models and window), checkpointing every `every_s` seconds."""
+    layout = layout_of(receiver, sharer, width)
+    cfg = full_config(layout)
+    if state_path.is_file():
+        state = FitState.load(state_path)
+        if state.layout != layout:
+            raise C2CError(f"{state_path} holds statistics for other models or another layer window; "
+                           "use another --stats file or delete it")  # fmt: skip
+    else:
+        dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
+        state = FitState(layout, [Moments.zeros(f, o) for f, o in dims], [Moments.zeros(f, o) for f, o in dims])
+    last_save = time.monotonic()
+    start = time.monotonic()
+    base_seconds = state.seconds
+    todo = texts[state.done:]
+    with tqdm(total=len(texts), initial=state.done, desc="fit", unit="passage", dynamic_ncols=True) as bar:
+        for source, passage in todo:
+            s_keys, s_values, emb, targets = passage_pairs(receiver, sharer, passage, chat)
+            into = state.held if state.done % HELD_OUT_EVERY == 0 else state.fit
+            for r, y in enumerate(targets):
+                x = torch.cat([s_keys[s] for s in cfg.windows[r]] + [s_values[s] for s in cfg.windows[r]] + [emb], 1)
+                into[r].add(x.float(), y.float())
+            state.done += 1
+            state.tokens += len(emb)
+            state.sources[source] = state.sources.get(source, 0) + 1
+            bar.update(1)
+            bar.set_postfix(tokens=state.tokens)
+            if time.monotonic() - last_save > every_s:
+                state.seconds = base_seconds + time.monotonic() - start
+                state.save(state_path)
+                last_save = time.monotonic()
+    state.seconds = base_seconds + time.monotonic() - start
+    state.save(state_path)
+    return state
+
+
+def _indices(cfg: TranslatorConfig, r: int, feats: list[str]) -> torch.Tensor:
+    """Positions of `feats` inside layer r's full feature vector (keys of the window, values, embedding)."""
+    kv = cfg.feature_dim(r, ["keys"])
+    spans = {"keys": (0, kv), "values": (kv, 2 * kv), "embedding": (2 * kv, 2 * kv + cfg.receiver_hidden)}
+    return torch.cat([torch.arange(*spans[f]) for f in FEATURES if f in feats])
+
+
+def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Standardised ridge on features `cols` for targets `outs`: (weight (F, O), bias (O), ridge, held-out R²),
+    the ridge strength chosen on `held`, then refitted on both."""
+    def centred(m: Moments):
+        n = m.n.item()
+        mx, my = m.sx[cols] / n, m.sy[outs] / n
+        cxx = m.xx[cols][:, cols] - n * torch.outer(mx, mx)
+        cxy = m.xy[cols][:, outs] - n * torch.outer(mx, my)
+        return n, mx, my, cxx, cxy
+
+    def solve(m: Moments, lams) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        n, mx, my, cxx, cxy = centred(m)
+        d = (cxx.diagonal() / n).clamp(min=1e-12).sqrt()
+        evals, evecs = torch.linalg.eigh(cxx / n / torch.outer(d, d))
+        proj = evecs.T @ (cxy / n / d[:, None])
+        out = []
+        for lam in lams:
+            w = (evecs @ (proj / (evals.clamp(min=0) + lam)[:, None])) / d[:, None]
+            out.append((w, my - mx @ w))
+        return out
+
+    def sse(m: Moments, w: torch.Tensor, b: torch.Tensor) -> float:
+        sx, sy, n = m.sx[cols], m.sy[outs], m.n.item()
+        pred_sq = (w * (m.xx[cols][:, cols] @ w)).sum() + 2 * b @ (w.T @ sx) + n * (b @ b)
+        cross = (w * m.xy[cols][:, outs]).sum() + b @ sy
+        return float(m.yy[outs].sum() - 2 * cross + pred_sq)
+
+    if held.n.item() > 0:
+        errors = [sse(held, w, b) for w, b in solve(fit, RIDGE_GRID)]
+        best = min(range(len(RIDGE_GRID)), key=errors.__getitem__)
+        total = float(held.yy[outs].sum() - (held.sy[outs] ** 2).sum() / held.n.item())
+        r2 = 1 - errors[best] / max(total, 1e-12)
+    else:
+        best, r2 = RIDGE_GRID.index(1e-2), float("nan")
+    both = Moments(*(a + b for a, b in zip(
+        (fit.n, fit.sx, fit.sy, fit.xx, fit.xy, fit.yy), (held.n, held.sx, held.sy, held.xx, held.xy, held.yy))))  # fmt: skip
+    w, b = solve(both, [RIDGE_GRID[best]])[0]
+    return w, b, RIDGE_GRID[best], r2
+
+
+def solve(state: FitState, key_features: list[str] | None = None, value_features: list[str] | None = None,
+          progress: bool = True) -> Translator:  # fmt: skip
+    """A translator from accumulated moments, reading `key_features` for keys and `value_features` for values
+    (default: all of FEATURES)."""
+    full = full_config(state.layout)
+    if state.fit[0].n.item() < 1:
+        raise C2CError("the fitting statistics hold no tokens yet")
+    cfg = TranslatorConfig(**state.layout, key_features=list(key_features or FEATURES),
+                           value_features=list(value_features or FEATURES))  # fmt: skip
+    translator = Translator(cfg)
+    ridge, r2 = [], []
+    layers = list(enumerate(cfg.receiver_geo.layers))
+    for r, g in tqdm(layers, desc="solve", unit="layer", disable=not progress, dynamic_ncols=True):
+        per = []
+        for maps, feats, outs in ((translator.keys, cfg.key_features, slice(0, g.kv_dim)),
+                                  (translator.values, cfg.value_features, slice(g.kv_dim, 2 * g.kv_dim))):  # fmt: skip
+            w, b, lam, score = _ridge(state.fit[r], state.held[r], _indices(full, r, feats), outs)
+            maps[r].weight.copy_(w.T.float())
+            maps[r].bias.copy_(b.float())
+            per.append((lam, score))
+        ridge.append([per[0][0], per[1][0]])
+        r2.append([per[0][1], per[1][1]])
+    cfg.fit = {"sources": sorted(state.sources), "passages": dict(state.sources), "tokens": state.tokens,
+               "held_out_every": HELD_OUT_EVERY, "ridge": ridge, "r2": r2, "seconds": round(state.seconds, 1)}  # fmt: skip
+    return translator
+
+
+def write_report(translator: Translator, out_dir: Path) -> None:
+    """fit.json (ridge and held-out R² per layer) and r2.png next to a saved translator."""
+    from ..evaluation.plots import plt
+
+    fit = translator.config.fit
+    write_json(out_dir / "fit.json", fit)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    layers = range(len(fit["r2"]))
+    ax.plot(layers, [x[0] for x in fit["r2"]], marker="o", label="keys (pre-RoPE)")
+    ax.plot(layers, [x[1] for x in fit["r2"]], marker="s", label="values")
+    ax.set_xlabel("receiver layer")
+    ax.set_ylabel("held-out R²")
+    ax.set_ylim(min(0.0, min(min(x) for x in fit["r2"])), 1.0)
+    ax.set_title(f"{translator.config.receiver} <- {translator.config.sharer}: {fit['tokens']:,} tokens")
+    ax.legend()
+    fig.savefig(out_dir / "r2.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""Receiver-blind reading: the sharer reads a brief, the receiver gets the translated cache of it.
+
+`translate_brief` is the whole message path: the sharer reads its own rendering of the prompt up to the end of
+the brief (never the question after it), the translator writes the receiver's keys and values of the brief's
+tokens, and the receiver contributes only its own template tokens before the brief. The result is a
+`PromptCache` of the receiver, like one it computed itself, so it extends with a question (`cache.extend`), saves,
+travels and stacks into batches like any other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..alignment.tokens import Messages
+from ..caches.identity import identity_of
+from ..caches.prompt_cache import PromptCache
+from ..errors import C2CError
+from ..kv import new_cache
+from ..models.loading import LoadedModel
+from .features import BriefSpan, align_spans, rotary, rotate, unrotate
+from .translator import Translator
+
+
+@torch.no_grad()
+def prerope_kv(model: LoadedModel, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run `model` over `ids` (batch 1, positions 0..T-1); per layer its pre-RoPE keys and its values, each
+    (T, kv_heads * head_dim) float32."""
+    if model.is_skeleton:
+        raise C2CError(f"{model.name} has no weights in this process: it cannot read the brief here")
+    cache = new_cache(model.model.config, keep_full_history=True)
+    x = torch.tensor([ids], device=model.device)
+    model.model.model(input_ids=x, position_ids=torch.arange(len(ids), device=model.device)[None],
+                      past_key_values=cache, use_cache=True)  # fmt: skip
+    pos = torch.arange(len(ids), device=model.device)
+    keys, values = [], []
+    for i, layer in enumerate(cache.layers):
+        cos, sin = rotary(model, i, pos)
+        k = unrotate(layer.keys[0].float(), cos, sin)  # (H, T, D)
+        keys.append(k.transpose(0, 1).reshape(len(ids), -1))
+        values.append(layer.values[0].float().transpose(0, 1).reshape(len(ids), -1))
+    return keys, values
+
+
+def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """(T, hidden) float32: the receiver's own input embedding of token ids (what travels instead of its states)."""
+    with torch.no_grad():
+        return model.model.get_input_embeddings()(torch.tensor(ids, device=model.device)).float()
+
+
+def check_translator(translator: Translator, receiver: LoadedModel, sharer: LoadedModel) -> None:
+    r, s = identity_of(receiver), identity_of(sharer)
+    translator.check_pair(receiver.name, r.geometry, sharer.name, s.geometry, r.fingerprint, s.fingerprint)
+
+
+@torch.no_grad()
+def translate_brief(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, messages: Messages,
+                    brief: str, chat: bool = True) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
+    """The receiver's cache of `messages` with `brief` placed before the last user message, up to the brief's
+    end: its own keys and values for the template tokens before the brief, translated ones for the brief. Also
+    returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief)."""
+    r_span = BriefSpan.of(receiver, messages, brief, chat)
+    s_span = BriefSpan.of(sharer, messages, brief, chat)
+    s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
+    index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)], device=sharer.device)
+    s_keys = [k[index].to(receiver.device) for k in s_keys]
+    s_values = [v[index].to(receiver.device) for v in s_values]
+    emb = embeddings(receiver, r_span.brief_ids) if translator.uses_embedding else None
+    maps = translator(s_keys, s_values, emb)
+    prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])
+    pos = torch.arange(r_span.start, r_span.end, device=receiver.device)
+    keys, values = [], []
+    for i, (k_pre, v) in enumerate(maps):
+        cos, sin = rotary(receiver, i, pos)
+        keys.append(torch.cat([prefix.keys[i], rotate(k_pre, cos, sin).to(prefix.keys[i].dtype)], dim=1))
+        values.append(torch.cat([prefix.values[i], v.to(prefix.values[i].dtype)], dim=1))
+    cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat,
+                        {"translated_from": sharer.name, "brief_tokens": [r_span.start, r_span.end]})  # fmt: skip
+    return cache, r_span

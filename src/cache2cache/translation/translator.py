@@ -1,0 +1,244 @@
+"""Translator: a fitted map from a sharer's keys and values to the receiver's own, for text only the sharer read.
+
+A fuser *adds* to a cache the receiver computed itself; a translator *writes* the receiver's cache of text the
+receiver never read. For every receiver layer it is an affine map (fitted in closed form, fit.py) from features of
+the aligned sharer token to the receiver's pre-RoPE keys and its values of that token:
+
+    features   the sharer's pre-RoPE keys and/or values at a window of sharer layers of about the same relative
+               depth, and optionally the receiver's own input embedding of the token (its identity: which token
+               is there, which the sharer's deep states describe only loosely)
+    keys       rotated at the receiver's positions after the map
+
+Saved like a fuser (PEFT-style): a directory with config.json (both models' names, fingerprints and KV geometry,
+the features, the fitting text and the held-out R² per layer) and model.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import __version__, hub
+from ..atomic import replace_dir
+from ..errors import C2CError
+from ..kv import ModelGeometry
+
+WEIGHTS = "model.safetensors"
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "translators"
+FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, sharer values, receiver embedding
+
+
+def shipped_translators() -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file()) if SHIPPED.is_dir() else []
+
+
+def windows(n_receiver: int, n_sharer: int, width: int) -> list[list[int]]:
+    """Per receiver layer, the `width` sharer layers nearest its relative depth (clamped at both ends)."""
+    out = []
+    for r in range(n_receiver):
+        centre = round(r * (n_sharer - 1) / max(1, n_receiver - 1))
+        lo = min(max(centre - (width - 1) // 2, 0), max(0, n_sharer - width))
+        out.append(list(range(lo, min(lo + width, n_sharer))))
+    return out
+
+
+@dataclass
+class TranslatorConfig:
+    receiver: str
+    sharer: str
+    receiver_geometry: dict
+    sharer_geometry: dict
+    windows: list  # per receiver layer: the sharer layers its map reads
+    key_features: list = field(default_factory=lambda: list(FEATURES))
+    value_features: list = field(default_factory=lambda: list(FEATURES))
+    receiver_hidden: int = 0  # the receiver's embedding width (0 when no map reads the embedding)
+    receiver_fingerprint: str = ""
+    sharer_fingerprint: str = ""
+    fit: dict = field(default_factory=dict)  # fitting text, tokens, ridge per layer, held-out R² per layer
+    c2c_version: str = __version__
+
+    def __post_init__(self) -> None:
+        try:
+            recv = ModelGeometry.from_dict(self.receiver_geometry)
+            shar = ModelGeometry.from_dict(self.sharer_geometry)
+        except (KeyError, TypeError, ValueError) as e:
+            raise C2CError(f"translator config: not a model geometry ({type(e).__name__}: {e})") from None
+        if not isinstance(self.windows, list) or len(self.windows) != recv.num_layers:
+            raise C2CError(f"translator config: windows needs one entry per receiver layer ({recv.num_layers})")
+        for w in self.windows:
+            if not isinstance(w, list) or not w or any(type(s) is not int or not 0 <= s < shar.num_layers for s in w):
+                raise C2CError(f"translator config: a window must list sharer layers 0-{shar.num_layers - 1}, got {w!r}")
+        for name in ("key_features", "value_features"):
+            feats = getattr(self, name)
+            if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
+                raise C2CError(f"translator config: {name} must be a non-empty list from {FEATURES}, got {feats!r}")
+        uses_embedding = "embedding" in self.key_features + self.value_features
+        if uses_embedding and (type(self.receiver_hidden) is not int or self.receiver_hidden < 1):
+            raise C2CError("translator config: receiver_hidden must be the receiver's embedding width")
+
+    @property
+    def receiver_geo(self) -> ModelGeometry:
+        return ModelGeometry.from_dict(self.receiver_geometry)
+
+    @property
+    def sharer_geo(self) -> ModelGeometry:
+        return ModelGeometry.from_dict(self.sharer_geometry)
+
+    def feature_dim(self, r: int, feats: list[str]) -> int:
+        shar = self.sharer_geo
+        dim = sum(shar.layers[s].kv_dim for s in self.windows[r]) * sum(f in feats for f in ("keys", "values"))
+        return dim + (self.receiver_hidden if "embedding" in feats else 0)
+
+    def save(self, directory: Path) -> None:
+        (directory / "config.json").write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "TranslatorConfig":
+        path = directory / "config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise C2CError(f"not a translator directory (no config.json): {directory}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise C2CError(f"corrupt translator config {path}: {e}") from None
+        if not isinstance(raw, dict) or raw.get("kind", "translator") != "translator" or "windows" not in raw:
+            raise C2CError(f"{directory} is not a translator (a fuser? use --fuser for fusers)")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as e:
+            raise C2CError(f"corrupt translator config {path}: {e}") from None
+
+
+def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch.Tensor],
+                    sharer_values: list[torch.Tensor], embedding: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """(T, F): the chosen features of T tokens, in a fixed order (keys of the window, values, embedding)."""
+    parts = []
+    if "keys" in feats:
+        parts += [sharer_keys[s] for s in window]
+    if "values" in feats:
+        parts += [sharer_values[s] for s in window]
+    if "embedding" in feats:
+        if embedding is None:
+            raise C2CError("this translator reads the receiver's embedding of the token ids: pass them")
+        parts.append(embedding)
+    return torch.cat([p.float() for p in parts], dim=-1)
+
+
+class Translator(nn.Module):
+    """Per receiver layer, an affine map for keys (`k{r}`) and one for values (`v{r}`)."""
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.source: str | None = None
+        recv = config.receiver_geo
+        self.keys = nn.ModuleList(nn.Linear(config.feature_dim(r, config.key_features), g.kv_dim)
+                                  for r, g in enumerate(recv.layers))  # fmt: skip
+        self.values = nn.ModuleList(nn.Linear(config.feature_dim(r, config.value_features), g.kv_dim)
+                                    for r, g in enumerate(recv.layers))  # fmt: skip
+        self.requires_grad_(False)
+
+    @property
+    def uses_embedding(self) -> bool:
+        return "embedding" in self.config.key_features + self.config.value_features
+
+    def check_pair(self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str,
+                   sharer_geometry: ModelGeometry, receiver_fingerprint: str | None = None,
+                   sharer_fingerprint: str | None = None) -> None:  # fmt: skip
+        """Raise C2CError unless this translator was fitted for exactly this receiver and sharer."""
+        cfg = self.config
+        if (cfg.receiver, cfg.sharer) != (receiver_name, sharer_name):
+            raise C2CError(f"this translator was fitted for receiver {cfg.receiver} <- sharer {cfg.sharer}, not "
+                           f"{receiver_name} <- {sharer_name}")  # fmt: skip
+        if cfg.receiver_geo != receiver_geometry or cfg.sharer_geo != sharer_geometry:
+            raise C2CError(f"this translator's KV shapes do not match {receiver_name} <- {sharer_name}")
+        for role, recorded, actual in (("receiver", cfg.receiver_fingerprint, receiver_fingerprint),
+                                       ("sharer", cfg.sharer_fingerprint, sharer_fingerprint)):  # fmt: skip
+            if recorded and actual and recorded != actual:
+                raise C2CError(f"this translator was fitted with another checkpoint of its {role} "
+                               f"{getattr(cfg, role)} (fingerprint {recorded}, this one is {actual})")  # fmt: skip
+
+    @torch.no_grad()
+    def forward(self, sharer_keys: list[torch.Tensor], sharer_values: list[torch.Tensor],
+                embedding: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """Per receiver layer, (pre-RoPE keys, values), each (kv_heads, T, head_dim) float32, from per sharer
+        layer (T, kv_dim) pre-RoPE keys and values of the aligned tokens and their (T, hidden) receiver embedding."""
+        out = []
+        for r, g in enumerate(self.config.receiver_geo.layers):
+            w = self.config.windows[r]
+            k = self.keys[r](gather_features(self.config.key_features, w, sharer_keys, sharer_values, embedding))
+            v = self.values[r](gather_features(self.config.value_features, w, sharer_keys, sharer_values, embedding))
+            shape = (-1, g.kv_heads, g.head_dim)
+            out.append((k.view(shape).transpose(0, 1), v.view(shape).transpose(0, 1)))
+        return out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- save / load ------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """config.json + model.safetensors (+ README.md), written to a temp folder renamed into place."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+        try:
+            self.config.save(tmp)
+            tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "translator"})
+            (tmp / "README.md").write_text(self.model_card())
+            replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        revision: str | None = None) -> "Translator":  # fmt: skip
+        """A translator folder, a shipped one by name (`shipped_translators()`), or a Hub repo id."""
+        name = str(directory)
+        if not Path(directory).is_dir() and "/" not in name and (SHIPPED / name).is_dir():
+            directory = SHIPPED / name
+        if not Path(directory).is_dir() and hub.looks_like_repo_id(name):
+            directory = hub.download(name, revision)
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise C2CError(f"translator directory not found: {directory}")
+        translator = cls(TranslatorConfig.load(directory))
+        try:
+            state = load_file(directory / WEIGHTS)
+        except FileNotFoundError:
+            raise C2CError(f"translator weights missing: {directory / WEIGHTS}") from None
+        except (SafetensorError, OSError) as e:
+            raise C2CError(f"corrupt translator weights {directory / WEIGHTS}: {e}") from None
+        want = translator.state_dict()
+        if set(state) != set(want) or any(state[k].shape != want[k].shape for k in want):
+            raise C2CError(f"translator weights in {directory} do not match its config")
+        translator.load_state_dict({k: v.float() for k, v in state.items()})
+        translator.source = str(directory)
+        return translator.to(device).eval()
+
+    def model_card(self) -> str:
+        cfg, fit = self.config, self.config.fit
+        r2 = fit.get("r2") or []
+        mean = lambda i: sum(x[i] for x in r2) / len(r2) if r2 else float("nan")  # noqa: E731
+        return (
+            f"# cache2cache translator: {cfg.receiver} <- {cfg.sharer}\n\n"
+            f"Writes {cfg.receiver}'s keys and values of text only {cfg.sharer} read (closed-form ridge maps).\n\n"
+            f"- parameters: {self.num_parameters():,}\n"
+            f"- features: keys <- {', '.join(cfg.key_features)}; values <- {', '.join(cfg.value_features)}\n"
+            f"- sharer layers per receiver layer: {len(cfg.windows[0])}\n"
+            f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: {', '.join(fit.get('sources', []))}\n"
+            f"- held-out R², mean over layers: keys {mean(0):.3f}, values {mean(1):.3f}\n"
+            f"- written by cache2cache {cfg.c2c_version}\n\n"
+            "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
+        )

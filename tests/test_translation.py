@@ -1,0 +1,228 @@
+"""Cache translators: RoPE undone and redone exactly, briefs found in every template, moments that resume exactly,
+a model translated into itself reproduces its own cache, and mode translated / its control / the upper bound run
+through the pipeline, the answerers and evaluation."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cache2cache import C2CModel
+from cache2cache.alignment.tokens import encode, render, with_brief
+from cache2cache.caches.prompt_cache import PromptCache
+from cache2cache.errors import C2CError
+from cache2cache.evaluation.runner import EvalConfig, Evaluator
+from cache2cache.evaluation.tasks import load_jsonl_task
+from cache2cache.inference.answerers import answerer
+from cache2cache.inference.batching import Briefed, GenerateOptions
+from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
+from cache2cache.translation.fit import FitState, accumulate, solve
+from cache2cache.translation.reading import prerope_kv, translate_brief
+from cache2cache.translation.text import parse_text_spec, passages
+from cache2cache.translation.translator import Translator, windows
+
+from .conftest import make_fuser, tiny
+
+TEXTS = [("t", f"Passage {i}: the {w} fox near gate {i * 7} reads a cache of keys and values, then rests.")
+         for i, w in enumerate(["quick", "slow", "red", "grey", "small", "large", "old", "young"] * 4)]  # fmt: skip
+QUESTION = [{"role": "user", "content": "Question: Which gate?\nAnswer:"}]
+
+
+@pytest.fixture(scope="module")
+def self_translator(tmp_path_factory) -> Translator:
+    """tiny-llama translated into itself (one layer window): must reproduce its own cache."""
+    m = tiny("tiny-llama")
+    state = accumulate(m, m, TEXTS, tmp_path_factory.mktemp("fit") / "s.safetensors", width=1)
+    return solve(state, ["keys", "values"], ["keys", "values"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def cross_translator(tmp_path_factory) -> Translator:
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    return solve(accumulate(r, s, TEXTS, tmp_path_factory.mktemp("fit") / "s.safetensors"), progress=False)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+def test_prerope_keys_rotate_back_to_the_cache_keys(name):
+    m = tiny(name)
+    ids = encode(m.tokenizer, "the quick brown fox jumps over the lazy dog " * 3)[0]
+    keys, _ = prerope_kv(m, ids)
+    ref = PromptCache.empty(m).extend(m, ids)
+    pos = torch.arange(len(ids))
+    for i, k in enumerate(keys):
+        h, _, d = ref.keys[i].shape
+        pre = k.view(len(ids), h, d).transpose(0, 1)
+        cos, sin = rotary(m, i, pos)
+        torch.testing.assert_close(rotate(pre, cos, sin), ref.keys[i].float(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(unrotate(rotate(pre, cos, sin), cos, sin), pre, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+def test_brief_span_covers_the_brief_in_each_template_and_matches_the_receiver_reading_it(name):
+    m = tiny(name)
+    brief = "Gate 42 is green; café 東京."
+    span = BriefSpan.of(m, QUESTION, brief)
+    full = encode(m.tokenizer, render(m.tokenizer, with_brief(QUESTION, brief)))[0]
+    assert span.ids == full  # the same tokens the receiver reads when it reads the brief itself
+    assert m.tokenizer.decode(span.brief_ids).strip().startswith("Gate") and "42" in m.tokenizer.decode(span.brief_ids)
+    assert span.spans[0][0] == 0 and span.spans[-1][1] == len(brief)
+    with pytest.raises(C2CError, match="empty"):
+        BriefSpan.of(m, QUESTION, "  ")
+
+
+def test_align_spans_picks_the_token_covering_the_last_character():
+    assert align_spans([(0, 3), (3, 5), (5, 9)], [(0, 2), (2, 6), (6, 9)]) == [1, 1, 2]
+
+
+def test_windows_stay_in_range_and_follow_depth():
+    w = windows(30, 28, 3)
+    assert w[0] == [0, 1, 2] and w[-1] == [25, 26, 27] and all(len(x) == 3 for x in w)
+    assert windows(4, 2, 3) == [[0, 1]] * 4
+
+
+def test_translating_a_model_into_itself_reproduces_its_cache(self_translator):
+    m = tiny("tiny-llama")
+    r2 = self_translator.config.fit["r2"]
+    assert min(min(x) for x in r2) > 0.999
+    brief = TEXTS[3][1]
+    cache, span = translate_brief(self_translator, m, m, QUESTION, brief)
+    own = PromptCache.empty(m).extend(m, span.ids[:span.end])
+    assert cache.token_ids == own.token_ids and cache.identity == own.identity
+    for a, b in zip(cache.keys + cache.values, own.keys + own.values):
+        assert (a - b).abs().max() < 0.05 * b.abs().max()
+
+
+def test_a_resumed_fit_equals_one_pass(tmp_path):
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    one = accumulate(r, s, TEXTS[:12], tmp_path / "one.safetensors")
+    accumulate(r, s, TEXTS[:5], tmp_path / "two.safetensors")
+    two = accumulate(r, s, TEXTS[:12], tmp_path / "two.safetensors")  # continues at passage 5
+    assert two.done == one.done == 12 and two.tokens == one.tokens
+    for a, b in zip(one.fit + one.held, two.fit + two.held):
+        torch.testing.assert_close(a.xx, b.xx)
+        torch.testing.assert_close(a.xy, b.xy)
+    assert FitState.load(tmp_path / "two.safetensors").sources == {"t": 12}
+    with pytest.raises(C2CError, match="other models or another layer window"):
+        accumulate(r, s, TEXTS[:12], tmp_path / "two.safetensors", width=1)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(C2CError, match="corrupt fitting statistics"):
+        accumulate(r, s, TEXTS[:2], tmp_path / "bad.safetensors")
+
+
+def test_feature_subsets_solve_from_the_same_moments(cross_translator, tmp_path):
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    state = accumulate(r, s, TEXTS, tmp_path / "s.safetensors")
+    small = solve(state, ["keys"], ["values"], progress=False)
+    assert small.num_parameters() < cross_translator.num_parameters()
+    assert small.keys[0].in_features == sum(s_geo.kv_dim for s_geo in [small.config.sharer_geo.layers[j]
+                                                                      for j in small.config.windows[0]])  # fmt: skip
+    fit = cross_translator.config.fit
+    assert fit["tokens"] == state.tokens and len(fit["r2"]) == len(fit["ridge"]) == 4  # tiny-llama's layers
+
+
+def test_save_load_round_trip_and_refusals(cross_translator, tmp_path):
+    path = cross_translator.save_pretrained(tmp_path / "tr")
+    loaded = Translator.from_pretrained(path)
+    for a, b in zip(cross_translator.state_dict().values(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    C2CModel(r, [s], [make_fuser(r, s)], translators=[loaded])  # the right pair: accepted
+    with pytest.raises(C2CError, match="fitted for"):
+        C2CModel(r, [tiny("tiny-gemma3")], [make_fuser(r, tiny("tiny-gemma3"))], translators=[loaded])
+    make_fuser(r, s).save_pretrained(tmp_path / "fuser")
+    with pytest.raises(C2CError, match="not a translator"):
+        Translator.from_pretrained(tmp_path / "fuser")
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(C2CError, match="corrupt translator weights"):
+        Translator.from_pretrained(path)
+    with pytest.raises(C2CError, match="not found"):
+        Translator.from_pretrained(tmp_path / "missing")
+
+
+def test_translated_mode_batches_like_single_rows_and_self_translation_matches_reading(self_translator):
+    m = tiny("tiny-llama")
+    model = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_translator])
+    qs = [Briefed("Which gate?", TEXTS[1][1]), Briefed("What rests, and where does it rest?", TEXTS[2][1]),
+          Briefed("Hi", TEXTS[9][1]), "No brief at all"]  # fmt: skip
+    opts = [[" gate", " fox"]] * len(qs)
+    batch = answerer(model, "translated").logprobs(qs, opts).values
+    alone = [answerer(model, "translated").logprobs([q], opts[:1]).values[0] for q in qs]
+    upper = answerer(model, "receiver_brief").logprobs(qs, opts).values
+    receiver = answerer(model, "receiver").logprobs(qs[3:], opts[:1]).values
+    for a, b, c in zip(batch, alone, upper):
+        assert a == pytest.approx(b, abs=1e-3) and a == pytest.approx(c, abs=0.05)
+    assert batch[3] == pytest.approx(receiver[0], abs=1e-3)  # no brief: the receiver alone
+    control = answerer(model, "translated_mismatched").logprobs(qs[:3], opts[:3]).values
+    assert control[0] == pytest.approx(answerer(model, "translated").logprobs(
+        [Briefed("Which gate?", TEXTS[2][1])], opts[:1]).values[0], abs=1e-3)  # fmt: skip
+    texts = answerer(model, "translated").generate(qs, GenerateOptions(6)).results
+    ref = answerer(model, "receiver_brief").generate(qs, GenerateOptions(6)).results
+    assert [t.text for t in texts] == [t.text for t in ref]
+
+
+def test_translated_modes_need_a_translator_and_a_batch_for_the_control(self_translator):
+    m = tiny("tiny-llama")
+    bare = C2CModel(m, [m], [make_fuser(m, m)])
+    with pytest.raises(C2CError, match="translator"):
+        answerer(bare, "translated")
+    model = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_translator])
+    with pytest.raises(C2CError, match="two questions"):
+        answerer(model, "translated_mismatched").logprobs([Briefed("q", "b b b")], [[" a"]])
+    with pytest.raises(C2CError, match="batch_size"):
+        EvalConfig("t", "all", ["translated_mismatched"], batch_size=1)
+
+
+def test_eval_runs_the_translated_modes_on_a_jsonl_task_with_briefs(cross_translator, tmp_path):
+    rows = [{"question": f"Which gate is number {i}?", "choices": [str(i * 7), str(i * 7 + 1)], "answer": 0,
+             "brief": TEXTS[i][1]} for i in range(5)]  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    model = C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator])
+    modes = ["receiver", "translated", "translated_mismatched", "receiver_brief"]
+    cfg = EvalConfig(f"jsonl:{path}", "all", modes, method="cloze", batch_size=2)
+    records = Evaluator(model, cfg).run(load_jsonl_task(path))
+    assert sorted({x["mode"] for x in records}) == sorted(modes) and len(records) == 20
+
+
+def test_text_sources_are_checked_and_never_evaluation_data(tmp_path):
+    with pytest.raises(C2CError, match="held-out evaluation data"):
+        parse_text_spec("squad_passages.txt")
+    with pytest.raises(C2CError, match="unknown text source"):
+        parse_text_spec("nope")
+    with pytest.raises(C2CError, match="passage count"):
+        parse_text_spec("sciq:x")
+    f = tmp_path / "notes.txt"
+    f.write_text("First passage, long enough to be read as one passage.\n\nSecond passage, also long enough to be kept here.")
+    j = tmp_path / "notes.jsonl"
+    j.write_text('{"text": "A JSON passage that is long enough to be kept by the reader."}\n')
+    got = passages(f"{f},{j}")
+    assert [src for src, _ in got] == [str(f), str(j), str(f)]
+    j.write_text("not json\n")
+    with pytest.raises(C2CError, match="JSON object"):
+        passages(str(j))
+
+
+def test_cli_fit_then_generate_translated(tmp_path):
+    out = tmp_path / "tr"
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    cmd = [sys.executable, "-m", "cache2cache.cli.main"]
+    run = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts),
+                                "--out", str(out), "--json"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["parameters"] > 0 and (out / "r2.png").is_file() and (out / "fit.json").is_file()
+    brief = tmp_path / "brief.txt"
+    brief.write_text(TEXTS[0][1])
+    run = subprocess.run(cmd + ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator",
+                                str(out), "--brief-file", str(brief), "--prompt", "Which gate?", "--mode",
+                                "translated", "--max-new-tokens", "4", "--json"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["outputs"][0]["mode"] == "translated"
+    bad = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", "mmlu"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "held-out" in bad.stderr and "Traceback" not in bad.stderr
