@@ -226,3 +226,26 @@ def test_cli_fit_then_generate_translated(tmp_path):
     bad = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", "mmlu"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "held-out" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_note_to_an_answerer_with_a_translator_is_translated_once_and_follow_ups_reuse_it(cross_translator):
+    from cache2cache.agents import Team
+
+    team = Team(translators=[cross_translator])
+    answerer = team.agent("answerer", tiny("tiny-llama"))
+    reader = team.agent("reader", tiny("tiny-qwen2"))
+    note = reader.read(TEXTS[4][1])
+    opts = GenerateOptions(max_new_tokens=4)
+    first = team.answer(answerer, ["Which gate?"], [note], opts)
+    assert first[0].via == {"reader": "translated"}
+    computed = team.store.stats.computed_tokens
+    hits = team.store.stats.hits
+    again = team.answer(answerer, ["Which gate?"], [note], opts)
+    assert again[0].text == first[0].text
+    assert team.store.stats.hits == hits + 1  # the translated document came from the store
+    assert team.store.stats.computed_tokens == computed  # the sharer did not read it again
+    direct = C2CModel(answerer.model, [reader.model], [], translators=[cross_translator])
+    ref = direct.generate([Briefed("Which gate?", TEXTS[4][1])], "translated", opts)
+    assert ref.results[0].text == first[0].text
+    with pytest.raises(C2CError, match="needs a fuser"):
+        direct.generate(["hi"], "c2c", opts)

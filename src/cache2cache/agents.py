@@ -10,8 +10,12 @@ A message is the sender's `PromptCache` of the conversation it read. The receivi
 conversation: its prompt is the sender's messages followed by the question, and it answers from its own cache
 with the sender's fused in (Cache-to-Cache). Every cache goes through the team's prefix store, so the document
 is prefilled once per model and each question costs only its own tokens (and fusion reuses the document's fused
-positions). Where the team has no fuser for a (receiver, sender) pair, the message falls back to text: the sender
-writes what it would have said (`CacheMessage.render`) and the receiver reads that, with a warning.
+positions). Where the team has a translator for a (receiver, sender) pair (`c2c fit`) and that sender's note is
+the only message, the note's document is *translated*: the receiver answers from its own cache of the document,
+written by the translator from the sender's reading, and never reads the document itself; the translated cache
+is stored, so every follow-up question costs only the receiver's reading of the question. Where the team has
+neither, the message falls back to text: the sender writes what it would have said (`CacheMessage.render`) and
+the receiver reads that, with a warning.
 
 Roles (system prompts) apply when an agent reads or answers on its own; in C2C the receiver reads the sender's
 conversation, system prompt included, because that is what the sender's cache holds.
@@ -28,9 +32,10 @@ from .caches.prompt_cache import PromptCache
 from .caches.store import PrefixStore
 from .errors import C2CError
 from .fuser.model import Fuser
-from .inference.batching import GenerateOptions, GenerationResult, Prompt, to_messages
+from .inference.batching import Briefed, GenerateOptions, GenerationResult, Prompt, to_messages
 from .inference.pipeline import C2CModel
 from .models.loading import LoadedModel
+from .translation.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +93,18 @@ class Agent:
 @dataclass
 class Reply:
     text: str
-    via: dict[str, str]  # sender -> "cache" or "text"
+    via: dict[str, str]  # sender -> "cache", "translated" or "text"
     result: GenerationResult
 
 
 class Team:
     """Agents and the fusers between their models; one prefix store shared by all of them."""
 
-    def __init__(self, fusers: Sequence[Fuser] = (), store: PrefixStore | None = None) -> None:
+    def __init__(self, fusers: Sequence[Fuser] = (), store: PrefixStore | None = None,
+                 translators: Sequence[Translator] = ()) -> None:  # fmt: skip
         self.store = store if store is not None else PrefixStore()
         self.fusers = {(f.config.receiver, f.config.sharer): f for f in fusers}
+        self.translators = {(t.config.receiver, t.config.sharer): t for t in translators}
         self.agents: dict[str, Agent] = {}
         self._models: dict[tuple[str, ...], C2CModel] = {}  # one per (receiver, senders): fuser hashes once
 
@@ -129,6 +136,9 @@ class Team:
         """Prefill (and fuse) the messages' conversations for `receiver` now, so that the first question about
         them is as cheap as the next ones."""
         plan = self._plan(receiver, ["(primed)"], messages)
+        if plan.mode == "translated":  # translating the document stores its translated cache
+            plan.model.prefill(plan.model.encode(plan.prompts, plan.mode), plan.mode)
+            return
         context = plan.prompts[0][:-1]
         if context:
             plan.model.prefill(plan.model.encode([context], plan.mode), plan.mode)
@@ -142,6 +152,11 @@ class Team:
             raise C2CError(f"messages from agents not in this team: {unknown}")
         for m in messages:
             self.store.put(m.cache)
+        if len(messages) == 1:
+            sender = self.agents[messages[0].sender]
+            translator = self.translators.get((receiver.model.name, sender.model.name))
+            if translator is not None:
+                return self._translated_plan(receiver, sender, translator, questions, messages[0])
         fused, as_text = [], []
         for m in messages:
             sender = self.agents[m.sender]
@@ -162,11 +177,24 @@ class Team:
         return _Plan(self._models[key], prompts, "c2c" if senders else "receiver", via)
 
 
+    def _translated_plan(self, receiver: Agent, sender: Agent, translator: Translator, questions: Sequence[str],
+                         message: CacheMessage) -> "_Plan":  # fmt: skip
+        users = [m["content"] for m in message.context if m["role"] == "user"]
+        if not users:
+            raise C2CError(f"{message.sender}'s message holds no user text to translate")
+        key = (receiver.name, "translated", sender.name)
+        if key not in self._models:
+            self._models[key] = C2CModel(receiver.model, [sender.model], [], store=self.store,
+                                         translators=[translator])  # fmt: skip
+        prompts = [Briefed(receiver._messages(q), users[-1]) for q in questions]
+        return _Plan(self._models[key], prompts, "translated", {message.sender: "translated"})
+
+
 @dataclass
 class _Plan:
     """How a team answers: the model (receiver and the fused senders), the prompts, the mode, each sender's path."""
 
     model: C2CModel
-    prompts: list[Messages]
+    prompts: list[Messages | Briefed]
     mode: str
     via: dict[str, str]

@@ -45,12 +45,13 @@ class PrefixStore:
         self._lock = threading.Lock()
         self.stats = StoreStats()
 
-    def put(self, cache: PromptCache) -> None:
+    def put(self, cache: PromptCache, space: str = "") -> None:
         """Keep `cache` (replacing an identical one); evict the least recently used entries beyond the budget. A
-        cache larger than the whole budget is not kept."""
+        cache larger than the whole budget is not kept. `space` keeps caches that are not the model's own
+        reading of their tokens (a translated brief) apart from those that are."""
         if cache.nbytes > self.max_bytes:
             return
-        key = (cache.identity.fingerprint, token_hash(cache.token_ids))
+        key = (cache.identity.fingerprint + space, token_hash(cache.token_ids))
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -63,13 +64,13 @@ class PrefixStore:
                 self.stats.evictions += 1
             self.stats.entries = len(self._entries)
 
-    def longest_prefix(self, fingerprint: str, ids: list[int]) -> PromptCache | None:
-        """The stored cache of this model sharing the most leading tokens with `ids`, cut to the shared part
-        (None below `min_prefix` tokens). Marks the entry as recently used."""
+    def longest_prefix(self, fingerprint: str, ids: list[int], space: str = "") -> PromptCache | None:
+        """The stored cache of this model (in `space`) sharing the most leading tokens with `ids`, cut to the
+        shared part (None below `min_prefix` tokens). Marks the entry as recently used."""
         best, best_n, best_key = None, 0, None
         with self._lock:
             for key, c in self._entries.items():
-                if key[0] != fingerprint:
+                if key[0] != fingerprint + space:
                     continue
                 n = common_prefix(c.token_ids, ids)
                 if n > best_n:
@@ -79,6 +80,18 @@ class PrefixStore:
         if best is None or best_n < self.min_prefix:
             return None
         return best.truncate(best_n)
+
+    def get(self, fingerprint: str, ids: list[int], space: str = "") -> PromptCache | None:
+        """The stored cache of exactly `ids` (in `space`), counted as a hit or a miss."""
+        with self._lock:
+            cache = self._entries.get((fingerprint + space, token_hash(ids)))
+            if cache is not None and cache.token_ids == ids:
+                self._entries.move_to_end((fingerprint + space, token_hash(ids)))
+                self.stats.hits += 1
+                self.stats.reused_tokens += len(ids)
+                return cache
+            self.stats.misses += 1
+            return None
 
     def prefill(self, model: LoadedModel, ids: list[int], messages: Messages | None = None, chat: bool = True,
                 hidden: bool = False) -> PromptCache:  # fmt: skip

@@ -14,6 +14,7 @@ the project (ARC, OpenBookQA, MMLU, GSM8K).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from typing import Callable
 
@@ -43,9 +44,62 @@ def boolq_brief_item(r: Record, i: int) -> Item:
                 int(str(r["answer"]).lower() == "true"), brief=r["passage"])  # fmt: skip
 
 
+# Passage cloze: a sentence of the passage with one span blanked; the options are the gold span and three other
+# spans *of the same kind from the same passage*, so knowing what the passage is about does not help: only reading
+# what it says does. Kinds, tried in this order: years, other numbers, capitalised names, long words.
+_KINDS = {
+    "year": r"\b(?:1[5-9]\d\d|20\d\d)\b",
+    "number": r"\b\d+(?:[.,]\d+)*\b",
+    "name": r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*\b",
+    "word": r"\b[a-z]{9,}\b",
+}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if len(s.strip()) > 30]
+
+
+def passage_cloze_item(passage: str, i: int, prefix: str) -> Item:
+    """One fill-in-the-blank question about `passage` (deterministic in `i`); ValueError if none can be made."""
+    rng = random.Random(i)
+    sentences = _sentences(passage)
+    for kind, pattern in _KINDS.items():
+        spans = list(dict.fromkeys(m.group(0) for m in re.finditer(pattern, passage)))
+        if kind == "name":  # a capitalised word that opens a sentence is not a name
+            starts = {s.split()[0] for s in sentences if s.split()}
+            spans = [x for x in spans if x not in starts and len(x) > 2]
+        if len(spans) < 4:
+            continue
+        targets = [(s, x) for s in sentences for x in spans if len(re.findall(rf"\b{re.escape(x)}\b", s)) == 1]
+        rng.shuffle(targets)
+        for sentence, gold in targets:
+            others = [x for x in spans if x != gold and not re.search(rf"\b{re.escape(x)}\b", sentence)
+                      and gold not in x and x not in gold]  # fmt: skip
+            if len(others) < 3:
+                continue
+            choices = [gold] + rng.sample(others, 3)
+            rng.shuffle(choices)
+            blank = re.sub(rf"\b{re.escape(gold)}\b", "___", sentence, count=1)
+            return Item(f"{prefix}/{i}", f"Fill in the blank: {blank}", choices, choices.index(gold), subject=kind,
+                        brief=passage)  # fmt: skip
+    raise ValueError("no sentence with a blank of a kind the passage has four of")
+
+
+def boolq_cloze_item(r: Record, i: int) -> Item:
+    return passage_cloze_item(r["passage"], i, "passage_cloze")
+
+
+def sciq_cloze_item(r: Record, i: int) -> Item:
+    if not str(r.get("support") or "").strip():
+        raise ValueError("no support paragraph")
+    return passage_cloze_item(r["support"], i, "sciq_cloze")
+
+
 PROBES: dict[str, tuple[str, Callable[[Record, int], Item]]] = {
     "sciq_brief": ("sciq/none/validation", sciq_brief_item),
     "boolq_brief": ("boolq/none/validation", boolq_brief_item),
+    "passage_cloze": ("boolq/none/validation", boolq_cloze_item),
+    "sciq_cloze": ("sciq/none/validation", sciq_cloze_item),
 }
 
 
@@ -73,3 +127,8 @@ register(Task("sciq_brief", "mc", ("heldout",), _loader("sciq_brief"),
               "probe: SciQ, the support paragraph read by the sharer only"))  # fmt: skip
 register(Task("boolq_brief", "mc", ("heldout",), _loader("boolq_brief"),
               "probe: BoolQ, the passage read by the sharer only"))  # fmt: skip
+register(Task("passage_cloze", "mc", ("heldout",), _loader("passage_cloze"),
+              "probe: a BoolQ (Wikipedia) passage read by the sharer only; fill a blanked name/number/date "
+              "from 4 spans of the same passage"))  # fmt: skip
+register(Task("sciq_cloze", "mc", ("heldout",), _loader("sciq_cloze"),
+              "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))  # fmt: skip

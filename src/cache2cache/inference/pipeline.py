@@ -55,7 +55,7 @@ class C2CModel(PrefixReuse, TranslatedReading):
         store: PrefixStore | None = None,
         translators: Sequence[Translator] = (),
     ) -> None:
-        if len(fusers) != len(sharers):
+        if len(fusers) != len(sharers) and not (translators and not fusers):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
         if len(translators) > len(sharers):
             raise C2CError(f"at most one translator per sharer: got {len(sharers)} sharer(s), {len(translators)}")
@@ -113,6 +113,8 @@ class C2CModel(PrefixReuse, TranslatedReading):
             raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if mode in ("c2c", "sharer", "translated") and not self.sharers:
             raise C2CError(f"mode {mode!r} needs at least one sharer")
+        if mode == "c2c" and len(self.fusers) != len(self.sharers):
+            raise C2CError("mode 'c2c' needs a fuser per sharer (this model has translators only)")
         if not prompts:
             raise C2CError("no prompts given")
         if mode == "translated":

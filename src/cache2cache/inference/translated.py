@@ -2,7 +2,8 @@
 
 Per row, the first sharer reads the prompt's brief (never the question after it) and its translator writes the
 receiver's cache of everything up to the brief's end (translation/reading.py); the receiver reads the rest of
-its prompt itself. A batch is two left-padded blocks: [translated head | tail the receiver reads]. Positions
+its prompt itself. With a prefix store, a translated head is kept (apart from the receiver's own caches) and
+reused by every later question about the same brief. A batch is two left-padded blocks: [translated head | tail the receiver reads]. Positions
 come from the attention mask, so the padding between the blocks is invisible to the model.
 """
 
@@ -14,6 +15,7 @@ import torch
 from transformers import Cache
 
 from ..alignment.tokens import encode, render
+from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache, stack_caches
 from ..errors import C2CError
 from ..kv import new_cache
@@ -54,6 +56,19 @@ class TranslatedReading:
         return Batch(torch.cat([head_ids.to(device), tail_ids], 1), torch.cat([head_mask.to(device), tail_mask], 1),
                      [], briefs, width)  # fmt: skip
 
+    def _translated(self, row: tuple, ids: list[int]) -> PromptCache:
+        """A row's translated head: from the prefix store when this exact head was translated before (a
+        follow-up question about the same brief costs only the receiver's reading of the question)."""
+        space = f"+translated:{self.translators[0].config.sharer_fingerprint}:{id(self.translators[0])}"
+        if self.store is not None:
+            hit = self.store.get(identity_of(self.receiver).fingerprint, ids, space)
+            if hit is not None:
+                return hit
+        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], *row, chat=self.chat)[0]
+        if self.store is not None:
+            self.store.put(cache, space)
+        return cache
+
     @torch.no_grad()
     def prefill_translated(self, batch: Batch) -> tuple[Cache, Timings]:
         """Translate each row's brief (timed as the sharer's prefill), then let the receiver read the tails but
@@ -61,9 +76,10 @@ class TranslatedReading:
         receiver, sharer, translator = self.receiver, self.sharers[0], self.translators[0]
         timings = Timings()
         t0 = clock(receiver.device)
-        caches = [translate_brief(translator, receiver, sharer, *row, chat=self.chat)[0] if row is not None
-                  else PromptCache.empty(receiver) for row in batch.briefs]  # fmt: skip
         head_len = [int(m.sum()) for m in batch.mask[:, :batch.head]]
+        heads = [batch.ids[b, batch.head - n:batch.head].tolist() for b, n in enumerate(head_len)]
+        caches = [self._translated(row, ids) if row is not None else PromptCache.empty(receiver)
+                  for row, ids in zip(batch.briefs, heads)]  # fmt: skip
         if [len(c) for c in caches] != head_len:
             raise C2CError("the translated cache does not cover the brief's tokens (tokenizer not deterministic?)")
         cache = stack_caches(caches, receiver)[0] if batch.head else new_cache(receiver.model.config)

@@ -31,7 +31,7 @@ from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .features import BriefSpan, align_spans
 from .reading import embeddings, prerope_kv
-from .translator import FEATURES, Translator, TranslatorConfig, windows
+from .translator import FEATURES, Translator, TranslatorConfig, gather_features, windows
 
 HELD_OUT_EVERY = 10
 RIDGE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # times the mean feature variance (1 here)
@@ -125,20 +125,36 @@ def full_config(layout: dict) -> TranslatorConfig:
     return TranslatorConfig(**layout, key_features=list(FEATURES), value_features=list(FEATURES))
 
 
+@dataclass
+class PassagePair:
+    """One passage read as a brief by both models: the aligned sharer keys and values per sharer layer (T, kv),
+    the receiver's embedding of its T brief tokens, and the receiver's own pre-RoPE keys and values per layer
+    over its whole prompt up to the brief's end (start + T positions: its template tokens, then the brief)."""
+
+    s_keys: list[torch.Tensor]
+    s_values: list[torch.Tensor]
+    embedding: torch.Tensor
+    r_keys: list[torch.Tensor]
+    r_values: list[torch.Tensor]
+    start: int
+    r_queries: list[torch.Tensor] | None = None  # per layer (start + T, heads * head_dim), pre-RoPE
+
+    def targets(self, r: int) -> torch.Tensor:
+        return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)
+
+
 @torch.no_grad()
-def passage_pairs(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:  # fmt: skip
-    """For one passage read as a brief: the aligned sharer keys and values per sharer layer (T, kv), the
-    receiver's embedding of its brief tokens (T, hidden), and per receiver layer the targets (T, 2 kv)."""
+def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True,
+                 queries: bool = False) -> PassagePair:  # fmt: skip
     messages = [{"role": "user", "content": FIT_QUESTION}]
     r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
     s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
     index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
-    r_keys, r_values = prerope_kv(receiver, r_span.ids[:r_span.end])
-    brief = slice(r_span.start, r_span.end)
-    targets = [torch.cat([k[brief], v[brief]], dim=-1).cpu() for k, v in zip(r_keys, r_values)]
-    return ([k[index.to(k.device)].cpu() for k in s_keys], [v[index.to(v.device)].cpu() for v in s_values],
-            embeddings(receiver, r_span.brief_ids).cpu(), targets)  # fmt: skip
+    r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
+    return PassagePair([k[index.to(k.device)].cpu() for k in s_keys], [v[index.to(v.device)].cpu() for v in s_values],
+                       embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
+                       [v.cpu() for v in r_out[1]], r_span.start,
+                       [q.cpu() for q in r_out[2]] if queries else None)  # fmt: skip
 
 
 def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
@@ -161,13 +177,13 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
     todo = texts[state.done:]
     with tqdm(total=len(texts), initial=state.done, desc="fit", unit="passage", dynamic_ncols=True) as bar:
         for source, passage in todo:
-            s_keys, s_values, emb, targets = passage_pairs(receiver, sharer, passage, chat)
+            pair = passage_pair(receiver, sharer, passage, chat)
             into = state.held if state.done % HELD_OUT_EVERY == 0 else state.fit
-            for r, y in enumerate(targets):
-                x = torch.cat([s_keys[s] for s in cfg.windows[r]] + [s_values[s] for s in cfg.windows[r]] + [emb], 1)
-                into[r].add(x.float(), y.float())
+            for r in range(len(cfg.windows)):
+                x = gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding)
+                into[r].add(x, pair.targets(r))
             state.done += 1
-            state.tokens += len(emb)
+            state.tokens += len(pair.embedding)
             state.sources[source] = state.sources.get(source, 0) + 1
             bar.update(1)
             bar.set_postfix(tokens=state.tokens)

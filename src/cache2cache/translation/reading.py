@@ -22,23 +22,39 @@ from .translator import Translator
 
 
 @torch.no_grad()
-def prerope_kv(model: LoadedModel, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False) -> tuple[list[torch.Tensor], ...]:
     """Run `model` over `ids` (batch 1, positions 0..T-1); per layer its pre-RoPE keys and its values, each
-    (T, kv_heads * head_dim) float32."""
+    (T, kv_heads * head_dim) float32, and with `queries` also its pre-RoPE queries (T, heads * head_dim)."""
     if model.is_skeleton:
         raise C2CError(f"{model.name} has no weights in this process: it cannot read the brief here")
     cache = new_cache(model.model.config, keep_full_history=True)
     x = torch.tensor([ids], device=model.device)
-    model.model.model(input_ids=x, position_ids=torch.arange(len(ids), device=model.device)[None],
-                      past_key_values=cache, use_cache=True)  # fmt: skip
+    hooks, captured = [], {}
+    if queries:
+        from ..reuse.compat import decoder_layers
+
+        for i, layer in enumerate(decoder_layers(model.model)):
+            hooks.append(layer.self_attn.q_proj.register_forward_hook(
+                lambda mod, args, out, i=i: captured.__setitem__(i, out[0].detach())))  # fmt: skip
+    try:
+        model.model.model(input_ids=x, position_ids=torch.arange(len(ids), device=model.device)[None],
+                          past_key_values=cache, use_cache=True)  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
     pos = torch.arange(len(ids), device=model.device)
-    keys, values = [], []
+    keys, values, qs = [], [], []
     for i, layer in enumerate(cache.layers):
         cos, sin = rotary(model, i, pos)
         k = unrotate(layer.keys[0].float(), cos, sin)  # (H, T, D)
         keys.append(k.transpose(0, 1).reshape(len(ids), -1))
         values.append(layer.values[0].float().transpose(0, 1).reshape(len(ids), -1))
-    return keys, values
+        if queries:
+            attn = decoder_layers(model.model)[i].self_attn
+            q = captured[i].view(len(ids), -1, k.shape[-1])
+            q = attn.q_norm(q) if hasattr(attn, "q_norm") else q
+            qs.append(q.float().reshape(len(ids), -1))
+    return (keys, values, qs) if queries else (keys, values)
 
 
 def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:

@@ -1,0 +1,154 @@
+"""Refine a translator's key maps against the receiver's own attention, without a backward pass through a model.
+
+Ridge keys are the best linear guess of each key, but what the receiver does with keys is a softmax over
+`query · key`: a small error in the wrong direction sends a query to the wrong token, and shrinkage (every ridge
+prediction is pulled toward the mean) flattens where it should be sharp. So, per receiver layer, the key map is
+trained (from its ridge solution) to make the receiver's own queries attend over [its template tokens, the
+translated brief] as they attend over [its template tokens, its own keys of the brief]: the KL divergence between
+the two attention distributions, every head and every brief query, on passages both models read. The receiver's
+queries, its template keys and the targets are recorded once; training touches only the maps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from tqdm import tqdm
+
+from ..atomic import write_bytes
+
+from ..models.loading import LoadedModel
+from ..reuse.compat import decoder_layers
+from .features import rotary, rotate
+from .fit import PassagePair, passage_pair
+from .translator import Translator, gather_features
+
+
+@dataclass
+class LayerAttention:
+    """What one receiver layer needs to score translated keys: its heads and their scaling, RoPE tables."""
+
+    kv_heads: int
+    heads: int
+    head_dim: int
+    scaling: float
+
+
+def record(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], chat: bool = True
+           ) -> list[PassagePair]:  # fmt: skip
+    """Both models read each passage; the receiver's queries are kept (16-bit features to bound memory)."""
+    out = []
+    for _, passage in tqdm(texts, desc="record", unit="passage", dynamic_ncols=True):
+        p = passage_pair(receiver, sharer, passage, chat, queries=True)
+        p.s_keys = [k.half() for k in p.s_keys]
+        p.s_values = [v.half() for v in p.s_values]
+        out.append(p)
+    return out
+
+
+def save_pairs(pairs: list[PassagePair], path: Path) -> None:
+    """Recorded passages as one safetensors file (never pickled)."""
+    tensors, meta = {}, []
+    for j, p in enumerate(pairs):
+        for name in ("s_keys", "s_values", "r_keys", "r_values", "r_queries"):
+            for i, t in enumerate(getattr(p, name) or []):
+                tensors[f"{j}.{name}.{i}"] = t.contiguous()
+        tensors[f"{j}.embedding"] = p.embedding.contiguous()
+        meta.append({"start": p.start, "layers": {n: len(getattr(p, n) or []) for n in
+                                                  ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})  # fmt: skip
+    write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
+
+
+def load_pairs(path: Path) -> list[PassagePair]:
+    data = path.read_bytes()
+    tensors = load_bytes(data)
+    n = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["pairs"])
+    get = lambda j, name, k: [tensors[f"{j}.{name}.{i}"] for i in range(k)]  # noqa: E731
+    return [PassagePair(get(j, "s_keys", m["layers"]["s_keys"]), get(j, "s_values", m["layers"]["s_values"]),
+                        tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
+                        get(j, "r_values", m["layers"]["r_values"]), m["start"],
+                        get(j, "r_queries", m["layers"]["r_queries"]) or None) for j, m in enumerate(meta)]  # fmt: skip
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, start: int, scaling: float, kv_heads: int) -> torch.Tensor:
+    """Log attention weights (kv_heads, group, Tq, Tk) of brief queries q (heads, Tq, D) over keys (kv, Tk, D):
+    query t sits at position start + t and sees keys up to there."""
+    h, tq, d = q.shape
+    logits = torch.einsum("kgtd,ksd->kgts", q.view(kv_heads, h // kv_heads, tq, d), k) * scaling
+    tk = k.shape[1]
+    causal = torch.arange(tk)[None, :] <= (start + torch.arange(tq))[:, None]
+    return logits.masked_fill(~causal, float("-inf")).log_softmax(-1)
+
+
+def layer_kl(translator: Translator, r: int, pair: PassagePair, info: LayerAttention, receiver: LoadedModel,
+             weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean KL(own attention || attention over the translated brief) of layer r's brief queries on one passage."""
+    cfg = translator.config
+    n = pair.start + len(pair.embedding)
+    pos = torch.arange(n)
+    cos, sin = rotary(receiver, r, pos)
+    d = info.head_dim
+    own = rotate(pair.r_keys[r].view(n, info.kv_heads, d).transpose(0, 1), cos, sin)  # (kv, n, D)
+    x = gather_features(cfg.key_features, cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding.float())
+    lin = translator.keys[r]
+    pred = x @ (lin.weight if weight is None else weight).T + (lin.bias if bias is None else bias)
+    pred = rotate(pred.view(-1, info.kv_heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])
+    mixed = torch.cat([own[:, :pair.start], pred], dim=1)
+    q = rotate(pair.r_queries[r][pair.start:].view(-1, info.heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])
+    log_own = _attention(q, own, pair.start, info.scaling, info.kv_heads)
+    log_new = _attention(q, mixed, pair.start, info.scaling, info.kv_heads)
+    p = log_own.exp()
+    return (p * (log_own - log_new).nan_to_num(0.0, 0.0, 0.0)).sum(-1).mean()
+
+
+def layer_info(receiver: LoadedModel, r: int) -> LayerAttention:
+    attn = decoder_layers(receiver.model)[r].self_attn
+    cfg = receiver.model.config.get_text_config()
+    head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return LayerAttention(cfg.num_key_value_heads, cfg.num_attention_heads, head_dim, float(attn.scaling))
+
+
+def refine_keys(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
+                steps: int = 200, lr: float = 1e-3, batch: int = 8, seed: int = 0) -> list[tuple[float, float]]:  # fmt: skip
+    """Train every layer's key map on `train` (KL of attention, Adam from the ridge solution), keep the step with
+    the lowest KL on `held` (checked every 25 steps); returns per layer (held-out KL before, after)."""
+    rng = random.Random(seed)
+    report = []
+    for r in tqdm(range(len(translator.keys)), desc="refine keys", unit="layer", dynamic_ncols=True):
+        info = layer_info(receiver, r)
+        lin = translator.keys[r]
+        w = lin.weight.detach().clone().requires_grad_(True)
+        b = lin.bias.detach().clone().requires_grad_(True)
+        scale = w.detach().abs().mean().item() or 1.0
+        opt = torch.optim.Adam([w, b], lr=lr * scale)
+
+        def held_kl() -> float:
+            with torch.no_grad():
+                return sum(layer_kl(translator, r, p, info, receiver, w, b).item() for p in held) / max(1, len(held))
+
+        before = best = held_kl()
+        best_wb = (w.detach().clone(), b.detach().clone())
+        for step in range(1, steps + 1):
+            with torch.enable_grad():
+                loss = sum(layer_kl(translator, r, p, info, receiver, w, b) for p in rng.sample(train, min(batch, len(train))))
+                opt.zero_grad()
+                (loss / batch).backward()
+            opt.step()
+            if step % 25 == 0 or step == steps:
+                now = held_kl()
+                if now < best:
+                    best, best_wb = now, (w.detach().clone(), b.detach().clone())
+        with torch.no_grad():
+            lin.weight.copy_(best_wb[0])
+            lin.bias.copy_(best_wb[1])
+        report.append((before, best))
+    translator.config.fit["refined_keys"] = {"kl_held_out": report, "steps": steps, "lr": lr,
+                                             "passages": len(train), "held_out": len(held)}  # fmt: skip
+    return report
