@@ -32,7 +32,7 @@ from .batching import (MODES, Batch, Briefed, GenerateOptions, GenerationOutput,
                        clock, left_pad, positions, right_pad, sharer_messages, to_messages)
 from .prefix_reuse import PrefixReuse
 from .prefix_reuse import rows as _rows
-from .translated import TranslatedReading
+from .translated import TRANSLATED_HEADS_BYTES, TranslatedReading
 
 __all__ = ["C2CModel", "MODES", "Batch", "Briefed", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
            "Timings", "left_pad", "positions", "right_pad", "sharer_messages", "to_messages"]
@@ -61,6 +61,7 @@ class C2CModel(PrefixReuse, TranslatedReading):
             raise C2CError(f"at most one translator per sharer: got {len(sharers)} sharer(s), {len(translators)}")
         self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
         self.translators = list(translators)
+        self.translated_heads = PrefixStore(TRANSLATED_HEADS_BYTES)
         for sharer, translator in zip(self.sharers, self.translators):
             check_translator(translator, receiver, sharer)
             translator.to(receiver.device).eval()

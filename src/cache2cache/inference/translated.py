@@ -2,8 +2,9 @@
 
 Per row, the first sharer reads the prompt's brief (never the question after it) and its translator writes the
 receiver's cache of everything up to the brief's end (translation/reading.py); the receiver reads the rest of
-its prompt itself. With a prefix store, a translated head is kept (apart from the receiver's own caches) and
-reused by every later question about the same brief. A batch is two left-padded blocks: [translated head | tail the receiver reads]. Positions
+its prompt itself. Translated heads are kept in the prefix store (apart from the receiver's own caches; a
+private bounded store when the model has none) and reused by every later question about the same brief.
+A batch is two left-padded blocks: [translated head | tail the receiver reads]. Positions
 come from the attention mask, so the padding between the blocks is invisible to the model.
 """
 
@@ -17,15 +18,20 @@ from transformers import Cache
 from ..alignment.tokens import encode, render
 from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache, stack_caches
+from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..kv import new_cache
 from ..translation.features import BriefSpan
 from ..translation.reading import translate_brief
 from .batching import Batch, Briefed, Prompt, Timings, clock, left_pad, positions, to_messages
 
+TRANSLATED_HEADS_BYTES = 1 << 30  # translated briefs kept when the model has no prefix store
+
 
 class TranslatedReading:
-    """Mixed into C2CModel (which provides receiver, sharers, translators, chat, _check_length)."""
+    """Mixed into C2CModel (which provides receiver, sharers, translators, chat, store, _check_length)."""
+
+    translated_heads: PrefixStore  # where translated briefs are kept when there is no prefix store
 
     def encode_translated(self, prompts: Sequence[Prompt], new_tokens: int) -> Batch:
         if not self.translators:
@@ -57,16 +63,17 @@ class TranslatedReading:
                      [], briefs, width)  # fmt: skip
 
     def _translated(self, row: tuple, ids: list[int]) -> PromptCache:
-        """A row's translated head: from the prefix store when this exact head was translated before (a
-        follow-up question about the same brief costs only the receiver's reading of the question)."""
+        """A row's translated head: from the store when this exact head was translated before (a follow-up
+        question about the same brief, or the control's other question, costs only the receiver's reading of
+        the question). The store is the model's prefix store, else a private bounded one."""
+        store = self.store if self.store is not None else self.translated_heads
         space = f"+translated:{self.translators[0].config.sharer_fingerprint}:{id(self.translators[0])}"
-        if self.store is not None:
-            hit = self.store.get(identity_of(self.receiver).fingerprint, ids, space)
-            if hit is not None:
-                return hit
-        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], *row, chat=self.chat)[0]
-        if self.store is not None:
-            self.store.put(cache, space)
+        hit = store.get(identity_of(self.receiver).fingerprint, ids, space)
+        if hit is not None:
+            return hit
+        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], *row, chat=self.chat,
+                                store=self.store)[0]  # fmt: skip
+        store.put(cache, space)
         return cache
 
     @torch.no_grad()

@@ -14,6 +14,8 @@ import torch
 from ..alignment.tokens import Messages
 from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache
+from ..caches.store import PrefixStore
+from ..reuse.compat import decoder_layers
 from ..errors import C2CError
 from ..kv import new_cache
 from ..models.loading import LoadedModel
@@ -31,8 +33,6 @@ def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False) -> tup
     x = torch.tensor([ids], device=model.device)
     hooks, captured = [], {}
     if queries:
-        from ..reuse.compat import decoder_layers
-
         for i, layer in enumerate(decoder_layers(model.model)):
             hooks.append(layer.self_attn.q_proj.register_forward_hook(
                 lambda mod, args, out, i=i: captured.__setitem__(i, out[0].detach())))  # fmt: skip
@@ -42,19 +42,35 @@ def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False) -> tup
     finally:
         for h in hooks:
             h.remove()
-    pos = torch.arange(len(ids), device=model.device)
-    keys, values, qs = [], [], []
-    for i, layer in enumerate(cache.layers):
-        cos, sin = rotary(model, i, pos)
-        k = unrotate(layer.keys[0].float(), cos, sin)  # (H, T, D)
-        keys.append(k.transpose(0, 1).reshape(len(ids), -1))
-        values.append(layer.values[0].float().transpose(0, 1).reshape(len(ids), -1))
-        if queries:
-            attn = decoder_layers(model.model)[i].self_attn
-            q = captured[i].view(len(ids), -1, k.shape[-1])
-            q = attn.q_norm(q) if hasattr(attn, "q_norm") else q
-            qs.append(q.float().reshape(len(ids), -1))
+    keys, values = prerope_of(model, [layer.keys[0] for layer in cache.layers],
+                              [layer.values[0] for layer in cache.layers])  # fmt: skip
+    qs = []
+    for i in range(len(keys) if queries else 0):
+        attn = decoder_layers(model.model)[i].self_attn
+        q = captured[i].view(len(ids), -1, model_head_dim(model, i))
+        q = attn.q_norm(q) if hasattr(attn, "q_norm") else q
+        qs.append(q.float().reshape(len(ids), -1))
     return (keys, values, qs) if queries else (keys, values)
+
+
+def prerope_of(model: LoadedModel, keys: list[torch.Tensor], values: list[torch.Tensor]
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """Per layer (kv_heads, T, head_dim) cache keys (positions 0..T-1) and values -> (T, kv) pre-RoPE keys and
+    values, float32."""
+    n = keys[0].shape[-2]
+    pos = torch.arange(n, device=keys[0].device)
+    out_k, out_v = [], []
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cos, sin = rotary(model, i, pos)
+        out_k.append(unrotate(k.float(), cos, sin).transpose(0, 1).reshape(n, -1))
+        out_v.append(v.float().transpose(0, 1).reshape(n, -1))
+    return out_k, out_v
+
+
+def model_head_dim(model: LoadedModel, layer: int) -> int:
+    from ..kv import ModelGeometry
+
+    return ModelGeometry.from_config(model.model.config).layers[layer].head_dim
 
 
 def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
@@ -70,13 +86,20 @@ def check_translator(translator: Translator, receiver: LoadedModel, sharer: Load
 
 @torch.no_grad()
 def translate_brief(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, messages: Messages,
-                    brief: str, chat: bool = True) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
+                    brief: str, chat: bool = True, store: PrefixStore | None = None
+                    ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
     """The receiver's cache of `messages` with `brief` placed before the last user message, up to the brief's
     end: its own keys and values for the template tokens before the brief, translated ones for the brief. Also
-    returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief)."""
+    returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief). With a
+    `store`, the sharer's reading comes from it (and goes into it): another translator of the same brief, or
+    the same brief in another prompt, does not make the sharer read it again."""
     r_span = BriefSpan.of(receiver, messages, brief, chat)
     s_span = BriefSpan.of(sharer, messages, brief, chat)
-    s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
+    if store is not None:
+        read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
+        s_keys, s_values = prerope_of(sharer, read.keys, read.values)
+    else:
+        s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
     index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)], device=sharer.device)
     s_keys = [k[index].to(receiver.device) for k in s_keys]
     s_values = [v[index].to(receiver.device) for v in s_values]
