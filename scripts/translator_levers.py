@@ -5,7 +5,8 @@ evaluated on the receiver-blind probes with its control, the sharer reading ever
         --variant all=keys,values,embedding:keys,values,embedding --variant noemb=keys,values:keys,values \
         --task sciq_brief:0 --task passage_cloze:150 --out docs/results/translator_levers.json
 
-A variant is NAME=KEY_FEATURES:VALUE_FEATURES[:refine=PAIRS_FILE] (PAIRS_FILE: passages recorded with
+A variant is NAME=KEY_FEATURES:VALUE_FEATURES[:width=N][:refine=PAIRS_FILE] (width: the central N sharer
+layers of each window) (PAIRS_FILE: passages recorded with
 translation.refine.record + save_pairs; the key maps are then refined against the receiver's attention), or
 NAME=DIR for a saved translator. A task is NAME:LIMIT (0 = every held-out item). Per task, the receiver alone and
 the receiver reading the brief itself are evaluated once; per variant, translated and translated_mismatched.
@@ -43,7 +44,8 @@ def variants(specs: list[str], stats: Path | None, receiver) -> dict[str, Transl
             continue
         if state is None:
             sys.exit("error: feature variants need --stats")
-        t = solve(state, parts[0].split(","), parts[1].split(","), progress=False)
+        width = next((int(x.removeprefix("width=")) for x in parts[2:] if x.startswith("width=")), None)
+        t = solve(state, parts[0].split(","), parts[1].split(","), progress=False, width=width)
         for extra in parts[2:]:
             if extra.startswith("refine="):
                 pairs = load_pairs(Path(extra.removeprefix("refine=")))

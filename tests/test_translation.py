@@ -249,3 +249,30 @@ def test_a_note_to_an_answerer_with_a_translator_is_translated_once_and_follow_u
     assert ref.results[0].text == first[0].text
     with pytest.raises(C2CError, match="needs a fuser"):
         direct.generate(["hi"], "c2c", opts)
+
+
+def test_a_narrower_window_solved_from_wide_moments_equals_one_fitted_narrow(tmp_path):
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    wide = solve(accumulate(r, s, TEXTS, tmp_path / "w.safetensors", width=3), ["keys", "embedding"], ["values"],
+                 progress=False, width=1)  # fmt: skip
+    narrow = solve(accumulate(r, s, TEXTS, tmp_path / "n.safetensors", width=1), ["keys", "embedding"], ["values"],
+                   progress=False)  # fmt: skip
+    assert wide.config.windows == narrow.config.windows
+    for a, b in zip(wide.state_dict().values(), narrow.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_with_a_store_the_sharer_reads_a_brief_once_for_every_translator(cross_translator, tmp_path):
+    from cache2cache.caches.store import PrefixStore
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    store = PrefixStore()
+    other = solve(accumulate(r, s, TEXTS[:10], tmp_path / "o.safetensors"), progress=False)
+    q = [Briefed("Which gate?", TEXTS[6][1]), Briefed("Which fox?", TEXTS[7][1])]
+    first = C2CModel(r, [s], [], store=store, translators=[cross_translator]).generate(q, "translated")
+    computed = store.stats.computed_tokens
+    second = C2CModel(r, [s], [], store=store, translators=[other]).generate(q, "translated")
+    assert store.stats.computed_tokens == computed  # the sharer's readings came from the store
+    cold = C2CModel(r, [s], [], translators=[other]).generate(q, "translated")
+    assert [x.text for x in second.results] == [x.text for x in cold.results]
+    assert first.results[0].text is not None

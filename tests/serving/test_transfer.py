@@ -1,5 +1,6 @@
 """KV transfer across two `c2c serve` processes on loopback: one prefills and exports the sharer's cache, the
-other imports it and answers C2C from it without running the sharer over those tokens."""
+other imports it and answers C2C from it without running the sharer over those tokens. The servers share a cache
+key (signed exports, verified imports and fetches); a server without one refuses imports unless told otherwise."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from cache2cache import C2CModel, GenerateOptions
 from cache2cache.caches.prompt_cache import PromptCache
+from cache2cache.caches.signing import CacheKeys
 
 from ..conftest import make_fuser, tiny
 
@@ -26,6 +28,9 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+KEYS = CacheKeys({"k1": b"0123456789abcdef-shared-secret"}, "k1")
 
 
 def _serve(fuser_dir, port: int, *extra: str) -> subprocess.Popen:
@@ -57,10 +62,13 @@ def two_servers(tmp_path_factory):
     receiver, sharer = tiny("tiny-llama"), tiny("tiny-qwen2")
     fuser = make_fuser(receiver, sharer)
     fuser_dir = fuser.save_pretrained(tmp_path_factory.mktemp("fuser") / "f")
+    key_file = tmp_path_factory.mktemp("key") / "key.json"
+    key_file.write_text('{"active": "k1", "keys": {"k1": "0123456789abcdef-shared-secret"}}')
     ports = [_free_port(), _free_port(), _free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    procs = [_serve(fuser_dir, ports[0]), _serve(fuser_dir, ports[1]),
-             _serve(fuser_dir, ports[2], "--sharer-url", urls[0])]  # the third has no sharer weights
+    key = ("--cache-key-file", str(key_file))
+    procs = [_serve(fuser_dir, ports[0], *key), _serve(fuser_dir, ports[1], *key),
+             _serve(fuser_dir, ports[2], "--sharer-url", urls[0], *key)]  # the third has no sharer weights
     try:
         for url, proc in zip(urls, procs):
             _wait(url, proc)
@@ -75,7 +83,7 @@ def test_a_cache_made_in_one_process_answers_in_another(two_servers):
     (sharer_url, receiver_url), local, _ = two_servers
     exported = httpx.post(f"{sharer_url}/v1/caches", json={"model": "tiny-qwen2", "messages": MESSAGES}, timeout=60)
     assert exported.status_code == 200 and exported.headers["content-type"] == "application/octet-stream"
-    cache = PromptCache.from_bytes(exported.content)
+    cache = PromptCache.from_bytes(exported.content, key=KEYS)
     assert cache.identity.name == "tiny-qwen2" and int(exported.headers["X-C2C-Tokens"]) == len(cache)
     before = _reused(receiver_url)
     imported = httpx.post(f"{receiver_url}/v1/caches/import", content=exported.content,
@@ -96,11 +104,19 @@ def test_the_16_bit_wire_halves_the_bytes_and_bad_imports_are_refused(two_server
     body = {"model": "tiny-qwen2", "messages": MESSAGES}
     full = httpx.post(f"{sharer_url}/v1/caches", json=body, timeout=60).content
     half = httpx.post(f"{sharer_url}/v1/caches", json={**body, "dtype": "bfloat16"}, timeout=60).content
-    assert PromptCache.from_bytes(half).nbytes * 2 == PromptCache.from_bytes(full).nbytes
+    assert PromptCache.from_bytes(half, key=KEYS).nbytes * 2 == PromptCache.from_bytes(full, key=KEYS).nbytes
     assert len(half) < 0.6 * len(full)
     junk = httpx.post(f"{receiver_url}/v1/caches/import", content=b"\x00" * 64, timeout=30)
-    assert junk.status_code == 400 and "not a cache2cache cache file" in junk.json()["error"]["message"]
-    other = PromptCache.prefill(tiny("tiny-gemma3"), "hello").to_bytes()
+    assert junk.status_code == 400 and "unsigned cache refused" in junk.json()["error"]["message"]
+    flipped = bytearray(full)
+    flipped[len(flipped) // 2] ^= 0x10
+    tampered = httpx.post(f"{receiver_url}/v1/caches/import", content=bytes(flipped), timeout=30)
+    assert tampered.status_code == 400 and "does not match its manifest" in tampered.json()["error"]["message"]
+    forged = CacheKeys({"k1": b"someone-elses-secret-key"}, "k1")
+    wrong_key = PromptCache.from_bytes(full, key=KEYS).to_bytes(key=forged)
+    refused_mac = httpx.post(f"{receiver_url}/v1/caches/import", content=wrong_key, timeout=30)
+    assert refused_mac.status_code == 400 and "bad signature" in refused_mac.json()["error"]["message"]
+    other = PromptCache.prefill(tiny("tiny-gemma3"), "hello").to_bytes(key=KEYS)
     refused = httpx.post(f"{receiver_url}/v1/caches/import", content=other, timeout=30)
     assert refused.status_code == 400 and "does not serve" in refused.json()["error"]["message"]
     unknown = httpx.post(f"{sharer_url}/v1/caches", json={**body, "model": "nope"}, timeout=30)
@@ -119,6 +135,34 @@ def test_a_receiver_without_sharer_weights_fetches_caches_from_the_sharer_servic
     sharer_alone = httpx.post(f"{remote_url}/v1/chat/completions", timeout=30,
                               json={"model": "tiny-qwen2", "messages": question})  # fmt: skip
     assert sharer_alone.status_code == 404 and sharer_url in sharer_alone.json()["error"]["message"]
+
+
+def test_without_a_key_imports_are_refused_unless_the_operator_allows_them(tmp_path):
+    receiver, sharer = tiny("tiny-llama"), tiny("tiny-qwen2")
+    fuser_dir = make_fuser(receiver, sharer).save_pretrained(tmp_path / "f")
+    ports = [_free_port(), _free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = [_serve(fuser_dir, ports[0]), _serve(fuser_dir, ports[1], "--allow-unsigned-caches")]
+    try:
+        for url, proc in zip(urls, procs):
+            _wait(url, proc)
+        data = PromptCache.prefill(sharer, MESSAGES).to_bytes()
+        closed = httpx.post(f"{urls[0]}/v1/caches/import", content=data, timeout=30)
+        assert closed.status_code == 403 and "--cache-key-file" in closed.json()["error"]["message"]
+        opened = httpx.post(f"{urls[1]}/v1/caches/import", content=data, timeout=30)
+        assert opened.status_code == 200
+        scaled = PromptCache.from_bytes(data)
+        scaled.values = [v * 1000 for v in scaled.values]
+        extreme = httpx.post(f"{urls[1]}/v1/caches/import", content=scaled.to_bytes(), timeout=30)
+        assert extreme.status_code == 400 and "exceed what the model produces" in extreme.json()["error"]["message"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
+    run = subprocess.run([sys.executable, "-m", "cache2cache.cli.main", "serve", "--receiver", "tiny-llama",
+                          "--sharer", "tiny-qwen2", "--sharer-url", "http://127.0.0.1:1"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "--cache-key-file" in run.stderr and "Traceback" not in run.stderr
 
 
 def _from_rounded(local, messages, n: int) -> str:

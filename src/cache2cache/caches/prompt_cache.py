@@ -10,7 +10,7 @@ It is what agents pass each other instead of text, what the prefix store keeps, 
 
 File format: one safetensors file holding one or more caches (`save_caches`), tensors `{cache}.k.{layer}`,
 `{cache}.v.{layer}` (and `.h.`), the rest as JSON in its metadata, so a cache can be written to disk or sent over
-the wire (`to_bytes`) and is never unpickled.
+the wire (`to_bytes`) and is never unpickled. With a key, the file is wrapped in a signed manifest (signing.py).
 
 A cache covers exactly its tokens. Extending it runs the model over the new tokens only, from the stored keys
 and values; since every position is kept, a cache can also be cut back to any prefix (`truncate`), which is how
@@ -33,6 +33,7 @@ from ..errors import C2CError
 from ..kv import new_cache
 from ..models.loading import LoadedModel
 from .identity import ModelIdentity, identity_of
+from .signing import CacheKeys, is_signed, open_signed, sign, token_hash, validate
 
 FORMAT = "cache2cache.caches/1"
 
@@ -155,23 +156,39 @@ class PromptCache:
 
     # ---- file format --------------------------------------------------------------------------------------
 
-    def to_bytes(self, dtype: torch.dtype | None = None) -> bytes:
-        """The safetensors serialisation; `dtype=torch.bfloat16` halves a float32 cache on the wire."""
-        return caches_to_bytes([self], dtype)
+    def to_bytes(self, dtype: torch.dtype | None = None, key: CacheKeys | None = None) -> bytes:
+        """The safetensors serialisation; `dtype=torch.bfloat16` halves a float32 cache on the wire. With `key`,
+        wrapped in a signed manifest (signing.py) that `from_bytes(..., key=...)` verifies."""
+        data = caches_to_bytes([self], dtype)
+        if key is None:
+            return data
+        facts = {"model": self.identity.to_dict(), "tokens": len(self), "token_hash": token_hash(self.token_ids),
+                 "dtype": str(dtype or self.dtype).removeprefix("torch.")}  # fmt: skip
+        return sign(data, facts, key)
 
     @classmethod
-    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> "PromptCache":
+    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu", key: CacheKeys | None = None,
+                   max_bytes: int | None = None) -> "PromptCache":  # fmt: skip
+        """Parse a cache file. With `key` it must be signed and is verified (signature, payload hash, expiry,
+        the manifest's facts) before its tensors are parsed; without, a signed cache is refused."""
+        manifest = None
+        if key is not None:
+            data, manifest = open_signed(data, key, max_bytes=max_bytes)
+        elif is_signed(data):
+            raise C2CError("this cache is signed: verifying it needs the cache key")
         caches = caches_from_bytes(data, device)
         if len(caches) != 1:
             raise C2CError(f"expected one cache, found {len(caches)} (use load_caches for a batch)")
+        if manifest is not None:
+            validate(caches[0], caches[0].identity, manifest=manifest)
         return caches[0]
 
-    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        return save_caches(path, [self], dtype)
+    def save(self, path: str | Path, dtype: torch.dtype | None = None, key: CacheKeys | None = None) -> Path:
+        return write_bytes(Path(path), self.to_bytes(dtype, key))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "PromptCache":
-        return cls.from_bytes(_read(path), device)
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", key: CacheKeys | None = None) -> "PromptCache":
+        return cls.from_bytes(_read(path), device, key)
 
     def _header(self) -> dict:
         return {"identity": self.identity.to_dict(), "token_ids": self.token_ids, "messages": self.messages,

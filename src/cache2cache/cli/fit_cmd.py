@@ -53,7 +53,10 @@ def register(sub) -> None:
                    help=f"fitting text: comma list of sciq, boolq, sharegpt, .txt/.jsonl files, each with an "
                         f"optional :N passages (default {DEFAULT_TEXT})")  # fmt: skip
     p.add_argument("--max-chars", type=positive_int, default=1200, help="cut each passage to this many characters")
-    p.add_argument("--window", type=positive_int, default=3, help="sharer layers per receiver layer (default 3)")
+    p.add_argument("--window", type=positive_int, default=3,
+                   help="sharer layers per receiver layer whose moments are gathered (default 3)")
+    p.add_argument("--use-window", type=positive_int, default=None,
+                   help="solve from only the central N of them (default: all); smaller translators")
     p.add_argument("--key-features", type=feature_list, default=list(FEATURES),
                    help=f"what the key maps read, from {', '.join(FEATURES)} (default all)")
     p.add_argument("--value-features", type=feature_list, default=list(FEATURES),
@@ -86,7 +89,7 @@ def run(args) -> int:
         receiver = load_model(args.receiver, device=device, cache_dir=args.cache_dir)
         sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
     state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
-    translator = solve(state, args.key_features, args.value_features)
+    translator = solve(state, args.key_features, args.value_features, width=args.use_window)
     translator.save_pretrained(out)
     write_report(translator, out)
     fit = translator.config.fit

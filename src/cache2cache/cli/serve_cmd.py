@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
+from ..caches.signing import CacheKeys
 from ..errors import C2CError
 from .common import add_model_args, build_from_args, positive_int
 
@@ -25,7 +28,8 @@ def register(sub) -> None:
             "  c2c serve --receiver tiny-llama --sharer tiny-qwen2 --port 8001\n"
             "  C2C_API_KEY=secret c2c serve --host 0.0.0.0          # reachable from other hosts, key required\n"
             "  c2c serve --port 8001                                # host A: runs the sharer (and receiver)\n"
-            "  c2c serve --sharer-url http://hostA:8001             # host B: receiver + fuser, no sharer weights\n\n"
+            "  c2c serve --sharer-url http://hostA:8001             # host B: receiver + fuser, no sharer weights\n"
+            "  (across hosts, give both --cache-key-file key.json: caches are signed and verified)\n\n"
             "then:\n"
             "  from openai import OpenAI\n"
             "  client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='secret')\n"
@@ -45,6 +49,14 @@ def register(sub) -> None:
     p.add_argument("--sharer-url", default=None,
                    help="the sharers run in another `c2c serve` at this URL: load them here without weights and "
                         "fetch their caches from it per c2c request (KV transfer between hosts)")  # fmt: skip
+    trust = p.add_argument_group("cache trust (POST /v1/caches, /v1/caches/import, --sharer-url)")
+    trust.add_argument("--cache-key-file", type=Path, default=None,
+                       help="shared secret(s) for signing exported caches and verifying imported and fetched ones: "
+                            "a file with one secret, or JSON {\"active\": ID, \"keys\": {ID: SECRET}, "
+                            "\"ttl_s\": N} (default: $C2C_CACHE_KEY)")  # fmt: skip
+    trust.add_argument("--allow-unsigned-caches", action="store_true",
+                       help="without a key, accept imported and fetched caches anyway (anyone who can reach the "
+                            "server can then write what its models 'have read': trusted networks only)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -57,10 +69,18 @@ def run(args) -> int:
         raise C2CError(f"--port must be in 1-65535, got {args.port}")
     if not 0 <= args.max_wait_ms <= 10_000:
         raise C2CError(f"--max-wait-ms must be in [0, 10000], got {args.max_wait_ms}")
+    keys = CacheKeys.from_file(args.cache_key_file) if args.cache_key_file else CacheKeys.from_env()
+    if keys is None and args.sharer_url and not args.allow_unsigned_caches:
+        raise C2CError("--sharer-url fetches caches from another process: give --cache-key-file (the same key as the "
+                       "sharer service), or --allow-unsigned-caches on a trusted network")  # fmt: skip
+    if keys is None and args.allow_unsigned_caches:
+        print("warning: --allow-unsigned-caches: any client that reaches this server can import caches (decide what "
+              "its models have read); use --cache-key-file across hosts", file=sys.stderr, flush=True)  # fmt: skip
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
                          default_max_tokens=min(128, args.max_tokens), max_request_bytes=args.max_request_bytes,
                          api_key=args.api_key or os.environ.get("C2C_API_KEY") or None,
-                         store_bytes=args.store_mb << 20, sharer_url=args.sharer_url)  # fmt: skip
+                         store_bytes=args.store_mb << 20, sharer_url=args.sharer_url, cache_keys=keys,
+                         allow_unsigned_caches=args.allow_unsigned_caches)  # fmt: skip
     if args.sharer_url and not args.sharer_url.startswith(("http://", "https://")):
         raise C2CError(f"--sharer-url must be an http(s) URL, got {args.sharer_url!r}")
     app = create_app(build_from_args(args, skeleton_sharers=bool(args.sharer_url)), config)

@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..caches.signing import CacheKeys
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..inference.answerers import Answerer, answerer
@@ -56,6 +57,8 @@ class ServeConfig:
     store_bytes: int = 2 << 30
     note_tokens: int = 64  # text-to-text's note budget
     sharer_url: str | None = None  # sharers run in another `c2c serve` (their caches are fetched from it per request)
+    cache_keys: CacheKeys | None = None  # sign exported caches, verify imported and fetched ones (caches/signing.py)
+    allow_unsigned_caches: bool = False  # without keys: accept imports and remote caches anyway (trusted network)
 
 
 class _Metrics:

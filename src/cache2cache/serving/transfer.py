@@ -12,6 +12,12 @@ sharer (tokens the cache does not cover are still computed here). Started with `
 service holds the sharers as skeletons (tokenizer and config, no weights) and fetches each c2c request's sharer
 caches from that URL itself (`fetch_remote_caches`). The imported cache must come from a model this
 server serves (same fingerprint): anything else is refused. A 16-bit wire format halves a float32 cache.
+
+Trust (caches/signing.py): with `--cache-key-file`, exported caches are signed and imported or fetched ones must
+carry a valid signature under one of the server's key ids; every one is then validated (shapes, finite values
+within a scale measured on the model, tokens that match its conversation, and for fetched caches the
+conversation asked for) before it reaches the store. Without a key, imports and remote caches are refused unless
+the operator passed `--allow-unsigned-caches`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pydantic import BaseModel, Field
 from ..alignment.tokens import encode, render
 from ..caches.identity import identity_of, known_identity, pin_identity
 from ..caches.prompt_cache import PromptCache
+from ..caches.signing import ScaleProfile, validate
 from ..errors import C2CError
 from ..inference.batching import to_messages
 from .schemas import ApiError, ChatMessage
@@ -54,11 +61,40 @@ async def fetch_remote_caches(server, model, prompt) -> None:
             if r.status_code != 200:
                 raise ApiError(r.status_code if r.status_code < 500 else 502, f"sharer service: "
                                        f"{r.json().get('error', {}).get('message', r.text[:200])}")  # fmt: skip
-            cache = PromptCache.from_bytes(r.content)
+            cache = receive(server, r.content, status=502)
             if not claims_cache(sharer, cache):
                 raise ApiError(502, f"the sharer service sent a cache of {cache.identity.name} "
                                f"({cache.identity.fingerprint}), not of this server's {sharer.name}")  # fmt: skip
+            check(server, sharer, cache, status=502)
+            want = encode(sharer.tokenizer, render(sharer.tokenizer, messages, server.base.chat))[0]
+            if cache.token_ids != want:  # a valid cache of another conversation (a replay) reads as this one
+                raise ApiError(502, "the sharer service sent a cache of another conversation")
             server.store.put(cache.to(sharer.device, sharer.model.dtype))
+
+
+def receive(server, data: bytes, status: int = 400) -> PromptCache:
+    """Parse a cache from another process: verified against the server's keys when it has them; unsigned only
+    when the operator allowed it. Nothing is stored here."""
+    keys = server.config.cache_keys
+    if keys is None and not server.config.allow_unsigned_caches:
+        raise ApiError(403, "this server accepts no caches from other processes: start it with --cache-key-file "
+                            "(or, on a trusted network only, --allow-unsigned-caches)", kind="permission_error")  # fmt: skip
+    try:
+        return PromptCache.from_bytes(data, key=keys, max_bytes=server.config.max_cache_bytes)
+    except C2CError as e:
+        raise ApiError(status, str(e)) from None
+
+
+def check(server, model, cache: PromptCache, status: int = 400) -> None:
+    """What a signature cannot vouch for (signing.validate): shapes, finite values within the scale measured on
+    the model (when it has weights here), tokens that render from the cache's own conversation."""
+    scales = server.__dict__.setdefault("_scales", {})
+    if model.name not in scales:
+        scales[model.name] = None if model.is_skeleton else ScaleProfile.measure(model)
+    try:
+        validate(cache, identity_of(model), scales[model.name], model.tokenizer)
+    except C2CError as e:
+        raise ApiError(status, str(e)) from None
 
 
 def claims_cache(model, cache: PromptCache) -> bool:
@@ -98,7 +134,7 @@ def add_cache_routes(app: FastAPI, server) -> None:
                 return server.store.prefill(model, ids, messages, server.base.chat)
 
         cache = await asyncio.to_thread(prefill)
-        data = cache.to_bytes(getattr(torch, req.dtype) if req.dtype else None)
+        data = cache.to_bytes(getattr(torch, req.dtype) if req.dtype else None, server.config.cache_keys)
         return Response(data, media_type="application/octet-stream",
                         headers={"X-C2C-Tokens": str(len(cache)), "X-C2C-Model": model.name,
                                  "X-C2C-Bytes-Per-Token": f"{len(data) / max(1, len(cache)):.1f}"})  # fmt: skip
@@ -106,13 +142,11 @@ def add_cache_routes(app: FastAPI, server) -> None:
     @app.post("/v1/caches/import")
     async def import_cache(request: Request):
         body = await request.body()
-        try:
-            cache = PromptCache.from_bytes(body)
-        except C2CError as e:
-            raise ApiError(400, str(e)) from None
+        cache = receive(server, body)
         model = next((m for m in served_models().values() if claims_cache(m, cache)), None)
         if model is None:
             raise ApiError(400, f"this cache was made by {cache.identity.name} ({cache.identity.fingerprint}), "
                             "which this server does not serve")  # fmt: skip
+        await asyncio.to_thread(check, server, model, cache)
         server.store.put(cache.to(model.device, model.model.dtype))
         return {"model": model.name, "tokens": len(cache), "bytes": cache.nbytes}

@@ -15,17 +15,17 @@ values separately, the ridge strength chosen on the held-out passages, the held-
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..atomic import write_bytes, write_json
+from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..models.loading import LoadedModel
@@ -93,20 +93,23 @@ class FitState:
             tensors |= a.tensors(f"fit.{i}") | b.tensors(f"held.{i}")
         meta = {"layout": self.layout, "done": self.done, "tokens": self.tokens, "sources": self.sources,
                 "seconds": self.seconds}  # fmt: skip
-        write_bytes(path, save_bytes(tensors, metadata={"cache2cache.fit": json.dumps(meta)}))
+        # written straight to a temp file (no second in-memory copy of gigabytes of moments), then renamed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, tmp, metadata={"cache2cache.fit": json.dumps(meta)})
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "FitState":
         try:
-            data = path.read_bytes()
-            tensors = load_bytes(data)
-            n = int.from_bytes(data[:8], "little")
-            meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["cache2cache.fit"])
+            with safe_open(path, "pt") as f:
+                meta = json.loads(f.metadata()["cache2cache.fit"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
             layers = len(meta["layout"]["windows"])
             return cls(meta["layout"], [Moments.from_tensors(tensors, f"fit.{i}") for i in range(layers)],
                        [Moments.from_tensors(tensors, f"held.{i}") for i in range(layers)], meta["done"],
                        meta["tokens"], meta["sources"], meta["seconds"])  # fmt: skip
-        except (OSError, SafetensorError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise C2CError(f"corrupt fitting statistics {path} ({type(e).__name__}: {e}); delete it to start over"
                            ) from None  # fmt: skip
 
@@ -196,11 +199,33 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
     return state
 
 
-def _indices(cfg: TranslatorConfig, r: int, feats: list[str]) -> torch.Tensor:
-    """Positions of `feats` inside layer r's full feature vector (keys of the window, values, embedding)."""
-    kv = cfg.feature_dim(r, ["keys"])
-    spans = {"keys": (0, kv), "values": (kv, 2 * kv), "embedding": (2 * kv, 2 * kv + cfg.receiver_hidden)}
-    return torch.cat([torch.arange(*spans[f]) for f in FEATURES if f in feats])
+def _indices(full: TranslatorConfig, r: int, feats: list[str], window: list[int]) -> torch.Tensor:
+    """Positions of `feats` of the sharer layers `window` (a subset of layer r's full window) inside layer r's
+    full feature vector (keys of the full window, its values, the embedding)."""
+    shar = full.sharer_geo
+    offsets, at = {}, 0
+    for s in full.windows[r]:
+        offsets[s] = at
+        at += shar.layers[s].kv_dim
+    kv = at
+    cols = []
+    for kind, base in (("keys", 0), ("values", kv)):
+        if kind in feats:
+            cols += [torch.arange(base + offsets[s], base + offsets[s] + shar.layers[s].kv_dim) for s in window]
+    if "embedding" in feats:
+        cols.append(torch.arange(2 * kv, 2 * kv + full.receiver_hidden))
+    return torch.cat(cols)
+
+
+def sub_windows(full: list[list[int]], n_sharer: int, width: int | None) -> list[list[int]]:
+    """Per receiver layer, the `width` sharer layers nearest its depth (what `windows` gives for that width,
+    always inside the gathered window); all of it when `width` is None or not smaller."""
+    if width is None or width >= min(map(len, full)):
+        return [list(w) for w in full]
+    narrow = windows(len(full), n_sharer, width)
+    if any(not set(n) <= set(w) for n, w in zip(narrow, full)):
+        raise C2CError(f"a window of {width} is not inside the gathered windows")
+    return narrow
 
 
 def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -244,13 +269,15 @@ def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice) -> tupl
 
 
 def solve(state: FitState, key_features: list[str] | None = None, value_features: list[str] | None = None,
-          progress: bool = True) -> Translator:  # fmt: skip
+          progress: bool = True, width: int | None = None) -> Translator:  # fmt: skip
     """A translator from accumulated moments, reading `key_features` for keys and `value_features` for values
-    (default: all of FEATURES)."""
+    (default: all of FEATURES), from the `width` central sharer layers of each window (default: all of it)."""
     full = full_config(state.layout)
     if state.fit[0].n.item() < 1:
         raise C2CError("the fitting statistics hold no tokens yet")
-    cfg = TranslatorConfig(**state.layout, key_features=list(key_features or FEATURES),
+    n_sharer = len(state.layout["sharer_geometry"]["layers"])
+    layout = dict(state.layout, windows=sub_windows(state.layout["windows"], n_sharer, width))
+    cfg = TranslatorConfig(**layout, key_features=list(key_features or FEATURES),
                            value_features=list(value_features or FEATURES))  # fmt: skip
     translator = Translator(cfg)
     ridge, r2 = [], []
@@ -259,7 +286,7 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
         per = []
         for maps, feats, outs in ((translator.keys, cfg.key_features, slice(0, g.kv_dim)),
                                   (translator.values, cfg.value_features, slice(g.kv_dim, 2 * g.kv_dim))):  # fmt: skip
-            w, b, lam, score = _ridge(state.fit[r], state.held[r], _indices(full, r, feats), outs)
+            w, b, lam, score = _ridge(state.fit[r], state.held[r], _indices(full, r, feats, cfg.windows[r]), outs)
             maps[r].weight.copy_(w.T.float())
             maps[r].bias.copy_(b.float())
             per.append((lam, score))
