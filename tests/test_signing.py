@@ -183,3 +183,24 @@ def test_any_signed_header_either_verifies_or_fails_with_one_line(prefix, length
             assert "\n" not in str(e)
         else:
             pytest.fail("random bytes verified")
+
+
+def test_agents_messages_travel_signed_and_are_validated_on_arrival():
+    from cache2cache.agents import Team
+
+    team = Team()
+    team.agent("answerer", tiny("tiny-llama"))
+    reader = team.agent("reader", tiny("tiny-qwen2"))
+    note = reader.read("The lighthouse keeper counted ships every night.")
+    wire = note.to_bytes(KEYS)
+    back = team.receive(wire, KEYS)
+    assert back.sender == "reader" and back.cache.token_ids == note.cache.token_ids
+    with pytest.raises(C2CError, match="unsigned"):
+        team.receive(note.to_bytes(), KEYS)
+    note.cache.values = [v * 1000 for v in note.cache.values]
+    with pytest.raises(C2CError, match="exceed"):
+        team.receive(note.to_bytes(KEYS), KEYS)
+    stranger = PromptCache.from_bytes(wire, key=KEYS)
+    stranger.meta["sender"] = "stranger"
+    with pytest.raises(C2CError, match="not in this team"):
+        team.receive(stranger.to_bytes(key=KEYS), KEYS)

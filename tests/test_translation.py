@@ -5,7 +5,6 @@ through the pipeline, the answerers and evaluation."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .alignment.tokens import Messages, encode, render
+from .caches.identity import identity_of
 from .caches.prompt_cache import PromptCache
+from .caches.signing import CacheKeys, ScaleProfile, validate
 from .caches.store import PrefixStore
 from .errors import C2CError
 from .fuser.model import Fuser
@@ -50,6 +52,11 @@ class CacheMessage:
     @property
     def context(self) -> Messages:
         return self.cache.messages or []
+
+    def to_bytes(self, key: CacheKeys | None = None) -> bytes:
+        """The message on the wire: its cache file, signed when a key is given (caches/signing.py)."""
+        self.cache.meta["sender"] = self.sender
+        return self.cache.to_bytes(key=key)
 
     def render(self, team: "Team", options: GenerateOptions | None = None) -> str:
         """The text the sender would have written from this cache (for auditing, and the text fallback)."""
@@ -107,12 +114,26 @@ class Team:
         self.translators = {(t.config.receiver, t.config.sharer): t for t in translators}
         self.agents: dict[str, Agent] = {}
         self._models: dict[tuple[str, ...], C2CModel] = {}  # one per (receiver, senders): fuser hashes once
+        self._scales: dict[str, ScaleProfile] = {}  # per sender: what its caches may hold (messages from the wire)
 
     def agent(self, name: str, model: LoadedModel, system: str | None = None) -> Agent:
         if name in self.agents:
             raise C2CError(f"an agent named {name!r} is already in the team")
         self.agents[name] = Agent(name, model, system, self)
         return self.agents[name]
+
+    def receive(self, data: bytes, key: CacheKeys | None = None) -> CacheMessage:
+        """A message from the wire, verified with `key` (required: an unsigned message is refused unless the key
+        is None, which trusts the bytes) and validated against the sending agent's model in this team: its
+        identity, shapes, finite values within the model's measured scale, tokens of its own conversation."""
+        cache = PromptCache.from_bytes(data, key=key)
+        sender = self.agents.get(str(cache.meta.get("sender")))
+        if sender is None:
+            raise C2CError(f"a message from {cache.meta.get('sender')!r}, who is not in this team")
+        if sender.name not in self._scales:
+            self._scales[sender.name] = ScaleProfile.measure(sender.model)
+        validate(cache, identity_of(sender.model), self._scales[sender.name], sender.model.tokenizer)
+        return CacheMessage(sender.name, cache)
 
     def fuser_for(self, receiver: Agent, sender: Agent) -> Fuser | None:
         return self.fusers.get((receiver.model.name, sender.model.name))

@@ -12,7 +12,10 @@ from .errors import C2CError
 
 def default_cache_dir() -> Path:
     """Where pulled models and data live: $C2C_CACHE, else ~/.cache/cache2cache."""
-    return Path(os.environ.get("C2C_CACHE", Path.home() / ".cache" / "cache2cache")).expanduser()
+    path = Path(os.environ.get("C2C_CACHE", Path.home() / ".cache" / "cache2cache")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise C2CError(f"the model cache {path} ($C2C_CACHE or ~/.cache/cache2cache) is a file, not a folder")
+    return path
 
 
 def pip_install(packages: tuple[str, ...], target: Path) -> None:

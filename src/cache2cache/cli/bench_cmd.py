@@ -15,7 +15,7 @@ from ..atomic import check_writable_dir, write_json
 from ..errors import C2CError
 from ..evaluation.bench import BENCH_MODES, BenchConfig, check_batch_fits, environment, latency, ratios, throughput
 from ..evaluation.tasks import get_task
-from .common import add_model_args, build_from_args, positive_int
+from .common import add_model_args, build_from_args, output_file, positive_int
 
 
 def register(sub) -> None:
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="tokens the sharer writes in t2t mode")
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--batch-sizes", default="1,2,4,8", help="comma list for the throughput sweep")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
+    p.add_argument("--out", type=output_file, default=Path("runs/bench/bench.json"))
     p.add_argument("--json", action="store_true", help="print the result JSON to stdout")
     p.set_defaults(func=run)
 

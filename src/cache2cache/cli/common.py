@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -21,6 +22,60 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# ---- paths a user hands a command: checked when the arguments are parsed (one line, exit 2, nothing done) ----
+
+
+def input_file(text: str) -> Path:
+    """An existing, readable regular file."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable")
+    return path
+
+
+def input_path(text: str) -> Path:
+    """An existing file or folder (a run folder or a checkpoint)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return path
+
+
+def _writable_parent(path: Path, text: str) -> None:
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is not writable")
+
+
+def output_dir(text: str) -> Path:
+    """A folder to write in: existing (a folder, writable) or creatable."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    if not path.exists():
+        _writable_parent(path, text)
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to (over)write: not a folder, in a folder that exists or can be made."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    _writable_parent(path, text)
+    return path
 
 
 def number(text: str) -> float:
@@ -56,7 +111,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    p.add_argument("--cache-dir", type=output_dir, default=None, help="model cache directory")
     untrained = p.add_argument_group("untrained fuser (when no --fuser is given)")
     untrained.add_argument("--preset", choices=list(PRESETS), default="compact")
     untrained.add_argument("--layer-alignment", default="terminal", help="terminal, spread, or 'r:s,r:s'")

@@ -15,7 +15,7 @@ from ..evaluation.progress import Progress, choose_output
 from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
-from .common import add_model_args, build_from_args, layer_list, model_names, positive_int
+from .common import add_model_args, build_from_args, layer_list, model_names, output_dir, positive_int
 
 
 def register(sub) -> None:
@@ -50,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's text budget in t2t mode")
     p.add_argument("--gen-tokens", type=positive_int, default=256, help="generation budget (method generate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=output_dir, default=None,
                    help="results folder (default runs/eval/TASK_SPLIT, or TASK_SPLIT-2, -3, ... if that holds a "
                         "finished evaluation); an interrupted evaluation with the same settings continues there")
     p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")

@@ -14,7 +14,7 @@ from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, check_device, default_device
 from ..translation.text import DEFAULT_TEXT, parse_text_spec
 from ..translation.translator import FEATURES
-from .common import positive_int
+from .common import output_dir, output_file, positive_int
 
 
 def feature_list(text: str) -> list[str]:
@@ -61,12 +61,12 @@ def register(sub) -> None:
                    help=f"what the key maps read, from {', '.join(FEATURES)} (default all)")
     p.add_argument("--value-features", type=feature_list, default=list(FEATURES),
                    help="what the value maps read (default all)")
-    p.add_argument("--out", type=Path, default=None, help="translator folder (default runs/translators/PAIR)")
-    p.add_argument("--stats", type=Path, default=None,
+    p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
+    p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
     p.add_argument("--no-chat", action="store_true", help="read passages as raw text, no chat template")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    p.add_argument("--cache-dir", type=output_dir, default=None, help="model cache directory")
     p.add_argument("--json", action="store_true", help="print the fit report as JSON")
     p.set_defaults(func=run)
 

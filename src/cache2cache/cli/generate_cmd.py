@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -14,7 +13,7 @@ from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.answerers import ANSWER_MODES, answerer
 from ..inference.pipeline import Briefed, GenerateOptions, GenerationOutput
-from .common import add_model_args, build_from_args, model_names, number, positive_int
+from .common import add_model_args, build_from_args, input_file, model_names, number, positive_int
 
 
 def register(sub) -> None:
@@ -44,8 +43,8 @@ def register(sub) -> None:
     )
     add_model_args(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
-    p.add_argument("--prompt-file", type=Path, help="a file with one prompt per line (batched)")
-    p.add_argument("--brief-file", type=Path, help="a document only the sharer reads, before each prompt")
+    p.add_argument("--prompt-file", type=input_file, help="a file with one prompt per line (batched)")
+    p.add_argument("--brief-file", type=input_file, help="a document only the sharer reads, before each prompt")
     p.add_argument("--mode", choices=ANSWER_MODES, default="c2c", help="who answers (default c2c)")
     p.add_argument("--compare", action="store_true", help="run receiver, sharer, t2t and c2c side by side")
     p.add_argument("--t2t-tokens", type=positive_int, default=64, help="the sharer's note budget in t2t mode")

@@ -14,6 +14,7 @@ from ..errors import C2CError
 from ..models.catalog import catalog, require
 from ..models.pull import is_pulled, model_dir, pull
 from ..packages import default_cache_dir
+from .common import output_dir
 
 
 def register(sub) -> None:
@@ -28,7 +29,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--cache-dir", type=Path, default=None, help=f"model cache (default {default_cache_dir()})")
+    p.add_argument("--cache-dir", type=output_dir, default=None, help=f"model cache (default {default_cache_dir()})")
     p.set_defaults(func=run_list)
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     pp = msub.add_parser(
@@ -39,7 +40,7 @@ def register(sub) -> None:
     pp.add_argument("names", nargs="+", metavar="NAME", help="catalog name(s), or 'all'")
     pp.add_argument("--force", action="store_true", help="rebuild even if already pulled")
     pp.add_argument("--json", action="store_true", help="machine-readable output")
-    pp.add_argument("--cache-dir", type=Path, default=None, help=f"model cache (default {default_cache_dir()})")
+    pp.add_argument("--cache-dir", type=output_dir, default=None, help=f"model cache (default {default_cache_dir()})")
     pp.set_defaults(func=run_pull)
 
 

@@ -24,7 +24,7 @@ from ..reuse.evaluate import evaluate_plans
 from ..reuse.finetune import LoraRecipe, finetune_lora
 from ..reuse.partial import RecomputePlan, generate_with_reuse
 from ..reuse.profile import SEARCHES, plot_profile, plot_tradeoff, profile, profile_evaluations
-from .common import positive_int
+from .common import input_file, output_dir, output_file, positive_int
 
 
 def _models(p: argparse.ArgumentParser) -> None:
@@ -68,27 +68,27 @@ def register(sub) -> None:
                       help="how layers are ranked: 'greedy' adds, one at a time, the layer that brings B closest "
                            "to its own prefill together with those already chosen (default; about L*k "
                            "evaluations); 'sensitivity' ranks by each layer alone (L evaluations)")  # fmt: skip
-    prof.add_argument("--out", type=Path, default=Path("runs/reuse/profile.json"))
+    prof.add_argument("--out", type=output_file, default=Path("runs/reuse/profile.json"))
     prof.set_defaults(func=run_profile)
     gen = rsub.add_parser("generate", help="B answers from A's caches with a recompute plan")
     _models(gen)
     gen.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     gen.add_argument("--plan", default=None, help="'none', 'all' or groups like '0-2,10-12' (inclusive)")
-    gen.add_argument("--profile", type=Path, help="take the plan of --budget from a profile JSON")
+    gen.add_argument("--profile", type=input_file, help="take the plan of --budget from a profile JSON")
     gen.add_argument("--budget", type=float, default=0.3, help="which profiled budget to use (default 0.3)")
-    gen.add_argument("--save-capture", type=Path, help="also write A's caches to this .safetensors file")
-    gen.add_argument("--capture", type=Path, help="reuse a saved capture instead of prefilling A")
+    gen.add_argument("--save-capture", type=output_file, help="also write A's caches to this .safetensors file")
+    gen.add_argument("--capture", type=input_file, help="reuse a saved capture instead of prefilling A")
     gen.add_argument("--max-new-tokens", type=positive_int, default=32)
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=run_generate)
     ev = rsub.add_parser("eval", help="accuracy and speed-up of a profile's plans on held-out questions")
     _models(ev)
-    ev.add_argument("--profile", type=Path, required=True, help="a profile JSON from 'c2c reuse profile'")
+    ev.add_argument("--profile", type=input_file, required=True, help="a profile JSON from 'c2c reuse profile'")
     ev.add_argument("--task", default="arc_easy", help="multiple-choice task (default arc_easy)")
     ev.add_argument("--split", default="validation")
     ev.add_argument("--limit", type=int, default=0, help="questions (default 0: the whole split)")
     ev.add_argument("--batch-size", type=positive_int, default=16)
-    ev.add_argument("--out", type=Path, default=Path("runs/reuse/eval.json"))
+    ev.add_argument("--out", type=output_file, default=Path("runs/reuse/eval.json"))
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=run_eval)
     d = LoraRecipe()
@@ -104,7 +104,7 @@ def register(sub) -> None:
     ft.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     ft.add_argument("--seed", type=int, default=d.seed)
     ft.add_argument("--device", default="cpu")
-    ft.add_argument("--out", type=Path, required=True, help="adapter folder to write (a new or empty one)")
+    ft.add_argument("--out", type=output_dir, required=True, help="adapter folder to write (a new or empty one)")
     ft.add_argument("--overwrite", action="store_true", help="replace what --out holds (once training finished)")
     ft.set_defaults(func=run_finetune)
 
@@ -162,10 +162,18 @@ def _plan_from(args, num_layers: int) -> RecomputePlan:
 
 
 def _profile_plans(path: Path) -> list[dict]:
+    """The plans of a profile JSON, checked field by field (a file of another shape is one line, not a traceback)."""
     try:
-        return json.loads(path.read_text())["plans"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise C2CError(f"cannot read profile {path}: {e}") from None
+        plans = json.loads(path.read_text())["plans"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise C2CError(f"cannot read profile {path}: {type(e).__name__}: {e}") from None
+    ok = isinstance(plans, list) and plans and all(
+        isinstance(p, dict) and isinstance(p.get("budget"), (int, float)) and not isinstance(p.get("budget"), bool)
+        and isinstance(p.get("plan"), str) for p in plans)  # fmt: skip
+    if not ok:
+        raise C2CError(f"{path} is not a profile from 'c2c reuse profile': expected \"plans\": a list of "
+                       "{\"budget\": number, \"plan\": text}")  # fmt: skip
+    return plans
 
 
 def run_eval(args) -> int:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from ..caches.signing import CacheKeys
 from ..errors import C2CError
-from .common import add_model_args, build_from_args, positive_int
+from .common import add_model_args, build_from_args, input_file, positive_int
 
 
 def register(sub) -> None:
@@ -50,7 +49,7 @@ def register(sub) -> None:
                    help="the sharers run in another `c2c serve` at this URL: load them here without weights and "
                         "fetch their caches from it per c2c request (KV transfer between hosts)")  # fmt: skip
     trust = p.add_argument_group("cache trust (POST /v1/caches, /v1/caches/import, --sharer-url)")
-    trust.add_argument("--cache-key-file", type=Path, default=None,
+    trust.add_argument("--cache-key-file", type=input_file, default=None,
                        help="shared secret(s) for signing exported caches and verifying imported and fetched ones: "
                             "a file with one secret, or JSON {\"active\": ID, \"keys\": {ID: SECRET}, "
                             "\"ttl_s\": N} (default: $C2C_CACHE_KEY)")  # fmt: skip

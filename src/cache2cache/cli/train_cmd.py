@@ -13,6 +13,7 @@ from ..errors import C2CError
 from ..training.checkpoint import load_checkpoint
 from ..training.config import TrainConfig, load_config
 from ..training.recipe import FuserTrainer
+from .common import input_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("items", nargs="*", metavar="CONFIG.toml | key=value", help="a TOML file and/or overrides")
-    p.add_argument("--resume", type=Path, help="a run folder or checkpoint folder to continue from")
+    p.add_argument("--resume", type=input_path, help="a run folder or checkpoint folder to continue from")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an out_dir that already holds one (its fuser is replaced at the end)")

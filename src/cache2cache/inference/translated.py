@@ -80,7 +80,7 @@ class TranslatedReading:
     def prefill_translated(self, batch: Batch) -> tuple[Cache, Timings]:
         """Translate each row's brief (timed as the sharer's prefill), then let the receiver read the tails but
         their last tokens (timed as its prefill)."""
-        receiver, sharer, translator = self.receiver, self.sharers[0], self.translators[0]
+        receiver = self.receiver
         timings = Timings()
         t0 = clock(receiver.device)
         head_len = [int(m.sum()) for m in batch.mask[:, :batch.head]]
