@@ -38,7 +38,10 @@ def ray_app(tmp_path_factory):
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, log_to_driver=False)  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    key_file = tmp_path_factory.mktemp("key") / "key"
+    key_file.write_text("a-shared-cache-key-for-the-test")
     serve.run(build({"receiver": "tiny-llama", "sharer": "tiny-qwen2", "fuser": str(fuser_dir),
+                     "cache_key_file": str(key_file),
                      "sharer_cpus": 1, "receiver_cpus": 1}), name="c2c", route_prefix="/")  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}", C2CModel(receiver, [sharer], [fuser])

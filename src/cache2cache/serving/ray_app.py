@@ -26,7 +26,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache
+from ..caches.signing import CacheKeys, validate
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..fuser.model import Fuser
@@ -51,9 +53,11 @@ def _answer(model: C2CModel, mode: str, prompt, options: dict) -> dict:
 
 @serve.deployment
 class SharerDeployment:
-    def __init__(self, spec: str, device: str = "cpu", wire_dtype: str | None = "bfloat16") -> None:
+    def __init__(self, spec: str, device: str = "cpu", wire_dtype: str | None = "bfloat16",
+                 key_file: str | None = None) -> None:  # fmt: skip
         self.model = C2CModel(load_model(spec, device=device, prefill_only=True), store=PrefixStore())
         self.wire_dtype = wire_dtype
+        self.keys = _keys(key_file)
 
     def prefill(self, prompt) -> bytes:
         """This sharer's cache of the conversation, as a cache file (what the receiver deployment reads)."""
@@ -64,7 +68,7 @@ class SharerDeployment:
         sharer, messages = self.model.receiver, to_messages(prompt)
         ids = encode(sharer.tokenizer, render(sharer.tokenizer, messages))[0]
         cache = self.model.store.prefill(sharer, ids, messages)
-        return cache.to_bytes(getattr(torch, self.wire_dtype) if self.wire_dtype else None)
+        return cache.to_bytes(getattr(torch, self.wire_dtype) if self.wire_dtype else None, self.keys)
 
     def answer(self, prompt, options: dict) -> dict:
         return _answer(self.model, "receiver", prompt, options)
@@ -72,18 +76,29 @@ class SharerDeployment:
 
 @serve.deployment
 class ReceiverDeployment:
-    def __init__(self, receiver: str, sharer: str, fuser: str, device: str = "cpu") -> None:
+    def __init__(self, receiver: str, sharer: str, fuser: str, device: str = "cpu", key_file: str | None = None,
+                 allow_unsigned: bool = False) -> None:  # fmt: skip
         r = load_model(receiver, device=device)
         self.sharer = load_skeleton(sharer, kv_device=device)
         self.model = C2CModel(r, [self.sharer], [Fuser.from_pretrained(fuser, device)], store=PrefixStore())
+        self.keys = _keys(key_file)
+        if self.keys is None and not allow_unsigned:
+            raise C2CError("the receiver deployment reads caches from the sharer's: give cache_key_file=PATH "
+                           "(or allow_unsigned_caches=true on a trusted cluster)")  # fmt: skip
 
     def answer(self, mode: str, prompt, options: dict, cache: bytes | None = None) -> dict:
         if cache is not None:
-            received = PromptCache.from_bytes(cache)
+            received = PromptCache.from_bytes(cache, key=self.keys)
             if not claims_cache(self.sharer, received):
                 raise C2CError(f"received a cache of {received.identity.name}, not of {self.sharer.name}")
+            validate(received, identity_of(self.sharer), None, self.sharer.tokenizer)
             self.model.store.put(received.to(self.sharer.device, self.sharer.model.dtype))
         return _answer(self.model, mode, prompt, options)
+
+
+def _keys(key_file: str | None) -> CacheKeys | None:
+    """The cache keys of a replica: from the file (read where the replica runs), else $C2C_CACHE_KEY."""
+    return CacheKeys.from_file(key_file) if key_file else CacheKeys.from_env()
 
 
 api = FastAPI(title="cache2cache on Ray Serve", docs_url=None, redoc_url=None)
@@ -163,7 +178,9 @@ class OpenAIIngress:
 def build(args: dict):
     """The application `serve run cache2cache.serving.ray_app:build key=value ...` deploys. Keys: receiver, sharer,
     fuser (required); device, sharer_cpus, receiver_cpus, sharer_gpus, receiver_gpus, sharer_replicas,
-    receiver_replicas, wire_dtype (bfloat16, or none for the sharer's own dtype), max_tokens."""
+    receiver_replicas, wire_dtype (bfloat16, or none for the sharer's own dtype), max_tokens, cache_key_file (a
+    path readable on every node: the sharer signs its caches, the receiver verifies them; else $C2C_CACHE_KEY in
+    the replicas' environment), allow_unsigned_caches (true: a trusted cluster without a key)."""
     missing = [k for k in ("receiver", "sharer", "fuser") if not args.get(k)]
     if missing:
         raise C2CError(f"the Ray Serve app needs {', '.join(missing)}=... (see cache2cache.serving.ray_app)")
@@ -175,10 +192,12 @@ def build(args: dict):
                                       "num_gpus": float(args.get(f"{role}_gpus", 0))}}  # fmt: skip
 
     wire = args.get("wire_dtype", "bfloat16")
+    key_file = args.get("cache_key_file")
+    unsigned = str(args.get("allow_unsigned_caches", "false")).lower() in ("1", "true", "yes")
     sharer = SharerDeployment.options(**resources("sharer")).bind(args["sharer"], device,
-                                                                   None if wire in (None, "none") else wire)
+                                                                   None if wire in (None, "none") else wire, key_file)
     receiver = ReceiverDeployment.options(**resources("receiver")).bind(args["receiver"], args["sharer"],
-                                                                         args["fuser"], device)  # fmt: skip
+                                                                         args["fuser"], device, key_file, unsigned)  # fmt: skip
     names = {"receiver": load_skeleton(args["receiver"]).name, "sharer": load_skeleton(args["sharer"]).name}
     return OpenAIIngress.options(ray_actor_options={"num_cpus": 0}).bind(sharer, receiver, names,
                                                                          int(args.get("max_tokens", 512)))
