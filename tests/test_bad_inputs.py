@@ -171,6 +171,36 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("eval over a finished eval", ["eval", *T, "--task", f"jsonl:{d}/tiny_mc.jsonl", "--split", "all",
                                        "--out", f"{d}/finished-eval"]),
         ("train resume all checkpoints corrupt", ["train", "--resume", f"{d}/corrupt-run"]),
+        # paths and JSON files of every kind, checked up front (session 8)
+        ("cache dir is a file", ["models", "--cache-dir", f"{d}/empty.txt"]),
+        ("pull into a file", ["models", "pull", "SmolLM2-135M-Instruct", "--cache-dir", f"{d}/empty.txt"]),
+        ("generate cache dir is a file", ["generate", *T, "--prompt", "x", "--cache-dir", f"{d}/empty.txt"]),
+        ("reuse profile of the wrong shape", ["reuse", "eval", *AB, "--profile", f"{d}/wrong-profile.json"]),
+        ("reuse generate profile wrong shape", ["reuse", "generate", *AB, "--prompt", "hi", "--budget", "0.5",
+                                                "--profile", f"{d}/wrong-profile.json"]),
+        ("reuse profile out is a folder", ["reuse", "profile", *AB, "--out", d]),
+        ("generate prompt file is a folder", ["generate", *T, "--prompt-file", d]),
+        ("generate brief file missing", ["generate", *T, "--prompt", "x", "--brief-file", f"{d}/nope.txt"]),
+        ("train resume under a file", ["train", "--resume", f"{d}/empty.txt/run"]),
+        # translators (session 8)
+        ("fit on evaluation text", ["fit", *T, "--text", "mmlu"]),
+        ("fit unknown text", ["fit", *T, "--text", "novels"]),
+        ("fit bad passage count", ["fit", *T, "--text", "sciq:-3"]),
+        ("fit stats is a folder", ["fit", *T, "--text", "sciq:2", "--stats", d]),
+        ("fit out is a file", ["fit", *T, "--text", "sciq:2", "--out", f"{d}/empty.txt"]),
+        ("fit bad features", ["fit", *T, "--key-features", "keys,colour"]),
+        ("fit corrupt stats", ["fit", *T, "--text", "sciq:2", "--stats", f"{d}/binary.bin", "--out", f"{d}/tr-a"]),
+        ("translator is a fuser", ["generate", *T, "--prompt", "x", "--translator", f"{d}/fuser"]),
+        ("translator missing", ["generate", *T, "--prompt", "x", "--translator", f"{d}/no-translator"]),
+        ("translated without a brief", ["generate", *T, "--prompt", "x", "--mode", "translated"]),
+        ("translated without a translator", ["generate", *T, "--prompt", "x", "--mode", "translated",
+                                             "--brief-file", f"{d}/tiny_mc.jsonl"]),
+        ("eval translated without translator", ["eval", *T, "--task", f"jsonl:{d}/tiny_mc.jsonl", "--split", "all",
+                                                "--modes", "translated"]),
+        # cache keys (session 8)
+        ("serve key file missing", ["serve", *T, "--cache-key-file", f"{d}/nope.key"]),
+        ("serve key file junk", ["serve", *T, "--cache-key-file", f"{d}/junk.jsonl"]),
+        ("serve key too short", ["serve", *T, "--cache-key-file", f"{d}/short.key"]),
     ]  # fmt: skip
 
 
@@ -184,6 +214,8 @@ def workspace(tmp_path_factory) -> Path:
     (w / "junk.jsonl").write_text("{not json\n[1, 2]\n")
     (w / "tiny_mc.jsonl").write_text(Path("examples/tiny_mc.jsonl").read_text())
     (w / "emptydir").mkdir()
+    (w / "wrong-profile.json").write_text(json.dumps({"plans": [1, 2, {"budget": "half"}]}))
+    (w / "short.key").write_text("{\"keys\": {\"a\": \"short\"}}")
     (w / "existing-run").mkdir()
     (w / "existing-run" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
     make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(w / "fuser")
