@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Set up (if needed), pull the default pair once, then show what cache-to-cache buys on it:
+# Set up (if needed), pull the default pair once, then show what cache communication buys on it:
 #  1. a few questions answered by the receiver alone, the sharer alone, text-to-text (the sharer writes notes,
 #     the receiver reads them) and C2C (the receiver reads the sharer's cache through the shipped fuser),
 #     side by side with their timings;
-#  2. an accuracy table, receiver alone vs C2C vs the control (C2C fed another question's sharer cache: what
-#     the fuser adds whatever the sharer read), on the 100 seeded ARC-Easy validation questions that
-#     docs/RESULTS.md reports, scored by option likelihood (cloze: SmolLM2-135M picks option letters by
-#     position, so the letter protocol cannot show what it knows). About 4 minutes: each question is prefilled
-#     once and its cache reused for all options. T2T is left out of the table because the 1.5B sharer writing
-#     notes costs 10-20 s per question on a 2-core CPU; the tables with T2T are in docs/RESULTS.md.
+#  2. a field report only the sharer reads (examples/brief.txt), and questions about it answered the same ways
+#     plus "translated": the receiver never reads the report, it answers from its own cache of it written by the
+#     shipped translator from the sharer's reading;
+#  3. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
+#     receiver alone, from the translated paragraph, from another question's translated paragraph (the control:
+#     a gain it shares is not communication) and by the receiver reading the paragraph itself (the upper bound);
+#  4. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
+#     on the 100 seeded ARC-Easy validation questions that docs/RESULTS.md reports.
+# Tables 3 and 4 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
+# 12 minutes on 2 CPU cores; the full tables, with T2T, are in docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-1.5B-Instruct
 .venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
+.venv/bin/c2c generate --compare --brief-file examples/brief.txt --prompt-file examples/brief_questions.txt \
+  --max-new-tokens 24 "$@"
+.venv/bin/c2c eval --task sciq_brief --split heldout --limit "${C2C_MAIN_LIMIT:-100}" --method cloze \
+  --modes receiver,translated,translated_mismatched,receiver_brief --out runs/main/sciq_brief --overwrite
 exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-100}" \
   --method cloze --modes receiver,c2c,mismatched --out runs/main/arc_easy --overwrite

@@ -275,3 +275,29 @@ def test_with_a_store_the_sharer_reads_a_brief_once_for_every_translator(cross_t
     cold = C2CModel(r, [s], [], translators=[other]).generate(q, "translated")
     assert [x.text for x in second.results] == [x.text for x in cold.results]
     assert first.results[0].text is not None
+
+
+def test_the_server_answers_translated_requests_with_a_brief(cross_translator):
+    import httpx
+
+    from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    running = start_in_thread(create_app(C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator]),
+                                         ServeConfig(max_tokens=16)))  # fmt: skip
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
+            assert "translated" in ids and "translated/tiny-qwen2" in ids
+            body = {"model": "translated", "messages": QUESTION, "brief": TEXTS[5][1], "max_tokens": 5,
+                    "temperature": 0}  # fmt: skip
+            got = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+            want = C2CModel(r, [s], [], translators=[cross_translator]).generate(
+                [Briefed(QUESTION, TEXTS[5][1])], "translated", GenerateOptions(5)).results[0].text  # fmt: skip
+            assert got == want
+            missing = http.post("/v1/chat/completions", json={**body, "brief": " "})
+            assert missing.status_code == 400 and "brief" in missing.json()["error"]["message"]
+            c2c = http.post("/v1/chat/completions", json={**body, "model": "c2c"})  # the sharer reads the brief
+            assert c2c.status_code == 200
+    finally:
+        running.stop()

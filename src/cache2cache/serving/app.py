@@ -36,7 +36,7 @@ from ..caches.signing import CacheKeys
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..inference.answerers import Answerer, answerer
-from ..inference.batching import GenerateOptions
+from ..inference.batching import Briefed, GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
 from .transfer import add_cache_routes, fetch_remote_caches
@@ -104,6 +104,8 @@ class Server:
         names = [self.base.receiver.name, "receiver"] + [s.name for s in self.base.sharers]
         if self.base.sharers:
             names += ["c2c", "t2t"] + [f"{m}/{s.name}" for m in ("c2c", "t2t") for s in self.base.sharers]
+        if self.base.translators:
+            names += ["translated"] + [f"translated/{s.name}" for s in self.base.sharers[:len(self.base.translators)]]
         return names
 
     def _pair(self, sharers: tuple[str, ...]) -> C2CModel:
@@ -113,8 +115,11 @@ class Server:
             if unknown or not sharers or len(set(sharers)) != len(sharers):
                 raise ApiError(400, f"unknown or repeated sharer(s) {unknown or list(sharers)}; served sharers: "
                                f"{', '.join(by_name) or 'none'}", param="sharers")  # fmt: skip
+            translators = dict(zip((s.name for s in self.base.sharers), self.base.translators))
+            chosen = [translators[sharers[0]]] if sharers[0] in translators else []
             self.models[sharers] = C2CModel(self.base.receiver, [by_name[s][0] for s in sharers],
-                                            [by_name[s][1] for s in sharers], self.base.chat, self.store)  # fmt: skip
+                                            [by_name[s][1] for s in sharers], self.base.chat, self.store,
+                                            translators=chosen)  # fmt: skip
         return self.models[sharers]
 
     def route(self, model: str, sharers: list[str] | None) -> Answerer:
@@ -131,6 +136,8 @@ class Server:
         elif mode in ("c2c", "t2t") and all_sharers and (not one or one in all_sharers):
             chosen = tuple(sharers) if sharers else ((one,) if one else all_sharers)
             key = (mode, chosen[:1] if mode == "t2t" else chosen)
+        elif mode == "translated" and model in self.model_ids():
+            key = (mode, (one or all_sharers[0],))
         else:
             raise ApiError(404, f"model {model!r} is not served here; GET /v1/models lists the served models",
                            param="model", code="model_not_found")  # fmt: skip
@@ -307,13 +314,21 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
 
     add_cache_routes(app, server)
 
+    def briefed(req, prompt):
+        """With a `brief`, the sharers (and a translator) read it before the last user message; the receiver never
+        does. Mode translated needs one."""
+        if req.model.partition("/")[0] == "translated" and not (req.brief or "").strip():
+            raise ApiError(400, "model 'translated' answers from a translated brief: send a non-empty \"brief\"",
+                           param="brief")  # fmt: skip
+        return Briefed(prompt, req.brief) if (req.brief or "").strip() else prompt
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request, req: ChatRequest):
-        return await run(request, req, [m.model_dump() for m in req.messages], "chat")
+        return await run(request, req, briefed(req, [m.model_dump() for m in req.messages]), "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request, req: CompletionRequest):
-        return await run(request, req, req.prompt, "completion")
+        return await run(request, req, briefed(req, req.prompt), "completion")
 
     return app
 

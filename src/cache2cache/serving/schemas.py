@@ -33,6 +33,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     user: str | None = None
     sharers: list[str] | None = None  # extra: the sharers a c2c request fuses (default: the model's own)
+    brief: str | None = Field(default=None, max_length=200_000)  # extra: a document only the sharers read
 
     @field_validator("stop")
     @classmethod

@@ -37,7 +37,7 @@ from ..caches.identity import identity_of, known_identity, pin_identity
 from ..caches.prompt_cache import PromptCache
 from ..caches.signing import ScaleProfile, validate
 from ..errors import C2CError
-from ..inference.batching import to_messages
+from ..inference.batching import sharer_messages
 from .schemas import ApiError, ChatMessage
 
 class CacheRequest(BaseModel):
@@ -49,7 +49,7 @@ class CacheRequest(BaseModel):
 async def fetch_remote_caches(server, model, prompt) -> None:
     """Ask the sharer service for each sharer's cache of `prompt` (16-bit on the wire) and put them in the store,
     pinning a skeleton sharer's identity to what the service reports."""
-    messages = to_messages(prompt)
+    messages = sharer_messages(prompt)  # with a brief, what the sharers read
     async with httpx.AsyncClient(base_url=server.config.sharer_url, timeout=600) as client:
         for sharer in model.sharers:
             try:

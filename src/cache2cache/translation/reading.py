@@ -15,10 +15,10 @@ from ..alignment.tokens import Messages
 from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache
 from ..caches.store import PrefixStore
-from ..reuse.compat import decoder_layers
 from ..errors import C2CError
-from ..kv import new_cache
+from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
+from ..reuse.compat import decoder_layers
 from .features import BriefSpan, align_spans, rotary, rotate, unrotate
 from .translator import Translator
 
@@ -68,8 +68,6 @@ def prerope_of(model: LoadedModel, keys: list[torch.Tensor], values: list[torch.
 
 
 def model_head_dim(model: LoadedModel, layer: int) -> int:
-    from ..kv import ModelGeometry
-
     return ModelGeometry.from_config(model.model.config).layers[layer].head_dim
 
 
