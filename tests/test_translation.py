@@ -222,6 +222,15 @@ def test_cli_fit_then_generate_translated(tmp_path):
                                 "translated", "--max-new-tokens", "4", "--json"], capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["outputs"][0]["mode"] == "translated"
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps({"question": f"Which gate is number {i}?", "choices": ["7", "14"], "answer": 0,
+                                        "brief": TEXTS[i][1]}) + "\n" for i in range(3)))  # fmt: skip
+    modes = "receiver,translated,translated_mismatched,receiver_brief"
+    run = subprocess.run(cmd + ["eval", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator", str(out),
+                                "--task", f"jsonl:{task}", "--split", "all", "--method", "cloze", "--modes", modes,
+                                "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert list(json.loads(run.stdout)["modes"]) == modes.split(",")
     bad = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", "mmlu"],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "held-out" in bad.stderr and "Traceback" not in bad.stderr
@@ -301,3 +310,23 @@ def test_the_server_answers_translated_requests_with_a_brief(cross_translator):
             assert c2c.status_code == 200
     finally:
         running.stop()
+
+
+def test_refining_keys_lowers_the_attention_kl_on_held_out_passages_and_survives_a_round_trip(tmp_path):
+    from cache2cache.translation.refine import load_pairs, record, refine_keys, save_pairs
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    t = solve(accumulate(r, s, TEXTS[:16], tmp_path / "s.safetensors"), progress=False)
+    pairs = record(r, s, TEXTS[16:])
+    save_pairs(pairs, tmp_path / "pairs.safetensors")
+    back = load_pairs(tmp_path / "pairs.safetensors")
+    assert len(back) == len(pairs) and torch.equal(back[3].r_queries[1], pairs[3].r_queries[1])
+    before = [w.clone() for w in t.keys.parameters()]
+    report = refine_keys(t, r, back[4:], back[:4], steps=30)
+    assert all(after <= first + 1e-9 for first, after in report)  # the best held-out step is kept
+    assert sum(first - after for first, after in report) > 0  # and some layer improved
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.keys.parameters()))
+    t.save_pretrained(tmp_path / "refined")
+    loaded = Translator.from_pretrained(tmp_path / "refined")
+    assert loaded.config.fit["refined_keys"]["steps"] == 30
+    torch.testing.assert_close(loaded.keys[1].weight, t.keys[1].weight)

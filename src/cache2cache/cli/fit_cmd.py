@@ -35,7 +35,9 @@ def register(sub) -> None:
             "own chat templates; only moments are kept (memory does not grow with the text), checkpointed to\n"
             "--stats, so the same command continues a killed fit. Every tenth passage is held out to choose the\n"
             "ridge strength and report R² per layer (fit.json, r2.png). With the statistics complete, a rerun\n"
-            "only solves: cheap to try other --key-features / --value-features."
+            "only solves: cheap to try other --key-features / --value-features. Then (--refine N) the key maps\n"
+            "are trained from the ridge solution to make the receiver's own queries attend over translated keys\n"
+            "as over its own (KL of attention, per layer, no backward pass through a model)."
         ),
         epilog=(
             "examples:\n"
@@ -61,6 +63,10 @@ def register(sub) -> None:
                    help=f"what the key maps read, from {', '.join(FEATURES)} (default all)")
     p.add_argument("--value-features", type=feature_list, default=list(FEATURES),
                    help="what the value maps read (default all)")
+    p.add_argument("--refine", type=int, default=96, metavar="N",
+                   help="then refine the key maps against the receiver's attention on N of the passages (read "
+                        "again, with the receiver's queries; 0: ridge only; default 96)")  # fmt: skip
+    p.add_argument("--refine-steps", type=positive_int, default=200, help="Adam steps per layer (default 200)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
@@ -74,9 +80,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..models.loading import load_model
     from ..translation.fit import accumulate, solve, write_report
+    from ..translation.refine import record, refine_keys
     from ..translation.text import passages
 
     parse_text_spec(args.text)  # a bad source fails before any model loads
+    if args.refine < 0:
+        raise C2CError(f"--refine must be >= 0, got {args.refine}")
     device = check_device(args.device or default_device())
     name = f"{Path(args.receiver).name}-from-{Path(args.sharer).name}".lower()
     out = args.out or Path("runs/translators") / name
@@ -90,6 +99,11 @@ def run(args) -> int:
         sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
     state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
     translator = solve(state, args.key_features, args.value_features, width=args.use_window)
+    if args.refine > 0:
+        picked = texts[1::max(1, len(texts) // args.refine)][: args.refine]
+        pairs = record(receiver, sharer, picked, chat=not args.no_chat)
+        held = max(1, len(pairs) // 5)
+        refine_keys(translator, receiver, pairs[held:], pairs[:held], steps=args.refine_steps)
     translator.save_pretrained(out)
     write_report(translator, out)
     fit = translator.config.fit
