@@ -24,6 +24,10 @@ _LAZY = {
     "ModelGeometry": ".kv",
     "LoadedModel": ".models.loading",
     "load_model": ".models.loading",
+    "Translator": ".translation.translator",
+    "Briefed": ".inference.batching",
+    "PromptCache": ".caches.prompt_cache",
+    "CacheKeys": ".caches.signing",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -99,6 +99,7 @@ def run(args) -> int:
         sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
     state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
     translator = solve(state, args.key_features, args.value_features, width=args.use_window)
+    translator.config.fit["text"] = f"{args.text} (passages cut to {args.max_chars} characters)"
     if args.refine > 0:
         picked = texts[1::max(1, len(texts) // args.refine)][: args.refine]
         pairs = record(receiver, sharer, picked, chat=not args.no_chat)

@@ -91,15 +91,10 @@ class FuserConfig:
 
     @classmethod
     def load(cls, directory: Path) -> "FuserConfig":
+        from ..adapter_dir import read_config
+
         path = directory / "config.json"
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise C2CError(f"not a fuser directory (no config.json): {directory}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise C2CError(f"corrupt fuser config {path}: {e}") from None
-        if not isinstance(raw, dict):
-            raise C2CError(f"corrupt fuser config {path}: expected a JSON object")
+        raw = read_config(directory, "fuser")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..alignment.layers import layer_map
-from ..atomic import replace_dir
+from ..adapter_dir import WEIGHTS, resolve_dir, write_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
 from .. import hub
@@ -27,7 +26,6 @@ from .layer import LayerFuser
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fusers"  # fusers that ship with the package
 
 LayerDeltas = dict[int, tuple[torch.Tensor | None, torch.Tensor | None]]
@@ -159,31 +157,14 @@ class Fuser(nn.Module):
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write config.json, model.safetensors and README.md atomically (a temp dir renamed into place).
         `dtype=torch.bfloat16` halves the file (how the shipped fuser is stored); loading casts back."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        for stale in directory.parent.glob(f".{directory.name}.tmp*"):  # left by a writer that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-        try:
-            self.config.save(tmp)
-            tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "fuser"})
-            (tmp / "README.md").write_text(self.model_card())
-            replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        return write_dir(directory, self.config.to_json(), self.state_dict(), "fuser", self.model_card(), dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         revision: str | None = None) -> "Fuser":  # fmt: skip
         """Load a fuser folder, a shipped fuser by name (`shipped_fusers()`), or a Hub repo id (`owner/name`, at
         `revision`) through the Hub cache."""
-        if not Path(directory).is_dir() and (SHIPPED / str(directory)).is_dir() and "/" not in str(directory):
-            directory = SHIPPED / str(directory)
-        if not Path(directory).is_dir() and hub.looks_like_repo_id(str(directory)):
-            directory = hub.download(str(directory), revision)
-        directory = Path(directory)
+        directory = resolve_dir(directory, SHIPPED, revision)
         aside = directory.with_name(f".{directory.name}.old")
         if not directory.is_dir() and aside.is_dir():  # a save killed between its two renames
             log.warning("%s is missing; loading the previous fuser kept aside at %s", directory, aside)

@@ -16,22 +16,19 @@ the features, the fitting text and the held-out R² per layer) and model.safeten
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .. import __version__, hub
-from ..atomic import replace_dir
+from .. import __version__
+from ..adapter_dir import WEIGHTS, read_config, resolve_dir, write_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
 
-WEIGHTS = "model.safetensors"
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "translators"
 FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, sharer values, receiver embedding
 
@@ -97,19 +94,14 @@ class TranslatorConfig:
         dim = sum(shar.layers[s].kv_dim for s in self.windows[r]) * sum(f in feats for f in ("keys", "values"))
         return dim + (self.receiver_hidden if "embedding" in feats else 0)
 
-    def save(self, directory: Path) -> None:
-        (directory / "config.json").write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, directory: Path) -> "TranslatorConfig":
         path = directory / "config.json"
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise C2CError(f"not a translator directory (no config.json): {directory}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise C2CError(f"corrupt translator config {path}: {e}") from None
-        if not isinstance(raw, dict) or raw.get("kind", "translator") != "translator" or "windows" not in raw:
+        raw = read_config(directory, "translator")
+        if "windows" not in raw:
             raise C2CError(f"{directory} is not a translator (a fuser? use --fuser for fusers)")
         known = {f.name for f in fields(cls)}
         try:
@@ -187,30 +179,14 @@ class Translator(nn.Module):
     # ---- save / load ------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """config.json + model.safetensors (+ README.md), written to a temp folder renamed into place."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-        try:
-            self.config.save(tmp)
-            tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt", "c2c": "translator"})
-            (tmp / "README.md").write_text(self.model_card())
-            replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        """config.json + model.safetensors (+ README.md), written atomically; `dtype=torch.bfloat16` halves it."""
+        return write_dir(directory, self.config.to_json(), self.state_dict(), "translator", self.model_card(), dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         revision: str | None = None) -> "Translator":  # fmt: skip
         """A translator folder, a shipped one by name (`shipped_translators()`), or a Hub repo id."""
-        name = str(directory)
-        if not Path(directory).is_dir() and "/" not in name and (SHIPPED / name).is_dir():
-            directory = SHIPPED / name
-        if not Path(directory).is_dir() and hub.looks_like_repo_id(name):
-            directory = hub.download(name, revision)
-        directory = Path(directory)
+        directory = resolve_dir(directory, SHIPPED, revision)
         if not directory.is_dir():
             raise C2CError(f"translator directory not found: {directory}")
         translator = cls(TranslatorConfig.load(directory))
@@ -237,8 +213,11 @@ class Translator(nn.Module):
             f"- parameters: {self.num_parameters():,}\n"
             f"- features: keys <- {', '.join(cfg.key_features)}; values <- {', '.join(cfg.value_features)}\n"
             f"- sharer layers per receiver layer: {len(cfg.windows[0])}\n"
-            f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: {', '.join(fit.get('sources', []))}\n"
+            f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: {fit.get('text') or ', '.join(fit.get('sources', []))}"
+            f" ({', '.join(f'{k}: {v} passages' for k, v in fit.get('passages', {}).items())}; never evaluation data)\n"
             f"- held-out R², mean over layers: keys {mean(0):.3f}, values {mean(1):.3f}\n"
-            f"- written by cache2cache {cfg.c2c_version}\n\n"
+            + (f"- key maps refined against the receiver's attention on {fit['refined_keys']['passages']} passages\n"
+               if "refined_keys" in fit else "")
+            + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
