@@ -43,7 +43,7 @@ def register(sub) -> None:
             "examples:\n"
             "  c2c fit                                          # the default pair, sciq + boolq passages\n"
             "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
-            "  c2c fit --text boolq:500,notes.txt --window 1 --key-features keys,embedding\n"
+            "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
@@ -55,14 +55,15 @@ def register(sub) -> None:
                    help=f"fitting text: comma list of sciq, boolq, sharegpt, .txt/.jsonl files, each with an "
                         f"optional :N passages (default {DEFAULT_TEXT})")  # fmt: skip
     p.add_argument("--max-chars", type=positive_int, default=1200, help="cut each passage to this many characters")
-    p.add_argument("--window", type=positive_int, default=3,
-                   help="sharer layers per receiver layer whose moments are gathered (default 3)")
+    p.add_argument("--window", type=positive_int, default=1,
+                   help="sharer layers per receiver layer, nearest its relative depth, whose moments are gathered "
+                        "(default 1: the shipped size, 7%% of SmolLM2-135M's parameters)")  # fmt: skip
     p.add_argument("--use-window", type=positive_int, default=None,
-                   help="solve from only the central N of them (default: all); smaller translators")
-    p.add_argument("--key-features", type=feature_list, default=list(FEATURES),
-                   help=f"what the key maps read, from {', '.join(FEATURES)} (default all)")
-    p.add_argument("--value-features", type=feature_list, default=list(FEATURES),
-                   help="what the value maps read (default all)")
+                   help="solve from only the central N of the gathered layers (default: all of them)")
+    p.add_argument("--key-features", type=feature_list, default=["keys", "embedding"],
+                   help=f"what the key maps read, from {', '.join(FEATURES)} (default keys,embedding)")
+    p.add_argument("--value-features", type=feature_list, default=["values", "embedding"],
+                   help="what the value maps read (default values,embedding)")
     p.add_argument("--refine", type=int, default=96, metavar="N",
                    help="then refine the key maps against the receiver's attention on N of the passages (read "
                         "again, with the receiver's queries; 0: ridge only; default 96)")  # fmt: skip
