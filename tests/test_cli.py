@@ -82,7 +82,7 @@ def _error_cases(tmp_path):
         "bad layer map": (["generate", *PAIR, "--prompt", "x", "--layer-alignment", "9:9"], "out of range"),
         "pull tiny": (["models", "pull", "tiny-llama"], "nothing to pull"),
         "pull unknown": (["models", "pull", "gpt-5"], "unknown model"),
-        "prompt file": (["generate", *PAIR, "--prompt-file", str(tmp_path / "none.txt")], "cannot read"),
+        "prompt file": (["generate", *PAIR, "--prompt-file", str(tmp_path / "none.txt")], "no such file"),
     }
 
 

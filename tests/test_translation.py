@@ -330,3 +330,21 @@ def test_refining_keys_lowers_the_attention_kl_on_held_out_passages_and_survives
     loaded = Translator.from_pretrained(tmp_path / "refined")
     assert loaded.config.fit["refined_keys"]["steps"] == 30
     torch.testing.assert_close(loaded.keys[1].weight, t.keys[1].weight)
+
+
+def test_value_maps_can_read_a_narrower_window_than_key_maps(tmp_path):
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    state = accumulate(r, s, TEXTS, tmp_path / "w.safetensors", width=3)
+    mixed = solve(state, ["keys", "embedding"], ["values", "embedding"], progress=False, value_width=1)
+    narrow = solve(state, ["keys", "embedding"], ["values", "embedding"], progress=False, width=1)
+    wide = solve(state, ["keys", "embedding"], ["values", "embedding"], progress=False)
+    assert mixed.config.value_windows == narrow.config.windows and mixed.config.windows == wide.config.windows
+    for a, b in zip(mixed.values.parameters(), narrow.values.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(mixed.keys.parameters(), wide.keys.parameters()):
+        torch.testing.assert_close(a, b)
+    mixed.save_pretrained(tmp_path / "m")
+    again = Translator.from_pretrained(tmp_path / "m")
+    assert again.config.value_windows == mixed.config.value_windows
+    cache, _ = translate_brief(again, r, s, QUESTION, TEXTS[2][1])
+    assert len(cache) > 0

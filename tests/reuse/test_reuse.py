@@ -178,8 +178,9 @@ def test_cli_profile_then_eval_on_held_out_questions(tmp_path, capsys):
     assert plans["1.00"]["agreement_with_b"] == 1.0  # recomputing everything is B's own prefill
     assert all(0 <= p["accuracy"] <= 1 and p["speedup_vs_full_prefill"] > 0 for p in plans.values())
     capsys.readouterr()
-    assert main(["reuse", "eval", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--profile", str(tmp_path / "nope")]) == 2
-    assert "cannot read profile" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a missing file is refused when the arguments are parsed
+        main(["reuse", "eval", "--a", "tiny-llama", "--b", "tiny-llama-ft", "--profile", str(tmp_path / "nope")])
+    assert exit_.value.code == 2 and "no such file" in capsys.readouterr().err
 
 
 def test_greedy_search_ranks_jointly_and_ends_at_b_own_prefill():

@@ -59,7 +59,9 @@ def register(sub) -> None:
                    help="sharer layers per receiver layer, nearest its relative depth, whose moments are gathered "
                         "(default 1: the shipped size, 7%% of SmolLM2-135M's parameters)")  # fmt: skip
     p.add_argument("--use-window", type=positive_int, default=None,
-                   help="solve from only the central N of the gathered layers (default: all of them)")
+                   help="solve the key maps from only the central N of the gathered layers (default: all of them)")
+    p.add_argument("--value-window", type=positive_int, default=None,
+                   help="solve the value maps from the central N (default: as --use-window)")
     p.add_argument("--key-features", type=feature_list, default=["keys", "embedding"],
                    help=f"what the key maps read, from {', '.join(FEATURES)} (default keys,embedding)")
     p.add_argument("--value-features", type=feature_list, default=["values", "embedding"],
@@ -99,7 +101,8 @@ def run(args) -> int:
         receiver = load_model(args.receiver, device=device, cache_dir=args.cache_dir)
         sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
     state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
-    translator = solve(state, args.key_features, args.value_features, width=args.use_window)
+    translator = solve(state, args.key_features, args.value_features, width=args.use_window,
+                       value_width=args.value_window)
     translator.config.fit["text"] = f"{args.text} (passages cut to {args.max_chars} characters)"
     if args.refine > 0:
         picked = texts[1::max(1, len(texts) // args.refine)][: args.refine]

@@ -24,7 +24,7 @@ from ..inference.pipeline import C2CModel, GenerateOptions, clock
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
 
-BENCH_MODES = ANSWER_MODES
+BENCH_MODES = tuple(m for m in ANSWER_MODES if m != "translated")  # translated needs briefs: a probe, not a bench
 
 
 class FirstTokenClock(BaseStreamer):

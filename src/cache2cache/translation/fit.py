@@ -269,14 +269,17 @@ def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice) -> tupl
 
 
 def solve(state: FitState, key_features: list[str] | None = None, value_features: list[str] | None = None,
-          progress: bool = True, width: int | None = None) -> Translator:  # fmt: skip
+          progress: bool = True, width: int | None = None, value_width: int | None = None) -> Translator:  # fmt: skip
     """A translator from accumulated moments, reading `key_features` for keys and `value_features` for values
-    (default: all of FEATURES), from the `width` central sharer layers of each window (default: all of it)."""
+    (default: all of FEATURES), from the `width` central sharer layers of each window (default: all of it; the
+    value maps from `value_width` of them when given)."""
     full = full_config(state.layout)
     if state.fit[0].n.item() < 1:
         raise C2CError("the fitting statistics hold no tokens yet")
     n_sharer = len(state.layout["sharer_geometry"]["layers"])
     layout = dict(state.layout, windows=sub_windows(state.layout["windows"], n_sharer, width))
+    if value_width is not None and value_width != width:
+        layout["value_windows"] = sub_windows(state.layout["windows"], n_sharer, value_width)
     cfg = TranslatorConfig(**layout, key_features=list(key_features or FEATURES),
                            value_features=list(value_features or FEATURES))  # fmt: skip
     translator = Translator(cfg)
@@ -284,9 +287,11 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
     layers = list(enumerate(cfg.receiver_geo.layers))
     for r, g in tqdm(layers, desc="solve", unit="layer", disable=not progress, dynamic_ncols=True):
         per = []
-        for maps, feats, outs in ((translator.keys, cfg.key_features, slice(0, g.kv_dim)),
-                                  (translator.values, cfg.value_features, slice(g.kv_dim, 2 * g.kv_dim))):  # fmt: skip
-            w, b, lam, score = _ridge(state.fit[r], state.held[r], _indices(full, r, feats, cfg.windows[r]), outs)
+        for maps, feats, outs, kind in ((translator.keys, cfg.key_features, slice(0, g.kv_dim), "keys"),
+                                        (translator.values, cfg.value_features, slice(g.kv_dim, 2 * g.kv_dim),
+                                         "values")):  # fmt: skip
+            cols = _indices(full, r, feats, cfg.window(r, kind))
+            w, b, lam, score = _ridge(state.fit[r], state.held[r], cols, outs)
             maps[r].weight.copy_(w.T.float())
             maps[r].bias.copy_(b.float())
             per.append((lam, score))

@@ -96,7 +96,7 @@ def layer_kl(translator: Translator, r: int, pair: PassagePair, info: LayerAtten
     cos, sin = rotary(receiver, r, pos)
     d = info.head_dim
     own = rotate(pair.r_keys[r].view(n, info.kv_heads, d).transpose(0, 1), cos, sin)  # (kv, n, D)
-    x = gather_features(cfg.key_features, cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding.float())
+    x = gather_features(cfg.key_features, cfg.window(r), pair.s_keys, pair.s_values, pair.embedding.float())
     lin = translator.keys[r]
     pred = x @ (lin.weight if weight is None else weight).T + (lin.bias if bias is None else bias)
     pred = rotate(pred.view(-1, info.kv_heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])

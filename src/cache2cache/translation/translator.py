@@ -53,13 +53,14 @@ class TranslatorConfig:
     sharer: str
     receiver_geometry: dict
     sharer_geometry: dict
-    windows: list  # per receiver layer: the sharer layers its map reads
+    windows: list  # per receiver layer: the sharer layers its key map reads (and its value map, unless below)
     key_features: list = field(default_factory=lambda: list(FEATURES))
     value_features: list = field(default_factory=lambda: list(FEATURES))
     receiver_hidden: int = 0  # the receiver's embedding width (0 when no map reads the embedding)
     receiver_fingerprint: str = ""
     sharer_fingerprint: str = ""
     fit: dict = field(default_factory=dict)  # fitting text, tokens, ridge per layer, held-out R² per layer
+    value_windows: list | None = None  # per receiver layer: the sharer layers its value map reads (None: windows)
     c2c_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -70,7 +71,10 @@ class TranslatorConfig:
             raise C2CError(f"translator config: not a model geometry ({type(e).__name__}: {e})") from None
         if not isinstance(self.windows, list) or len(self.windows) != recv.num_layers:
             raise C2CError(f"translator config: windows needs one entry per receiver layer ({recv.num_layers})")
-        for w in self.windows:
+        if self.value_windows is not None and (not isinstance(self.value_windows, list)
+                                               or len(self.value_windows) != recv.num_layers):  # fmt: skip
+            raise C2CError(f"translator config: value_windows needs one entry per receiver layer ({recv.num_layers})")
+        for w in self.windows + (self.value_windows or []):
             if not isinstance(w, list) or not w or any(type(s) is not int or not 0 <= s < shar.num_layers for s in w):
                 raise C2CError(f"translator config: a window must list sharer layers 0-{shar.num_layers - 1}, got {w!r}")
         for name in ("key_features", "value_features"):
@@ -89,9 +93,13 @@ class TranslatorConfig:
     def sharer_geo(self) -> ModelGeometry:
         return ModelGeometry.from_dict(self.sharer_geometry)
 
-    def feature_dim(self, r: int, feats: list[str]) -> int:
+    def window(self, r: int, maps: str = "keys") -> list[int]:
+        """The sharer layers receiver layer r's key (or value) map reads."""
+        return self.value_windows[r] if maps == "values" and self.value_windows is not None else self.windows[r]
+
+    def feature_dim(self, r: int, feats: list[str], maps: str = "keys") -> int:
         shar = self.sharer_geo
-        dim = sum(shar.layers[s].kv_dim for s in self.windows[r]) * sum(f in feats for f in ("keys", "values"))
+        dim = sum(shar.layers[s].kv_dim for s in self.window(r, maps)) * sum(f in feats for f in ("keys", "values"))
         return dim + (self.receiver_hidden if "embedding" in feats else 0)
 
     def to_json(self) -> str:
@@ -135,7 +143,7 @@ class Translator(nn.Module):
         recv = config.receiver_geo
         self.keys = nn.ModuleList(nn.Linear(config.feature_dim(r, config.key_features), g.kv_dim)
                                   for r, g in enumerate(recv.layers))  # fmt: skip
-        self.values = nn.ModuleList(nn.Linear(config.feature_dim(r, config.value_features), g.kv_dim)
+        self.values = nn.ModuleList(nn.Linear(config.feature_dim(r, config.value_features, "values"), g.kv_dim)
                                     for r, g in enumerate(recv.layers))  # fmt: skip
         self.requires_grad_(False)
 
@@ -166,9 +174,10 @@ class Translator(nn.Module):
         layer (T, kv_dim) pre-RoPE keys and values of the aligned tokens and their (T, hidden) receiver embedding."""
         out = []
         for r, g in enumerate(self.config.receiver_geo.layers):
-            w = self.config.windows[r]
-            k = self.keys[r](gather_features(self.config.key_features, w, sharer_keys, sharer_values, embedding))
-            v = self.values[r](gather_features(self.config.value_features, w, sharer_keys, sharer_values, embedding))
+            cfg = self.config
+            k = self.keys[r](gather_features(cfg.key_features, cfg.window(r), sharer_keys, sharer_values, embedding))
+            v = self.values[r](gather_features(cfg.value_features, cfg.window(r, "values"), sharer_keys, sharer_values,
+                                               embedding))  # fmt: skip
             shape = (-1, g.kv_heads, g.head_dim)
             out.append((k.view(shape).transpose(0, 1), v.view(shape).transpose(0, 1)))
         return out
@@ -212,7 +221,7 @@ class Translator(nn.Module):
             f"Writes {cfg.receiver}'s keys and values of text only {cfg.sharer} read (closed-form ridge maps).\n\n"
             f"- parameters: {self.num_parameters():,}\n"
             f"- features: keys <- {', '.join(cfg.key_features)}; values <- {', '.join(cfg.value_features)}\n"
-            f"- sharer layers per receiver layer: {len(cfg.windows[0])}\n"
+            f"- sharer layers per receiver layer: keys {len(cfg.window(0))}, values {len(cfg.window(0, 'values'))}\n"
             f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: {fit.get('text') or ', '.join(fit.get('sources', []))}"
             f" ({', '.join(f'{k}: {v} passages' for k, v in fit.get('passages', {}).items())}; never evaluation data)\n"
             f"- held-out R², mean over layers: keys {mean(0):.3f}, values {mean(1):.3f}\n"
