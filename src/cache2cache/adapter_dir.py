@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from . import hub
 from .atomic import replace_dir
@@ -62,3 +63,13 @@ def read_config(directory: Path, kind: str) -> dict:
     if not isinstance(raw, dict):
         raise C2CError(f"corrupt {kind} config {path}: expected a JSON object")
     return raw
+
+
+def read_weights(directory: Path, kind: str) -> dict[str, torch.Tensor]:
+    """model.safetensors of a `kind` folder; one-line errors for a missing or corrupt file."""
+    try:
+        return load_file(directory / WEIGHTS)
+    except FileNotFoundError:
+        raise C2CError(f"{kind} weights missing: {directory / WEIGHTS}") from None
+    except (SafetensorError, OSError) as e:
+        raise C2CError(f"corrupt {kind} weights {directory / WEIGHTS}: {e}") from None

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from ..alignment.layers import layer_map
-from ..adapter_dir import WEIGHTS, resolve_dir, write_dir
+from ..adapter_dir import read_weights, resolve_dir, write_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
 from .. import hub
@@ -172,12 +170,7 @@ class Fuser(nn.Module):
         if not directory.is_dir():
             raise C2CError(f"fuser directory not found: {directory}")
         fuser = cls(FuserConfig.load(directory))
-        try:
-            state = load_file(directory / WEIGHTS)
-        except FileNotFoundError:
-            raise C2CError(f"fuser weights missing: {directory / WEIGHTS}") from None
-        except (SafetensorError, OSError) as e:
-            raise C2CError(f"corrupt fuser weights {directory / WEIGHTS}: {e}") from None
+        state = read_weights(directory, "fuser")
         missing, unexpected = fuser.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise C2CError(

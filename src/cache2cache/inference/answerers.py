@@ -25,6 +25,7 @@ ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c", "translated")
 # evaluation only: C2C with another question's sharer cache (controls.py), translation of another question's brief,
 # and the receiver reading the brief itself (the upper bound of what a translated brief can give)
 CONTROL_MODES = ("mismatched", "translated_mismatched", "receiver_brief")
+ROTATING_MODES = ("mismatched", "translated_mismatched")  # need another question in the same batch
 
 T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
                "will choose the answer.")

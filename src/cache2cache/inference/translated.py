@@ -57,7 +57,7 @@ class TranslatedReading:
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         head_ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], dtype=torch.long).view(len(heads), width)
         head_mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads]).view(len(heads), width)
-        tail_ids, tail_mask, _ = left_pad(tails, tok.pad_token_id, self.receiver.device)
+        tail_ids, tail_mask, _ = left_pad(tails, pad, self.receiver.device)
         device = self.receiver.device
         return Batch(torch.cat([head_ids.to(device), tail_ids], 1), torch.cat([head_mask.to(device), tail_mask], 1),
                      [], briefs, width)  # fmt: skip

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..caches.signing import CacheKeys
+from ..caches.signing import CacheKeys, ScaleProfile
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..inference.answerers import Answerer, answerer
@@ -96,6 +96,7 @@ class Server:
         self.model_lock = threading.Lock()  # one forward at a time: the engine's batches and cache exports
         self.engine = Engine(self.config.max_batch, self.config.max_wait_ms / 1000, self.model_lock)
         self.metrics = _Metrics()
+        self.scales: dict[str, ScaleProfile | None] = {}  # per served model: what an imported cache may hold
 
     def model_ids(self) -> list[str]:
         """Served ids. With remote sharers (skeletons here) only the receiver and C2C: the rest needs weights."""

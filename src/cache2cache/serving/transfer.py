@@ -88,11 +88,10 @@ def receive(server, data: bytes, status: int = 400) -> PromptCache:
 def check(server, model, cache: PromptCache, status: int = 400) -> None:
     """What a signature cannot vouch for (signing.validate): shapes, finite values within the scale measured on
     the model (when it has weights here), tokens that render from the cache's own conversation."""
-    scales = server.__dict__.setdefault("_scales", {})
-    if model.name not in scales:
-        scales[model.name] = None if model.is_skeleton else ScaleProfile.measure(model)
+    if model.name not in server.scales:
+        server.scales[model.name] = None if model.is_skeleton else ScaleProfile.measure(model)
     try:
-        validate(cache, identity_of(model), scales[model.name], model.tokenizer)
+        validate(cache, identity_of(model), server.scales[model.name], model.tokenizer)
     except C2CError as e:
         raise ApiError(status, str(e)) from None
 

@@ -29,8 +29,7 @@ from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..models.loading import LoadedModel
-from .features import BriefSpan, align_spans
-from .reading import embeddings, prerope_kv
+from .reading import embeddings, prerope_kv, read_brief
 from .translator import FEATURES, Translator, TranslatorConfig, gather_features, windows
 
 HELD_OUT_EVERY = 10
@@ -69,10 +68,8 @@ class Moments:
     def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> "Moments":
         return cls(*(t[f"{prefix}.{k}"] for k in ("n", "sx", "sy", "xx", "xy", "yy")))
 
-    def __iadd__(self, other: "Moments") -> "Moments":
-        for k in ("n", "sx", "sy", "xx", "xy", "yy"):
-            getattr(self, k).add_(getattr(other, k))
-        return self
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(*(getattr(self, k) + getattr(other, k) for k in ("n", "sx", "sy", "xx", "xy", "yy")))
 
 
 @dataclass
@@ -149,12 +146,9 @@ class PassagePair:
 @torch.no_grad()
 def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True,
                  queries: bool = False) -> PassagePair:  # fmt: skip
-    messages = [{"role": "user", "content": FIT_QUESTION}]
-    r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
-    s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
-    index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
+    r_span, s_keys, s_values = read_brief(receiver, sharer, [{"role": "user", "content": FIT_QUESTION}], passage, chat)
     r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
-    return PassagePair([k[index.to(k.device)].cpu() for k in s_keys], [v[index.to(v.device)].cpu() for v in s_values],
+    return PassagePair([k.cpu() for k in s_keys], [v.cpu() for v in s_values],
                        embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
                        [v.cpu() for v in r_out[1]], r_span.start,
                        [q.cpu() for q in r_out[2]] if queries else None)  # fmt: skip
@@ -262,9 +256,7 @@ def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice) -> tupl
         r2 = 1 - errors[best] / max(total, 1e-12)
     else:
         best, r2 = RIDGE_GRID.index(1e-2), float("nan")
-    both = Moments(*(a + b for a, b in zip(
-        (fit.n, fit.sx, fit.sy, fit.xx, fit.xy, fit.yy), (held.n, held.sx, held.sy, held.xx, held.xy, held.yy))))  # fmt: skip
-    w, b = solve(both, [RIDGE_GRID[best]])[0]
+    w, b = solve(fit + held, [RIDGE_GRID[best]])[0]
     return w, b, RIDGE_GRID[best], r2
 
 

@@ -83,14 +83,12 @@ def check_translator(translator: Translator, receiver: LoadedModel, sharer: Load
 
 
 @torch.no_grad()
-def translate_brief(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, messages: Messages,
-                    brief: str, chat: bool = True, store: PrefixStore | None = None
-                    ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
-    """The receiver's cache of `messages` with `brief` placed before the last user message, up to the brief's
-    end: its own keys and values for the template tokens before the brief, translated ones for the brief. Also
-    returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief). With a
-    `store`, the sharer's reading comes from it (and goes into it): another translator of the same brief, or
-    the same brief in another prompt, does not make the sharer read it again."""
+def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
+               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Returns the receiver's
+    `BriefSpan` and, per sharer layer, the pre-RoPE keys and values (T, kv) of the sharer token aligned to each of
+    the receiver's T brief tokens, on the receiver's device. With a `store`, the sharer's reading comes from it
+    (and goes into it): another translator of the same brief does not make the sharer read it again."""
     r_span = BriefSpan.of(receiver, messages, brief, chat)
     s_span = BriefSpan.of(sharer, messages, brief, chat)
     if store is not None:
@@ -99,8 +97,18 @@ def translate_brief(translator: Translator, receiver: LoadedModel, sharer: Loade
     else:
         s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
     index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)], device=sharer.device)
-    s_keys = [k[index].to(receiver.device) for k in s_keys]
-    s_values = [v[index].to(receiver.device) for v in s_values]
+    return (r_span, [k[index].to(receiver.device) for k in s_keys],
+            [v[index].to(receiver.device) for v in s_values])  # fmt: skip
+
+
+@torch.no_grad()
+def translate_brief(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, messages: Messages,
+                    brief: str, chat: bool = True, store: PrefixStore | None = None
+                    ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
+    """The receiver's cache of `messages` with `brief` placed before the last user message, up to the brief's
+    end: its own keys and values for the template tokens before the brief, translated ones for the brief. Also
+    returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief)."""
+    r_span, s_keys, s_values = read_brief(receiver, sharer, messages, brief, chat, store)
     emb = embeddings(receiver, r_span.brief_ids) if translator.uses_embedding else None
     maps = translator(s_keys, s_values, emb)
     prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])

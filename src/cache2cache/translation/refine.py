@@ -32,7 +32,7 @@ from .translator import Translator, gather_features
 
 @dataclass
 class LayerAttention:
-    """What one receiver layer needs to score translated keys: its heads and their scaling, RoPE tables."""
+    """What one receiver layer needs to score translated keys: its heads, head size and attention scaling."""
 
     kv_heads: int
     heads: int

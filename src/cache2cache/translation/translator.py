@@ -20,12 +20,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from .. import __version__
-from ..adapter_dir import WEIGHTS, read_config, resolve_dir, write_dir
+from ..adapter_dir import read_weights, read_config, resolve_dir, write_dir
 from ..errors import C2CError
 from ..kv import ModelGeometry
 
@@ -199,12 +197,7 @@ class Translator(nn.Module):
         if not directory.is_dir():
             raise C2CError(f"translator directory not found: {directory}")
         translator = cls(TranslatorConfig.load(directory))
-        try:
-            state = load_file(directory / WEIGHTS)
-        except FileNotFoundError:
-            raise C2CError(f"translator weights missing: {directory / WEIGHTS}") from None
-        except (SafetensorError, OSError) as e:
-            raise C2CError(f"corrupt translator weights {directory / WEIGHTS}: {e}") from None
+        state = read_weights(directory, "translator")
         want = translator.state_dict()
         if set(state) != set(want) or any(state[k].shape != want[k].shape for k in want):
             raise C2CError(f"translator weights in {directory} do not match its config")
