@@ -89,7 +89,7 @@ def test_a_cache_made_in_one_process_answers_in_another(two_servers):
     imported = httpx.post(f"{receiver_url}/v1/caches/import", content=exported.content,
                           headers={"content-type": "application/octet-stream"}, timeout=60)  # fmt: skip
     assert imported.status_code == 200 and imported.json() == {"model": "tiny-qwen2", "tokens": len(cache),
-                                                                "bytes": cache.nbytes}  # fmt: skip
+                                                                "bytes": cache.nbytes, "translated": False}  # fmt: skip
     answer = httpx.post(f"{receiver_url}/v1/chat/completions", timeout=60,
                         json={"model": "c2c", "messages": MESSAGES, "max_tokens": 8, "temperature": 0}).json()
     # the receiver process did not run the sharer over the imported tokens ...
@@ -179,3 +179,82 @@ def _from_rounded(local, messages, n: int) -> str:
     store.put(cache.to(dtype=torch.float32))
     model = C2CModel(local.receiver, [sharer], local.fusers, store=store)
     return model.generate([messages], "c2c", GenerateOptions(n)).results[0].text
+
+
+BRIEF = "The lighthouse on Gull Rock has a green lamp and was built in 1874 by a keeper named Ada."
+QUESTION = [{"role": "user", "content": "Question: What colour is the lamp?\nAnswer:"}]
+
+
+@pytest.fixture(scope="module")
+def translated_servers(tmp_path_factory):
+    """A sharer host (both models, a translator) and a receiver host with the same translator but no sharer
+    weights: it answers model "translated" from heads it fetches from the sharer host or that are imported."""
+    from cache2cache.translation.fit import accumulate, solve
+
+    from ..test_translation import TEXTS
+
+    receiver, sharer = tiny("tiny-llama"), tiny("tiny-qwen2")
+    base = tmp_path_factory.mktemp("translated")
+    translator = solve(accumulate(receiver, sharer, TEXTS, base / "s.safetensors"), progress=False)
+    t_dir = translator.save_pretrained(base / "t")
+    fuser_dir = make_fuser(receiver, sharer).save_pretrained(base / "f")
+    key_file = base / "key.json"
+    key_file.write_text('{"active": "k1", "keys": {"k1": "0123456789abcdef-shared-secret"}}')
+    ports = [_free_port(), _free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    common = ("--translator", str(t_dir), "--cache-key-file", str(key_file))
+    procs = [_serve(fuser_dir, ports[0], *common)]
+    remote = [sys.executable, "-m", "cache2cache.cli.main", "serve", "--receiver", "tiny-llama", "--sharer",
+              "tiny-qwen2", "--port", str(ports[1]), "--sharer-url", urls[0], *common]  # fmt: skip
+    procs.append(subprocess.Popen(remote, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+    try:
+        for url, proc in zip(urls, procs):
+            _wait(url, proc)
+        yield urls, C2CModel(receiver, [sharer], [], translators=[translator])
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def test_a_receiver_host_without_sharer_weights_answers_from_fetched_translated_briefs(translated_servers):
+    (sharer_url, remote_url), local = translated_servers
+    assert [m["id"] for m in httpx.get(f"{remote_url}/v1/models").json()["data"]] == \
+        ["tiny-llama", "receiver", "translated", "translated/tiny-qwen2"]  # fmt: skip
+    body = {"model": "translated", "messages": QUESTION, "brief": BRIEF, "max_tokens": 6, "temperature": 0}
+    answer = httpx.post(f"{remote_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    # what a local translated run answers from the head rounded to bfloat16, as it crossed the wire
+    import torch
+
+    from cache2cache.inference.batching import Briefed
+
+    head = local.translated_head(QUESTION, BRIEF)
+    local.translated_store().put(PromptCache.from_bytes(head.to_bytes(torch.bfloat16)).to(dtype=torch.float32),
+                                 local.translated_space())  # fmt: skip
+    want = local.generate([Briefed(QUESTION, BRIEF)], "translated", GenerateOptions(6)).results[0].text
+    assert answer.json()["choices"][0]["message"]["content"] == want
+    again = {**body, "messages": [{"role": "user", "content": "Question: Who built it?\nAnswer:"}]}
+    assert httpx.post(f"{remote_url}/v1/chat/completions", json=again, timeout=60).status_code == 200
+    no_brief = httpx.post(f"{remote_url}/v1/chat/completions", json={**body, "brief": ""}, timeout=30)
+    assert no_brief.status_code == 400 and "brief" in no_brief.json()["error"]["message"]
+
+
+def test_translated_heads_export_with_their_translator_and_import_only_where_it_is_served(translated_servers):
+    (sharer_url, remote_url), local = translated_servers
+    req = {"model": "translated/tiny-qwen2", "messages": QUESTION, "brief": BRIEF, "dtype": "bfloat16"}
+    exported = httpx.post(f"{sharer_url}/v1/caches", json=req, timeout=60)
+    assert exported.status_code == 200, exported.text
+    cache = PromptCache.from_bytes(exported.content, key=KEYS)
+    assert cache.identity.name == "tiny-llama" and cache.meta["translator"] == local.translator_fingerprint()
+    assert cache.meta["translated_from"] == "tiny-qwen2" and cache.token_ids == local.translated_head(QUESTION, BRIEF).token_ids
+    imported = httpx.post(f"{remote_url}/v1/caches/import", content=exported.content, timeout=60).json()
+    assert imported["translated"] is True and imported["tokens"] == len(cache)
+    cache.meta["translator"] = "0" * 16  # a translator the receiver host does not serve
+    foreign = httpx.post(f"{remote_url}/v1/caches/import", content=cache.to_bytes(key=KEYS), timeout=30)
+    assert foreign.status_code == 400 and "does not serve" in foreign.json()["error"]["message"]
+    no_brief = httpx.post(f"{sharer_url}/v1/caches", json={**req, "brief": " "}, timeout=30)
+    assert no_brief.status_code == 400 and "brief" in no_brief.json()["error"]["message"]
+    no_weights = httpx.post(f"{remote_url}/v1/caches", json=req, timeout=30)
+    assert no_weights.status_code == 404 and "no translated caches" in no_weights.json()["error"]["message"]

@@ -28,6 +28,8 @@ def register(sub) -> None:
             "  C2C_API_KEY=secret c2c serve --host 0.0.0.0          # reachable from other hosts, key required\n"
             "  c2c serve --port 8001                                # host A: runs the sharer (and receiver)\n"
             "  c2c serve --sharer-url http://hostA:8001             # host B: receiver + fuser, no sharer weights\n"
+            "  (host B, default pair: model 'translated' with a \"brief\" fetches the brief's translated cache\n"
+            "   from host A, and the receiver answers without the sharer's weights or reading the brief)\n"
             "  (across hosts, give both --cache-key-file key.json: caches are signed and verified)\n\n"
             "then:\n"
             "  from openai import OpenAI\n"

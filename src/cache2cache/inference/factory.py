@@ -81,14 +81,12 @@ def build(
     loaded_translators = [Translator.from_pretrained(t, device) for t in translators]
     r = load_model(receiver, dtype=dtype, device=device, cache_dir=cache_dir)
     if skeleton_sharers:  # their caches come from another process: tokenizer and config only
-        if not loaded_fusers:
-            raise C2CError("remote sharers need a trained --fuser each")
+        if not loaded_fusers and not loaded_translators:
+            raise C2CError("remote sharers need a trained --fuser (or a --translator) each")
         ss = [load_skeleton(s, kv_device=device, cache_dir=cache_dir) for s in sharers]
     else:
         ss = [load_model(s, dtype=dtype, device=device, cache_dir=cache_dir, prefill_only=True) for s in sharers]
-    if not loaded_fusers and ss:
+    if not loaded_fusers and ss and not (skeleton_sharers and loaded_translators):
         log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
         loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]
-    if loaded_translators and skeleton_sharers:
-        loaded_translators = []  # a sharer without weights here reads no brief: nothing to translate
     return C2CModel(r, ss, loaded_fusers, chat=chat, translators=loaded_translators)

@@ -63,6 +63,9 @@ class C2CModel(PrefixReuse, TranslatedReading):
         self.translators = list(translators)
         self.translated_heads = PrefixStore(TRANSLATED_HEADS_BYTES)
         for sharer, translator in zip(self.sharers, self.translators):
+            if known_identity(sharer) is None and translator.config.sharer_fingerprint:  # as for fusers, below
+                pin_identity(sharer, ModelIdentity(sharer.name, translator.config.sharer_fingerprint,
+                                                   ModelGeometry.from_config(sharer.model.config)))  # fmt: skip
             check_translator(translator, receiver, sharer)
             translator.to(receiver.device).eval()
         r_geo = ModelGeometry.from_config(receiver.model.config)

@@ -62,18 +62,36 @@ class TranslatedReading:
         return Batch(torch.cat([head_ids.to(device), tail_ids], 1), torch.cat([head_mask.to(device), tail_mask], 1),
                      [], briefs, width)  # fmt: skip
 
-    def _translated(self, row: tuple, ids: list[int]) -> PromptCache:
-        """A row's translated head: from the store when this exact head was translated before (a follow-up
-        question about the same brief, or the control's other question, costs only the receiver's reading of
-        the question). The store is the model's prefix store, else a private bounded one."""
-        store = self.store if self.store is not None else self.translated_heads
-        space = f"+translated:{self.translators[0].config.sharer_fingerprint}:{id(self.translators[0])}"
-        hit = store.get(identity_of(self.receiver).fingerprint, ids, space)
+    def translated_space(self) -> str:
+        """The store namespace of this model's translated heads: named by the translator's fingerprint, apart
+        from the receiver's own caches of the same tokens (a host that imports translated heads files them
+        here, see serving/transfer.py)."""
+        return f"+translated:{self.translator_fingerprint()}"
+
+    def translator_fingerprint(self) -> str:
+        if getattr(self, "_translator_fp", None) is None:  # hashing the weights takes tens of milliseconds
+            self._translator_fp = self.translators[0].fingerprint()
+        return self._translator_fp
+
+    def translated_store(self) -> PrefixStore:
+        return self.store if self.store is not None else self.translated_heads
+
+    def translated_head(self, messages: list[dict], brief: str) -> PromptCache:
+        """The receiver's cache of `messages` with `brief` up to the brief's end, translated from the first
+        sharer's reading: from the store when this exact head was translated before (a follow-up question about
+        the same brief, or the control's other question, costs only the receiver's reading of the question)."""
+        span = BriefSpan.of(self.receiver, messages, brief, self.chat)
+        store = self.translated_store()
+        hit = store.get(identity_of(self.receiver).fingerprint, span.ids[:span.end], self.translated_space())
         if hit is not None:
             return hit
-        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], *row, chat=self.chat,
+        if self.sharers[0].is_skeleton:
+            raise C2CError(f"{self.sharers[0].name} has no weights here: its translated brief must be imported or "
+                           "fetched from the host that has them")  # fmt: skip
+        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], messages, brief, chat=self.chat,
                                 store=self.store)[0]  # fmt: skip
-        store.put(cache, space)
+        cache.meta["translator"] = self.translator_fingerprint()
+        store.put(cache, self.translated_space())
         return cache
 
     @torch.no_grad()
@@ -85,9 +103,9 @@ class TranslatedReading:
         t0 = clock(receiver.device)
         head_len = [int(m.sum()) for m in batch.mask[:, :batch.head]]
         heads = [batch.ids[b, batch.head - n:batch.head].tolist() for b, n in enumerate(head_len)]
-        caches = [self._translated(row, ids) if row is not None else PromptCache.empty(receiver)
-                  for row, ids in zip(batch.briefs, heads)]  # fmt: skip
-        if [len(c) for c in caches] != head_len:
+        caches = [self.translated_head(*row) if row is not None else PromptCache.empty(receiver)
+                  for row in batch.briefs]
+        if [c.token_ids for c in caches] != heads:
             raise C2CError("the translated cache does not cover the brief's tokens (tokenizer not deterministic?)")
         cache = stack_caches(caches, receiver)[0] if batch.head else new_cache(receiver.model.config)
         t1 = clock(receiver.device)

@@ -39,7 +39,7 @@ from ..inference.answerers import Answerer, answerer
 from ..inference.batching import Briefed, GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
-from .transfer import add_cache_routes, fetch_remote_caches
+from .transfer import add_cache_routes, fetch_remote_caches, fetch_remote_translated
 from .schemas import ApiError, ChatRequest, CompletionRequest, Usage, completion_body, error_body, new_id, now
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
@@ -101,10 +101,13 @@ class Server:
     def model_ids(self) -> list[str]:
         """Served ids. With remote sharers (skeletons here) only the receiver and C2C: the rest needs weights."""
         if self.config.sharer_url:
-            return [self.base.receiver.name, "receiver", "c2c"] + [f"c2c/{s.name}" for s in self.base.sharers]
-        names = [self.base.receiver.name, "receiver"] + [s.name for s in self.base.sharers]
-        if self.base.sharers:
-            names += ["c2c", "t2t"] + [f"{m}/{s.name}" for m in ("c2c", "t2t") for s in self.base.sharers]
+            names = [self.base.receiver.name, "receiver"]
+            if self.base.fusers:
+                names += ["c2c"] + [f"c2c/{s.name}" for s in self.base.sharers]
+        else:
+            names = [self.base.receiver.name, "receiver"] + [s.name for s in self.base.sharers]
+            if self.base.sharers:
+                names += ["c2c", "t2t"] + [f"{m}/{s.name}" for m in ("c2c", "t2t") for s in self.base.sharers]
         if self.base.translators:
             names += ["translated"] + [f"translated/{s.name}" for s in self.base.sharers[:len(self.base.translators)]]
         return names
@@ -244,6 +247,8 @@ def create_app(model: C2CModel, config: ServeConfig | None = None) -> FastAPI:
         await asyncio.to_thread(server.check_length, ans, prompt, options)
         if server.config.sharer_url and ans.mode == "c2c":
             await fetch_remote_caches(server, ans.model, prompt)
+        elif server.config.sharer_url and ans.mode == "translated" and isinstance(prompt, Briefed):
+            await fetch_remote_translated(server, ans.model, prompt)
         job = Job(ans, prompt, options, req.stops, asyncio.get_running_loop())
         server.engine.submit(job)
         metrics.queue.set(server.engine.depth)

@@ -15,6 +15,7 @@ the features, the fitting text and the held-out R² per layer) and model.safeten
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -148,6 +149,16 @@ class Translator(nn.Module):
     @property
     def uses_embedding(self) -> bool:
         return "embedding" in self.config.key_features + self.config.value_features
+
+    def fingerprint(self) -> str:
+        """A hash of the config and the weights as they are now: what a translated cache records it was written
+        with, so a receiver host files it under the translator it serves, never under another (nor under the
+        receiver's own reading)."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def check_pair(self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str,
                    sharer_geometry: ModelGeometry, receiver_fingerprint: str | None = None,
