@@ -16,7 +16,7 @@ from cache2cache.errors import C2CError
 from cache2cache.evaluation.runner import EvalConfig, Evaluator
 from cache2cache.evaluation.tasks import load_jsonl_task
 from cache2cache.inference.answerers import answerer
-from cache2cache.inference.batching import Briefed, GenerateOptions
+from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
 from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
 from cache2cache.translation.fit import FitState, accumulate, solve
 from cache2cache.translation.reading import prerope_kv, translate_brief
@@ -259,6 +259,57 @@ def test_a_note_to_an_answerer_with_a_translator_is_translated_once_and_follow_u
         direct.generate(["hi"], "c2c", opts)
 
 
+def test_two_senders_parts_land_in_one_cache_each_as_translated_alone(self_translator):
+    from cache2cache.translation.reading import translate_parts
+
+    m = tiny("tiny-llama")
+    a, b = TEXTS[1][1], TEXTS[6][1]
+    both, span = translate_parts([(self_translator, m), (self_translator, m)], m, QUESTION, [a, b])
+    assert span.ids == BriefSpan.of(m, QUESTION, a + "\n\n" + b).ids and len(both) == span.end
+    first, s1 = translate_brief(self_translator, m, m, QUESTION, a)
+    second, s2 = translate_brief(self_translator, m, m, QUESTION, b)
+    n1 = s1.end - s1.start - 1  # part a's tokens but the last (it may merge with the separator)
+    for i in range(len(both.keys)):  # part a: what one sender's translation of it writes, at the same positions
+        torch.testing.assert_close(both.keys[i][:, :s1.start + n1], first.keys[i][:, :s1.start + n1])
+        torch.testing.assert_close(both.values[i][:, :s1.start + n1], first.values[i][:, :s1.start + n1])
+    n2 = s2.end - s2.start - 1  # part b's tokens but the first: the same values, keys at later positions
+    for i in range(len(both.values)):
+        torch.testing.assert_close(both.values[i][:, span.end - n2:], second.values[i][:, s2.end - n2:])
+        assert not torch.allclose(both.keys[i][:, span.end - n2:], second.keys[i][:, s2.end - n2:])
+    with pytest.raises(C2CError, match="one non-empty brief part per sender"):
+        translate_parts([(self_translator, m)], m, QUESTION, [a, b])
+
+
+def test_a_team_translates_two_senders_notes_into_one_receiver_cache(cross_translator, tmp_path):
+    from cache2cache.agents import Team
+
+    r, q2, g3 = tiny("tiny-llama"), tiny("tiny-qwen2"), tiny("tiny-gemma3")
+    from_gemma = solve(accumulate(r, g3, TEXTS, tmp_path / "g.safetensors"), progress=False)
+    team = Team(translators=[cross_translator, from_gemma])
+    agent = team.agent("answerer", r)
+    notes = [team.agent("reader", q2).read(TEXTS[2][1]), team.agent("clerk", g3).read(TEXTS[5][1])]
+    opts = GenerateOptions(max_new_tokens=4)
+    replies = team.answer(agent, ["Which gate?", "Which fox?"], notes, opts)
+    assert replies[0].via == {"reader": "translated", "clerk": "translated"}
+    direct = C2CModel(r, [q2, g3], [], translators=[cross_translator, from_gemma])
+    prompts = [Briefed.of_parts(q, [TEXTS[2][1], TEXTS[5][1]]) for q in ("Which gate?", "Which fox?")]
+    want = direct.generate(prompts, "translated", opts).results
+    assert [x.text for x in replies] == [x.text for x in want]
+    head = direct.translated_head(to_messages("Which gate?"), prompts[0].brief, prompts[0].parts)
+    assert head.meta["translated_from"] == "tiny-qwen2,tiny-gemma3" and head.meta["translator"].count(",") == 1
+    # the control hands each question the other's parts, whole
+    pairs = [("Which gate?", [TEXTS[2][1], TEXTS[5][1]]), ("Which fox?", [TEXTS[3][1], TEXTS[7][1]])]
+    opts2 = [[" gate", " fox"]] * 2
+    control = answerer(direct, "translated_mismatched").logprobs([Briefed.of_parts(q, p) for q, p in pairs],
+                                                                  opts2).values  # fmt: skip
+    swapped = [Briefed.of_parts(q, p) for (q, _), (_, p) in zip(pairs, pairs[::-1])]
+    expected = answerer(direct, "translated").logprobs(swapped, opts2).values
+    for got, want_row in zip(control, expected):
+        assert got == pytest.approx(want_row, abs=1e-3)
+    with pytest.raises(C2CError, match="needs a translator per part"):
+        C2CModel(r, [q2], [], translators=[cross_translator]).generate(prompts[:1], "translated", opts)
+
+
 def test_a_narrower_window_solved_from_wide_moments_equals_one_fitted_narrow(tmp_path):
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     wide = solve(accumulate(r, s, TEXTS, tmp_path / "w.safetensors", width=3), ["keys", "embedding"], ["values"],
@@ -313,7 +364,7 @@ def test_the_server_answers_translated_requests_with_a_brief(cross_translator):
 
 
 def test_refining_keys_lowers_the_attention_kl_on_held_out_passages_and_survives_a_round_trip(tmp_path):
-    from cache2cache.translation.refine import load_pairs, record, refine_keys, save_pairs
+    from cache2cache.translation.refine import load_pairs, record, refine_keys, refine_values, save_pairs
 
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     t = solve(accumulate(r, s, TEXTS[:16], tmp_path / "s.safetensors"), progress=False)
@@ -330,6 +381,25 @@ def test_refining_keys_lowers_the_attention_kl_on_held_out_passages_and_survives
     loaded = Translator.from_pretrained(tmp_path / "refined")
     assert loaded.config.fit["refined_keys"]["steps"] == 30
     torch.testing.assert_close(loaded.keys[1].weight, t.keys[1].weight)
+    # then the values, against the attention output the receiver reads through the refined keys
+    values_before = [w.clone() for w in t.values.parameters()]
+    report = refine_values(t, r, back[4:], back[:4], steps=30)
+    assert all(after <= first + 1e-9 for first, after in report) and sum(a - b for a, b in report) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(values_before, t.values.parameters()))
+    assert t.config.fit["refined_values"]["error_held_out"] == report
+
+
+def test_the_output_error_is_zero_for_a_translator_that_reproduces_the_receiver(self_translator):
+    from cache2cache.translation.refine import layer_info, layer_output_error, record
+
+    m = tiny("tiny-llama")
+    pair = record(m, m, TEXTS[:1])[0]
+    for r in range(len(self_translator.values)):
+        lin = self_translator.values[r]
+        exact = layer_output_error(self_translator, r, pair, layer_info(m, r), m, lin.weight, lin.bias)
+        assert float(exact) < 1e-3  # keys and values both reproduced: the same attention output
+        off = layer_output_error(self_translator, r, pair, layer_info(m, r), m, lin.weight * 0.5, lin.bias)
+        assert float(off) > 10 * float(exact)
 
 
 def test_value_maps_can_read_a_narrower_window_than_key_maps(tmp_path):

@@ -10,10 +10,10 @@ A message is the sender's `PromptCache` of the conversation it read. The receivi
 conversation: its prompt is the sender's messages followed by the question, and it answers from its own cache
 with the sender's fused in (Cache-to-Cache). Every cache goes through the team's prefix store, so the document
 is prefilled once per model and each question costs only its own tokens (and fusion reuses the document's fused
-positions). Where the team has a translator for a (receiver, sender) pair (`c2c fit`) and that sender's note is
-the only message, the note's document is *translated*: the receiver answers from its own cache of the document,
-written by the translator from the sender's reading, and never reads the document itself; the translated cache
-is stored, so every follow-up question costs only the receiver's reading of the question. Where the team has
+positions). Where the team has a translator for the (receiver, sender) pair (`c2c fit`) of every message's
+sender, the notes' documents are *translated*: the receiver answers from its own cache of the documents (one
+after the other, one per sender), written by each translator from its sender's reading, and never reads them
+itself; the translated cache is stored, so every follow-up question costs only the receiver's reading of it. Where the team has
 neither, the message falls back to text: the sender writes what it would have said (`CacheMessage.render`) and
 the receiver reads that, with a warning.
 
@@ -173,11 +173,10 @@ class Team:
             raise C2CError(f"messages from agents not in this team: {unknown}")
         for m in messages:
             self.store.put(m.cache)
-        if len(messages) == 1:
-            sender = self.agents[messages[0].sender]
-            translator = self.translators.get((receiver.model.name, sender.model.name))
-            if translator is not None:
-                return self._translated_plan(receiver, sender, translator, questions, messages[0])
+        senders = [self.agents[m.sender] for m in messages]
+        translators = [self.translators.get((receiver.model.name, s.model.name)) for s in senders]
+        if messages and None not in translators and len({s.name for s in senders}) == len(senders):
+            return self._translated_plan(receiver, senders, translators, questions, messages)
         fused, as_text = [], []
         for m in messages:
             sender = self.agents[m.sender]
@@ -198,17 +197,23 @@ class Team:
         return _Plan(self._models[key], prompts, "c2c" if senders else "receiver", via)
 
 
-    def _translated_plan(self, receiver: Agent, sender: Agent, translator: Translator, questions: Sequence[str],
-                         message: CacheMessage) -> "_Plan":  # fmt: skip
-        users = [m["content"] for m in message.context if m["role"] == "user"]
-        if not users:
-            raise C2CError(f"{message.sender}'s message holds no user text to translate")
-        key = (receiver.name, "translated", sender.name)
+    def _translated_plan(self, receiver: Agent, senders: list[Agent], translators: list[Translator],
+                         questions: Sequence[str], messages: Sequence[CacheMessage]) -> "_Plan":  # fmt: skip
+        """Every sender's document translated into one receiver cache, in the order of the messages (each
+        sender's part read by it alone, see translation/reading.translate_parts)."""
+        parts = []
+        for m in messages:
+            users = [c["content"] for c in m.context if c["role"] == "user"]
+            if not users:
+                raise C2CError(f"{m.sender}'s message holds no user text to translate")
+            parts.append(users[-1])
+        key = (receiver.name, "translated", *(s.name for s in senders))
         if key not in self._models:
-            self._models[key] = C2CModel(receiver.model, [sender.model], [], store=self.store,
-                                         translators=[translator])  # fmt: skip
-        prompts = [Briefed(receiver._messages(q), users[-1]) for q in questions]
-        return _Plan(self._models[key], prompts, "translated", {message.sender: "translated"})
+            self._models[key] = C2CModel(receiver.model, [s.model for s in senders], [], store=self.store,
+                                         translators=translators)  # fmt: skip
+        prompts = [Briefed(receiver._messages(q), parts[0]) if len(parts) == 1 else
+                   Briefed.of_parts(receiver._messages(q), parts) for q in questions]  # fmt: skip
+        return _Plan(self._models[key], prompts, "translated", {m.sender: "translated" for m in messages})
 
 
 @dataclass

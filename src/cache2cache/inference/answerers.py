@@ -153,9 +153,10 @@ class TranslatedMismatched(Answerer):
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
         if len(questions) < 2:
             raise C2CError("the translated_mismatched control needs at least two questions in a batch")
-        briefs = [q.prompt.brief if isinstance(q.prompt, Briefed) else "" for q in questions]
+        briefs = [(q.prompt.brief, q.prompt.parts) if isinstance(q.prompt, Briefed) else ("", ())
+                  for q in questions]  # fmt: skip
         prompts = [Briefed(q.prompt.prompt if isinstance(q.prompt, Briefed) else q.prompt,
-                           briefs[(i + 1) % len(questions)]) for i, q in enumerate(questions)]  # fmt: skip
+                           *briefs[(i + 1) % len(questions)]) for i, q in enumerate(questions)]  # fmt: skip
         return prompts, [None] * len(questions), Timings()
 
 

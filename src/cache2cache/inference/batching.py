@@ -27,8 +27,16 @@ class Briefed:
 
     prompt: str | Messages
     brief: str
+    parts: tuple[str, ...] = ()  # several senders' documents: part j is read by sharer j alone (mode translated)
+
+    @classmethod
+    def of_parts(cls, prompt: str | Messages, parts: Sequence[str]) -> "Briefed":
+        """A brief of several senders' parts, joined by a blank line (what the receiver would read, and what
+        every sharer reads in the modes that give all of them the whole brief)."""
+        return cls(prompt, PART_SEPARATOR.join(p.strip() for p in parts), tuple(parts))
 
 
+PART_SEPARATOR = "\n\n"  # between the parts of a brief that several senders read, one part each
 Prompt = str | Messages | Briefed
 
 

@@ -22,7 +22,7 @@ from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..kv import new_cache
 from ..translation.features import BriefSpan
-from ..translation.reading import translate_brief
+from ..translation.reading import translate_parts
 from .batching import Batch, Briefed, Prompt, Timings, clock, left_pad, positions, to_messages
 
 TRANSLATED_HEADS_BYTES = 1 << 30  # translated briefs kept when the model has no prefix store
@@ -45,7 +45,7 @@ class TranslatedReading:
                 span = BriefSpan.of(self.receiver, messages, p.brief, self.chat)
                 heads.append(span.ids[:span.end])
                 tails.append(span.ids[span.end:])
-                briefs.append((messages, p.brief))
+                briefs.append((messages, p.brief, p.parts))
             else:
                 heads.append([])
                 tails.append(encode(tok, render(tok, messages, self.chat))[0])
@@ -62,36 +62,45 @@ class TranslatedReading:
         return Batch(torch.cat([head_ids.to(device), tail_ids], 1), torch.cat([head_mask.to(device), tail_mask], 1),
                      [], briefs, width)  # fmt: skip
 
-    def translated_space(self) -> str:
-        """The store namespace of this model's translated heads: named by the translator's fingerprint, apart
-        from the receiver's own caches of the same tokens (a host that imports translated heads files them
-        here, see serving/transfer.py)."""
-        return f"+translated:{self.translator_fingerprint()}"
+    def translated_space(self, senders: int = 1) -> str:
+        """The store namespace of translated heads written by the first `senders` translators: named by their
+        fingerprints, apart from the receiver's own caches of the same tokens (a host that imports translated
+        heads files them here, see serving/transfer.py)."""
+        return "+translated:" + ",".join(self.translator_fingerprint(j) for j in range(senders))
 
-    def translator_fingerprint(self) -> str:
-        if getattr(self, "_translator_fp", None) is None:  # hashing the weights takes tens of milliseconds
-            self._translator_fp = self.translators[0].fingerprint()
-        return self._translator_fp
+    def translator_fingerprint(self, j: int = 0) -> str:
+        fingerprints = self.__dict__.setdefault("_translator_fps", {})
+        if j not in fingerprints:  # hashing the weights takes tens of milliseconds
+            fingerprints[j] = self.translators[j].fingerprint()
+        return fingerprints[j]
 
     def translated_store(self) -> PrefixStore:
         return self.store if self.store is not None else self.translated_heads
 
-    def translated_head(self, messages: list[dict], brief: str) -> PromptCache:
+    def translated_head(self, messages: list[dict], brief: str, parts: Sequence[str] = ()) -> PromptCache:
         """The receiver's cache of `messages` with `brief` up to the brief's end, translated from the first
-        sharer's reading: from the store when this exact head was translated before (a follow-up question about
-        the same brief, or the control's other question, costs only the receiver's reading of the question)."""
+        sharer's reading (with `parts`, several senders' documents: part j from sharer j, see
+        `translate_parts`): from the store when this exact head was translated before (a follow-up question
+        about the same brief, or the control's other question, costs only the receiver's reading of it)."""
+        senders = max(1, len(parts))
+        if senders > len(self.translators):
+            raise C2CError(f"a brief of {senders} parts needs a translator per part; this model has "
+                           f"{len(self.translators)}")  # fmt: skip
         span = BriefSpan.of(self.receiver, messages, brief, self.chat)
-        store = self.translated_store()
-        hit = store.get(identity_of(self.receiver).fingerprint, span.ids[:span.end], self.translated_space())
+        store, space = self.translated_store(), self.translated_space(senders)
+        hit = store.get(identity_of(self.receiver).fingerprint, span.ids[:span.end], space)
         if hit is not None:
             return hit
-        if self.sharers[0].is_skeleton:
-            raise C2CError(f"{self.sharers[0].name} has no weights here: its translated brief must be imported or "
+        skeletons = [s.name for s in self.sharers[:senders] if s.is_skeleton]
+        if skeletons:
+            raise C2CError(f"{', '.join(skeletons)} has no weights here: its translated brief must be imported or "
                            "fetched from the host that has them")  # fmt: skip
-        cache = translate_brief(self.translators[0], self.receiver, self.sharers[0], messages, brief, chat=self.chat,
-                                store=self.store)[0]  # fmt: skip
-        cache.meta["translator"] = self.translator_fingerprint()
-        store.put(cache, self.translated_space())
+        pairs = list(zip(self.translators, self.sharers))[:senders]
+        cache = translate_parts(pairs, self.receiver, messages, list(parts) or [brief], self.chat, self.store)[0]
+        if cache.token_ids != span.ids[:span.end]:
+            raise C2CError("the brief's parts do not join to the brief")
+        cache.meta["translator"] = ",".join(self.translator_fingerprint(j) for j in range(senders))
+        store.put(cache, space)
         return cache
 
     @torch.no_grad()

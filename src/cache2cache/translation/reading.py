@@ -15,6 +15,7 @@ from ..alignment.tokens import Messages
 from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache
 from ..caches.store import PrefixStore
+from ..inference.batching import PART_SEPARATOR
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
@@ -83,22 +84,29 @@ def check_translator(translator: Translator, receiver: LoadedModel, sharer: Load
 
 
 @torch.no_grad()
-def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
-               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
-    """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Returns the receiver's
-    `BriefSpan` and, per sharer layer, the pre-RoPE keys and values (T, kv) of the sharer token aligned to each of
-    the receiver's T brief tokens, on the receiver's device. With a `store`, the sharer's reading comes from it
-    (and goes into it): another translator of the same brief does not make the sharer read it again."""
-    r_span = BriefSpan.of(receiver, messages, brief, chat)
+def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: list[tuple[int, int]],
+                   device: torch.device, chat: bool = True, store: PrefixStore | None = None
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Per sharer layer, the
+    pre-RoPE keys and values (T, kv) of the sharer token aligned to each of T receiver tokens, given as character
+    `spans` of `brief`, on `device`. With a `store`, the sharer's reading comes from it (and goes into it):
+    another translator of the same brief does not make the sharer read it again."""
     s_span = BriefSpan.of(sharer, messages, brief, chat)
     if store is not None:
         read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
         s_keys, s_values = prerope_of(sharer, read.keys, read.values)
     else:
         s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
-    index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)], device=sharer.device)
-    return (r_span, [k[index].to(receiver.device) for k in s_keys],
-            [v[index].to(receiver.device) for v in s_values])  # fmt: skip
+    index = torch.tensor([s_span.start + j for j in align_spans(spans, s_span.spans)], device=sharer.device)
+    return [k[index].to(device) for k in s_keys], [v[index].to(device) for v in s_values]
+
+
+def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
+               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """The receiver's `BriefSpan` of `messages` with `brief`, and the sharer's reading aligned to its brief tokens
+    (`sharer_reading`)."""
+    r_span = BriefSpan.of(receiver, messages, brief, chat)
+    return (r_span, *sharer_reading(sharer, messages, brief, r_span.spans, receiver.device, chat, store))
 
 
 @torch.no_grad()
@@ -108,16 +116,45 @@ def translate_brief(translator: Translator, receiver: LoadedModel, sharer: Loade
     """The receiver's cache of `messages` with `brief` placed before the last user message, up to the brief's
     end: its own keys and values for the template tokens before the brief, translated ones for the brief. Also
     returns the receiver's `BriefSpan` (its full token ids: the caller reads the tokens after the brief)."""
-    r_span, s_keys, s_values = read_brief(receiver, sharer, messages, brief, chat, store)
-    emb = embeddings(receiver, r_span.brief_ids) if translator.uses_embedding else None
-    maps = translator(s_keys, s_values, emb)
+    return translate_parts([(translator, sharer)], receiver, messages, [brief], chat, store)
+
+
+@torch.no_grad()
+def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: LoadedModel, messages: Messages,
+                    parts: list[str], chat: bool = True, store: PrefixStore | None = None
+                    ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
+    """As `translate_brief`, for a brief of several parts (joined by a blank line), part j read by sender j
+    alone and written by its translator: several senders' documents in one receiver cache, each at the
+    receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first."""
+    parts = [part.strip() for part in parts]
+    if len(parts) != len(senders) or not all(parts):
+        raise C2CError(f"give one non-empty brief part per sender ({len(senders)}), got {len(parts)}")
+    r_span = BriefSpan.of(receiver, messages, PART_SEPARATOR.join(parts), chat)
+    starts = [sum(len(p) + len(PART_SEPARATOR) for p in parts[:j]) for j in range(len(parts))]
+    owner = [max(j for j, a in enumerate(starts) if a <= max(s, 0)) for s, _ in r_span.spans]
+    emb = embeddings(receiver, r_span.brief_ids)
+    geo = [(g.kv_heads, g.head_dim) for g in ModelGeometry.from_config(receiver.model.config).layers]
+    n = r_span.end - r_span.start
+    k_pre = [torch.zeros(h, n, d, device=receiver.device) for h, d in geo]
+    v_new = [torch.zeros(h, n, d, device=receiver.device) for h, d in geo]
+    for j, (translator, sharer) in enumerate(senders):
+        mine = [t for t, o in enumerate(owner) if o == j]
+        if not mine:
+            raise C2CError(f"brief part {j + 1} has no tokens of its own in {receiver.name}'s reading")
+        spans = [(max(s - starts[j], 0), min(e - starts[j], len(parts[j]))) for s, e in
+                 (r_span.spans[t] for t in mine)]  # fmt: skip
+        s_keys, s_values = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store)
+        idx = torch.tensor(mine, device=receiver.device)
+        for i, (k, v) in enumerate(translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None)):
+            k_pre[i][:, idx], v_new[i][:, idx] = k, v
     prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])
     pos = torch.arange(r_span.start, r_span.end, device=receiver.device)
     keys, values = [], []
-    for i, (k_pre, v) in enumerate(maps):
+    for i, (k, v) in enumerate(zip(k_pre, v_new)):
         cos, sin = rotary(receiver, i, pos)
-        keys.append(torch.cat([prefix.keys[i], rotate(k_pre, cos, sin).to(prefix.keys[i].dtype)], dim=1))
+        keys.append(torch.cat([prefix.keys[i], rotate(k, cos, sin).to(prefix.keys[i].dtype)], dim=1))
         values.append(torch.cat([prefix.values[i], v.to(prefix.values[i].dtype)], dim=1))
-    cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat,
-                        {"translated_from": sharer.name, "brief_tokens": [r_span.start, r_span.end]})  # fmt: skip
+    meta = {"translated_from": ",".join(sharer.name for _, sharer in senders),
+            "brief_tokens": [r_span.start, r_span.end]}  # fmt: skip
+    cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat, meta)
     return cache, r_span

@@ -5,8 +5,10 @@ Ridge keys are the best linear guess of each key, but what the receiver does wit
 prediction is pulled toward the mean) flattens where it should be sharp. So, per receiver layer, the key map is
 trained (from its ridge solution) to make the receiver's own queries attend over [its template tokens, the
 translated brief] as they attend over [its template tokens, its own keys of the brief]: the KL divergence between
-the two attention distributions, every head and every brief query, on passages both models read. The receiver's
-queries, its template keys and the targets are recorded once; training touches only the maps.
+the two attention distributions, every head and every brief query, on passages both models read. Then the value
+maps likewise, against what the layer hands on: its attention output through o_proj over the translated keys and
+values, against the output over its own. The receiver's queries, its template keys and values and the targets are
+recorded once; training touches only the maps.
 """
 
 from __future__ import annotations
@@ -87,25 +89,57 @@ def _attention(q: torch.Tensor, k: torch.Tensor, start: int, scaling: float, kv_
     return logits.masked_fill(~causal, float("-inf")).log_softmax(-1)
 
 
+def _own_and_translated_keys(translator: Translator, r: int, pair: PassagePair, info: LayerAttention,
+                             receiver: LoadedModel, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Layer r's rotated keys (kv, n, D) of [template, brief]: the receiver's own, and with the brief translated
+    (by `weight`/`bias` when given, else the key map as it is); and the brief's rotated queries (heads, Tq, D)."""
+    n = pair.start + len(pair.embedding)
+    cos, sin = rotary(receiver, r, torch.arange(n))
+    d = info.head_dim
+    own = rotate(pair.r_keys[r].view(n, info.kv_heads, d).transpose(0, 1), cos, sin)
+    cfg, lin = translator.config, translator.keys[r]
+    x = gather_features(cfg.key_features, cfg.window(r), pair.s_keys, pair.s_values, pair.embedding.float())
+    pred = x @ (lin.weight if weight is None else weight).T + (lin.bias if bias is None else bias)
+    pred = rotate(pred.view(-1, info.kv_heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])
+    q = rotate(pair.r_queries[r][pair.start:].view(-1, info.heads, d).transpose(0, 1), cos[pair.start:],
+               sin[pair.start:])  # fmt: skip
+    return own, torch.cat([own[:, :pair.start], pred], dim=1), q
+
+
 def layer_kl(translator: Translator, r: int, pair: PassagePair, info: LayerAttention, receiver: LoadedModel,
              weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Mean KL(own attention || attention over the translated brief) of layer r's brief queries on one passage."""
-    cfg = translator.config
-    n = pair.start + len(pair.embedding)
-    pos = torch.arange(n)
-    cos, sin = rotary(receiver, r, pos)
-    d = info.head_dim
-    own = rotate(pair.r_keys[r].view(n, info.kv_heads, d).transpose(0, 1), cos, sin)  # (kv, n, D)
-    x = gather_features(cfg.key_features, cfg.window(r), pair.s_keys, pair.s_values, pair.embedding.float())
-    lin = translator.keys[r]
-    pred = x @ (lin.weight if weight is None else weight).T + (lin.bias if bias is None else bias)
-    pred = rotate(pred.view(-1, info.kv_heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])
-    mixed = torch.cat([own[:, :pair.start], pred], dim=1)
-    q = rotate(pair.r_queries[r][pair.start:].view(-1, info.heads, d).transpose(0, 1), cos[pair.start:], sin[pair.start:])
+    own, mixed, q = _own_and_translated_keys(translator, r, pair, info, receiver, weight, bias)
     log_own = _attention(q, own, pair.start, info.scaling, info.kv_heads)
     log_new = _attention(q, mixed, pair.start, info.scaling, info.kv_heads)
     p = log_own.exp()
     return (p * (log_own - log_new).nan_to_num(0.0, 0.0, 0.0)).sum(-1).mean()
+
+
+def layer_output_error(translator: Translator, r: int, pair: PassagePair, info: LayerAttention,
+                       receiver: LoadedModel, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Layer r's attention output (after its o_proj) over the translated brief, as the receiver will read it
+    (translated keys and values), against its output over its own keys and values: squared error relative to the
+    output's own size, over the brief's queries. What a value is worth depends on who attends to it: this is the
+    error that reaches the residual stream, not the values' R²."""
+    own, mixed, q = _own_and_translated_keys(translator, r, pair, info, receiver)
+    cfg, n, d = translator.config, pair.start + len(pair.embedding), info.head_dim
+    x = gather_features(cfg.value_features, cfg.window(r, "values"), pair.s_keys, pair.s_values,
+                        pair.embedding.float())  # fmt: skip
+    values = pair.r_values[r].float().view(n, info.kv_heads, d).transpose(0, 1)
+    pred = (x @ weight.T + bias).view(-1, info.kv_heads, d).transpose(0, 1)
+    mixed_values = torch.cat([values[:, :pair.start], pred], dim=1)
+    o_proj = decoder_layers(receiver.model)[r].self_attn.o_proj.weight.float()
+
+    def output(log_attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        o = torch.einsum("kgts,ksd->kgtd", log_attn.exp(), v)  # (kv, group, Tq, D)
+        return o.reshape(info.heads, -1, d).transpose(0, 1).reshape(-1, info.heads * d) @ o_proj.T
+
+    with torch.no_grad():
+        target = output(_attention(q, own, pair.start, info.scaling, info.kv_heads), values)
+        log_new = _attention(q, mixed, pair.start, info.scaling, info.kv_heads)
+    return (output(log_new, mixed_values) - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
 
 
 def layer_info(receiver: LoadedModel, r: int) -> LayerAttention:
@@ -121,37 +155,57 @@ def refine_keys(translator: Translator, receiver: LoadedModel, train: list[Passa
     """Train every layer's key map (the first `layers` only, if given) on `train` (KL of attention, Adam from the
     ridge solution), keep the step with the lowest KL on `held` (checked every 25 steps); returns per layer
     (held-out KL before, after)."""
+    return _refine(translator, "keys", layer_kl, receiver, train, held, steps, lr, batch, seed, layers)
+
+
+def refine_values(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
+                  steps: int = 200, lr: float = 1e-3, batch: int = 8, seed: int = 0, layers: int | None = None
+                  ) -> list[tuple[float, float]]:  # fmt: skip
+    """As `refine_keys`, for the value maps, against the receiver's attention output through the translated keys
+    (`layer_output_error`): refine the keys first, so the values learn to serve the attention the receiver will
+    really have. Returns per layer (held-out relative error before, after)."""
+    return _refine(translator, "values", layer_output_error, receiver, train, held, steps, lr, batch, seed, layers)
+
+
+def _refine(translator: Translator, kind: str, loss_of, receiver: LoadedModel, train: list[PassagePair],
+            held: list[PassagePair], steps: int, lr: float, batch: int, seed: int, layers: int | None
+            ) -> list[tuple[float, float]]:  # fmt: skip
+    """Adam on each layer's `kind` map (from where it is) to lower `loss_of` on `train`, keeping the step with
+    the lowest loss on `held`; records the report in the translator's fit under `refined_<kind>`."""
     rng = random.Random(seed)
     report = []
-    todo = range(len(translator.keys) if layers is None else min(layers, len(translator.keys)))
-    for r in tqdm(todo, desc="refine keys", unit="layer", dynamic_ncols=True):
+    maps = getattr(translator, kind)
+    todo = range(len(maps) if layers is None else min(layers, len(maps)))
+    for r in tqdm(todo, desc=f"refine {kind}", unit="layer", dynamic_ncols=True):
         info = layer_info(receiver, r)
-        lin = translator.keys[r]
+        lin = maps[r]
         w = lin.weight.detach().clone().requires_grad_(True)
         b = lin.bias.detach().clone().requires_grad_(True)
         scale = w.detach().abs().mean().item() or 1.0
         opt = torch.optim.Adam([w, b], lr=lr * scale)
 
-        def held_kl() -> float:
+        def held_loss() -> float:
             with torch.no_grad():
-                return sum(layer_kl(translator, r, p, info, receiver, w, b).item() for p in held) / max(1, len(held))
+                return sum(loss_of(translator, r, p, info, receiver, w, b).item() for p in held) / max(1, len(held))
 
-        before = best = held_kl()
+        before = best = held_loss()
         best_wb = (w.detach().clone(), b.detach().clone())
         for step in range(1, steps + 1):
             with torch.enable_grad():
-                loss = sum(layer_kl(translator, r, p, info, receiver, w, b) for p in rng.sample(train, min(batch, len(train))))
+                picked = rng.sample(train, min(batch, len(train)))
+                loss = sum(loss_of(translator, r, p, info, receiver, w, b) for p in picked)
                 opt.zero_grad()
                 (loss / batch).backward()
             opt.step()
             if step % 25 == 0 or step == steps:
-                now = held_kl()
+                now = held_loss()
                 if now < best:
                     best, best_wb = now, (w.detach().clone(), b.detach().clone())
         with torch.no_grad():
             lin.weight.copy_(best_wb[0])
             lin.bias.copy_(best_wb[1])
         report.append((before, best))
-    translator.config.fit["refined_keys"] = {"kl_held_out": report, "steps": steps, "lr": lr,
-                                             "passages": len(train), "held_out": len(held)}  # fmt: skip
+    name = "kl_held_out" if kind == "keys" else "error_held_out"
+    translator.config.fit[f"refined_{kind}"] = {name: report, "steps": steps, "lr": lr, "passages": len(train),
+                                                "held_out": len(held)}  # fmt: skip
     return report
