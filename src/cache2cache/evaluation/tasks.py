@@ -34,6 +34,7 @@ class Item:
     answer: int | str  # index of the correct choice, or the gold answer string
     subject: str = ""
     brief: str = ""  # read by the sharers only, before the question (evaluation/probes.py)
+    parts: tuple[str, ...] = ()  # a brief of several senders' documents (part j read by sharer j; brief joins them)
 
 
 @dataclass(frozen=True)
