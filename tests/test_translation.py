@@ -215,6 +215,8 @@ def test_cli_fit_then_generate_translated(tmp_path):
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["parameters"] > 0 and (out / "r2.png").is_file() and (out / "fit.json").is_file()
+    refined = report["refined_keys"]  # on the passages kept as the moments read them (every one but the first)
+    assert refined["passages"] + refined["held_out"] == len(TEXTS) - 1
     brief = tmp_path / "brief.txt"
     brief.write_text(TEXTS[0][1])
     run = subprocess.run(cmd + ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator",

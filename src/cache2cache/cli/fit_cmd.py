@@ -67,8 +67,8 @@ def register(sub) -> None:
     p.add_argument("--value-features", type=feature_list, default=["values", "embedding"],
                    help="what the value maps read (default values,embedding)")
     p.add_argument("--refine", type=int, default=96, metavar="N",
-                   help="then refine the key maps against the receiver's attention on N of the passages (read "
-                        "again, with the receiver's queries; 0: ridge only; default 96)")  # fmt: skip
+                   help="then refine the key maps against the receiver's attention on N of the passages (kept "
+                        "with the receiver's queries as the moments read them; 0: ridge only; default 96)")  # fmt: skip
     p.add_argument("--refine-steps", type=positive_int, default=200, help="Adam steps per layer (default 200)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
@@ -83,7 +83,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..models.loading import load_model
     from ..translation.fit import accumulate, solve, write_report
-    from ..translation.refine import record, refine_keys
+    from ..translation.refine import compact, record, refine_keys
     from ..translation.text import passages
 
     parse_text_spec(args.text)  # a bad source fails before any model loads
@@ -100,15 +100,19 @@ def run(args) -> int:
     with Console(stderr=True).status("loading models..."):
         receiver = load_model(args.receiver, device=device, cache_dir=args.cache_dir)
         sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
-    state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat)
+    picked = list(range(1, len(texts), max(1, len(texts) // args.refine)))[: args.refine] if args.refine else []
+    pairs: dict[int, object] = {}  # the refinement's passages, kept while the moments read them
+    state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat,
+                       keep=lambda i, pair: pairs.__setitem__(i, compact(pair)), kept=set(picked))  # fmt: skip
     translator = solve(state, args.key_features, args.value_features, width=args.use_window,
                        value_width=args.value_window)
     translator.config.fit["text"] = f"{args.text} (passages cut to {args.max_chars} characters)"
-    if args.refine > 0:
-        picked = texts[1::max(1, len(texts) // args.refine)][: args.refine]
-        pairs = record(receiver, sharer, picked, chat=not args.no_chat)
-        held = max(1, len(pairs) // 5)
-        refine_keys(translator, receiver, pairs[held:], pairs[:held], steps=args.refine_steps)
+    if picked:
+        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
+        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=not args.no_chat)))
+        ordered = [pairs[i] for i in picked]
+        held = max(1, len(ordered) // 5)
+        refine_keys(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
     translator.save_pretrained(out)
     write_report(translator, out)
     fit = translator.config.fit

@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Collection
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -155,9 +156,13 @@ def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat:
 
 
 def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
-               width: int = 3, chat: bool = True, every_s: float = 120.0) -> FitState:  # fmt: skip
+               width: int = 3, chat: bool = True, every_s: float = 120.0,
+               keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = ()
+               ) -> FitState:  # fmt: skip
     """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path`, resuming from
-    what it holds (it must describe the same models and window), checkpointing every `every_s` seconds."""
+    what it holds (it must describe the same models and window), checkpointing every `every_s` seconds. The
+    passages whose index is in `kept` are read with the receiver's queries too and handed to `keep` (the
+    refinement's pairs: the models read each passage once)."""
     layout = layout_of(receiver, sharer, width)
     cfg = full_config(layout)
     if state_path.is_file():
@@ -174,7 +179,10 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
     todo = texts[state.done:]
     with tqdm(total=len(texts), initial=state.done, desc="fit", unit="passage", dynamic_ncols=True) as bar:
         for source, passage in todo:
-            pair = passage_pair(receiver, sharer, passage, chat)
+            index = state.done
+            pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept)
+            if keep is not None and index in kept:
+                keep(index, pair)
             into = state.held if state.done % HELD_OUT_EVERY == 0 else state.fit
             for r in range(len(cfg.windows)):
                 x = gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding)

@@ -45,13 +45,15 @@ class LayerAttention:
 def record(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], chat: bool = True
            ) -> list[PassagePair]:  # fmt: skip
     """Both models read each passage; the receiver's queries are kept (16-bit features to bound memory)."""
-    out = []
-    for _, passage in tqdm(texts, desc="record", unit="passage", dynamic_ncols=True):
-        p = passage_pair(receiver, sharer, passage, chat, queries=True)
-        p.s_keys = [k.half() for k in p.s_keys]
-        p.s_values = [v.half() for v in p.s_values]
-        out.append(p)
-    return out
+    return [compact(passage_pair(receiver, sharer, passage, chat, queries=True))
+            for _, passage in tqdm(texts, desc="record", unit="passage", dynamic_ncols=True)]  # fmt: skip
+
+
+def compact(pair: PassagePair) -> PassagePair:
+    """A recorded pair with its sharer features in 16 bits (most of its memory), as refinement keeps it."""
+    pair.s_keys = [k.half() for k in pair.s_keys]
+    pair.s_values = [v.half() for v in pair.s_values]
+    return pair
 
 
 def save_pairs(pairs: list[PassagePair], path: Path) -> None:
