@@ -211,12 +211,14 @@ def test_cli_fit_then_generate_translated(tmp_path):
     texts.write_text("\n\n".join(t for _, t in TEXTS))
     cmd = [sys.executable, "-m", "cache2cache.cli.main"]
     run = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts),
-                                "--out", str(out), "--json"], capture_output=True, text=True)  # fmt: skip
+                                "--out", str(out), "--refine-values", "--refine-steps", "25", "--json"],
+                         capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["parameters"] > 0 and (out / "r2.png").is_file() and (out / "fit.json").is_file()
     refined = report["refined_keys"]  # on the passages kept as the moments read them (every one but the first)
     assert refined["passages"] + refined["held_out"] == len(TEXTS) - 1
+    assert report["refined_values"]["steps"] == 25 and "value maps refined" in (out / "README.md").read_text()
     brief = tmp_path / "brief.txt"
     brief.write_text(TEXTS[0][1])
     run = subprocess.run(cmd + ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator",

@@ -105,7 +105,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="trained fuser directory; one per --sharer, same order (default: the shipped fuser of "
                         "the default pair)")  # fmt: skip
     p.add_argument("--translator", action="append", default=[], type=Path,
-                   help="fitted translator directory (`c2c fit`) for the first --sharer: enables mode translated "
+                   help="fitted translator directory (`c2c fit`) for the first --sharer (repeat for the next "
+                        "ones: several senders' brief parts, e.g. task sciq_two_briefs): enables mode translated "
                         "(default: the shipped translator of the default pair)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",

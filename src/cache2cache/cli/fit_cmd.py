@@ -70,6 +70,9 @@ def register(sub) -> None:
                    help="then refine the key maps against the receiver's attention on N of the passages (kept "
                         "with the receiver's queries as the moments read them; 0: ridge only; default 96)")  # fmt: skip
     p.add_argument("--refine-steps", type=positive_int, default=200, help="Adam steps per layer (default 200)")
+    p.add_argument("--refine-values", action="store_true",
+                   help="after the keys, refine the value maps on the same passages against the receiver's "
+                        "attention output through the translated keys (as long again)")  # fmt: skip
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
@@ -83,12 +86,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..models.loading import load_model
     from ..translation.fit import accumulate, solve, write_report
-    from ..translation.refine import compact, record, refine_keys
+    from ..translation.refine import compact, record, refine_keys, refine_values
     from ..translation.text import passages
 
     parse_text_spec(args.text)  # a bad source fails before any model loads
     if args.refine < 0:
         raise C2CError(f"--refine must be >= 0, got {args.refine}")
+    if args.refine_values and not args.refine:
+        raise C2CError("--refine-values refines on the --refine passages: give --refine N > 0")
     device = check_device(args.device or default_device())
     name = f"{Path(args.receiver).name}-from-{Path(args.sharer).name}".lower()
     out = args.out or Path("runs/translators") / name
@@ -113,6 +118,8 @@ def run(args) -> int:
         ordered = [pairs[i] for i in picked]
         held = max(1, len(ordered) // 5)
         refine_keys(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
+        if args.refine_values:
+            refine_values(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
     translator.save_pretrained(out)
     write_report(translator, out)
     fit = translator.config.fit

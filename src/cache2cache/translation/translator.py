@@ -231,6 +231,8 @@ class Translator(nn.Module):
             f"- held-out R², mean over layers: keys {mean(0):.3f}, values {mean(1):.3f}\n"
             + (f"- key maps refined against the receiver's attention on {fit['refined_keys']['passages']} passages\n"
                if "refined_keys" in fit else "")
+            + (f"- value maps refined against the receiver's attention output on {fit['refined_values']['passages']} "
+               "passages\n" if "refined_values" in fit else "")
             + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
