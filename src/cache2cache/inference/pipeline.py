@@ -62,19 +62,18 @@ class C2CModel(PrefixReuse, TranslatedReading):
         self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
         self.translators = list(translators)
         self.translated_heads = PrefixStore(TRANSLATED_HEADS_BYTES)
-        for sharer, translator in zip(self.sharers, self.translators):
-            if known_identity(sharer) is None and translator.config.sharer_fingerprint:  # as for fusers, below
-                pin_identity(sharer, ModelIdentity(sharer.name, translator.config.sharer_fingerprint,
+        for sharer, adapter in [*zip(self.sharers, self.translators), *zip(self.sharers, self.fusers)]:
+            if known_identity(sharer) is None and adapter.config.sharer_fingerprint:
+                # a sharer without weights here: it is the checkpoint its translator or fuser was made with
+                pin_identity(sharer, ModelIdentity(sharer.name, adapter.config.sharer_fingerprint,
                                                    ModelGeometry.from_config(sharer.model.config)))  # fmt: skip
+        for sharer, translator in zip(self.sharers, self.translators):
             check_translator(translator, receiver, sharer)
             translator.to(receiver.device).eval()
         r_geo = ModelGeometry.from_config(receiver.model.config)
         self.aligners: list[TokenAligner] = []
         for sharer, fuser in zip(self.sharers, self.fusers):
             s_geo = ModelGeometry.from_config(sharer.model.config)
-            if known_identity(sharer) is None and fuser.config.sharer_fingerprint:
-                # a sharer without weights here: it is the checkpoint the fuser was trained with
-                pin_identity(sharer, ModelIdentity(sharer.name, fuser.config.sharer_fingerprint, s_geo))
             s_ident = known_identity(sharer)
             fuser.check_pair(receiver.name, r_geo, sharer.name, s_geo, identity_of(receiver).fingerprint,
                              s_ident.fingerprint if s_ident else None)  # fmt: skip
