@@ -256,5 +256,7 @@ def test_translated_heads_export_with_their_translator_and_import_only_where_it_
     assert foreign.status_code == 400 and "does not serve" in foreign.json()["error"]["message"]
     no_brief = httpx.post(f"{sharer_url}/v1/caches", json={**req, "brief": " "}, timeout=30)
     assert no_brief.status_code == 400 and "brief" in no_brief.json()["error"]["message"]
+    too_long = httpx.post(f"{sharer_url}/v1/caches", json={**req, "brief": "lamp " * 1500}, timeout=60)
+    assert too_long.status_code == 400 and "context" in too_long.json()["error"]["message"]
     no_weights = httpx.post(f"{remote_url}/v1/caches", json=req, timeout=30)
     assert no_weights.status_code == 404 and "no translated caches" in no_weights.json()["error"]["message"]

@@ -87,6 +87,9 @@ class TranslatedReading:
             raise C2CError(f"a brief of {senders} parts needs a translator per part; this model has "
                            f"{len(self.translators)}")  # fmt: skip
         span = BriefSpan.of(self.receiver, messages, brief, self.chat)
+        if span.end > self.receiver.max_length:
+            raise C2CError(f"the brief's {span.end} tokens exceed {self.receiver.name}'s context of "
+                           f"{self.receiver.max_length}")  # fmt: skip
         store, space = self.translated_store(), self.translated_space(senders)
         hit = store.get(identity_of(self.receiver).fingerprint, span.ids[:span.end], space)
         if hit is not None:

@@ -167,6 +167,9 @@ def add_cache_routes(app: FastAPI, server) -> None:
         base = server.base
         return {m.name: m for m in [base.receiver, *base.sharers]}
 
+    def translating_models() -> list:
+        return [server.route(m, None).model for m in server.model_ids() if m.startswith("translated/")]
+
     @app.post("/v1/caches")
     async def export_cache(req: CacheRequest):
         translating = translated_request(server, req)
@@ -217,5 +220,3 @@ def add_cache_routes(app: FastAPI, server) -> None:
         return {"model": model.name, "tokens": len(cache), "bytes": cache.nbytes,
                 "translated": bool(space)}  # fmt: skip
 
-    def translating_models() -> list:
-        return [server.route(m, None).model for m in server.model_ids() if m.startswith("translated/")]

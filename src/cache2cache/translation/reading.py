@@ -92,6 +92,8 @@ def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: l
     `spans` of `brief`, on `device`. With a `store`, the sharer's reading comes from it (and goes into it):
     another translator of the same brief does not make the sharer read it again."""
     s_span = BriefSpan.of(sharer, messages, brief, chat)
+    if s_span.end > sharer.max_length:
+        raise C2CError(f"the brief's {s_span.end} tokens exceed {sharer.name}'s context of {sharer.max_length}")
     if store is not None:
         read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
         s_keys, s_values = prerope_of(sharer, read.keys, read.values)
