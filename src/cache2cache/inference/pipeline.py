@@ -62,6 +62,7 @@ class C2CModel(PrefixReuse, TranslatedReading):
         self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
         self.translators = list(translators)
         self.translated_heads = PrefixStore(TRANSLATED_HEADS_BYTES)
+        self.translator_fingerprints: dict[int, str] = {}
         for sharer, adapter in [*zip(self.sharers, self.translators), *zip(self.sharers, self.fusers)]:
             if known_identity(sharer) is None and adapter.config.sharer_fingerprint:
                 # a sharer without weights here: it is the checkpoint its translator or fuser was made with

@@ -32,6 +32,7 @@ class TranslatedReading:
     """Mixed into C2CModel (which provides receiver, sharers, translators, chat, store, _check_length)."""
 
     translated_heads: PrefixStore  # where translated briefs are kept when there is no prefix store
+    translator_fingerprints: dict[int, str]  # per translator, its weights' hash (translator_fingerprint)
 
     def encode_translated(self, prompts: Sequence[Prompt], new_tokens: int) -> Batch:
         if not self.translators:
@@ -69,10 +70,9 @@ class TranslatedReading:
         return "+translated:" + ",".join(self.translator_fingerprint(j) for j in range(senders))
 
     def translator_fingerprint(self, j: int = 0) -> str:
-        fingerprints = self.__dict__.setdefault("_translator_fps", {})
-        if j not in fingerprints:  # hashing the weights takes tens of milliseconds
-            fingerprints[j] = self.translators[j].fingerprint()
-        return fingerprints[j]
+        if j not in self.translator_fingerprints:  # hashed on first use: tens of milliseconds per translator
+            self.translator_fingerprints[j] = self.translators[j].fingerprint()
+        return self.translator_fingerprints[j]
 
     def translated_store(self) -> PrefixStore:
         return self.store if self.store is not None else self.translated_heads
@@ -86,12 +86,7 @@ class TranslatedReading:
         if senders > len(self.translators):
             raise C2CError(f"a brief of {senders} parts needs a translator per part; this model has "
                            f"{len(self.translators)}")  # fmt: skip
-        span = BriefSpan.of(self.receiver, messages, brief, self.chat)
-        if span.end > self.receiver.max_length:
-            raise C2CError(f"the brief's {span.end} tokens exceed {self.receiver.name}'s context of "
-                           f"{self.receiver.max_length}")  # fmt: skip
-        store, space = self.translated_store(), self.translated_space(senders)
-        hit = store.get(identity_of(self.receiver).fingerprint, span.ids[:span.end], space)
+        ids, hit = self.stored_head(messages, brief, senders)
         if hit is not None:
             return hit
         skeletons = [s.name for s in self.sharers[:senders] if s.is_skeleton]
@@ -100,11 +95,23 @@ class TranslatedReading:
                            "fetched from the host that has them")  # fmt: skip
         pairs = list(zip(self.translators, self.sharers))[:senders]
         cache = translate_parts(pairs, self.receiver, messages, list(parts) or [brief], self.chat, self.store)[0]
-        if cache.token_ids != span.ids[:span.end]:
+        if cache.token_ids != ids:
             raise C2CError("the brief's parts do not join to the brief")
         cache.meta["translator"] = ",".join(self.translator_fingerprint(j) for j in range(senders))
-        store.put(cache, space)
+        self.translated_store().put(cache, self.translated_space(senders))
         return cache
+
+    def stored_head(self, messages: list[dict], brief: str, senders: int = 1) -> tuple[list[int], PromptCache | None]:
+        """The receiver's token ids of `messages` with `brief` up to the brief's end, and the translated head of
+        exactly those tokens by the first `senders` translators if one is stored (translated here before, or
+        fetched or imported from a host that has the sharers)."""
+        span = BriefSpan.of(self.receiver, messages, brief, self.chat)
+        if span.end > self.receiver.max_length:
+            raise C2CError(f"the brief's {span.end} tokens exceed {self.receiver.name}'s context of "
+                           f"{self.receiver.max_length}")  # fmt: skip
+        ids = span.ids[:span.end]
+        return ids, self.translated_store().get(identity_of(self.receiver).fingerprint, ids,
+                                                self.translated_space(senders))  # fmt: skip
 
     @torch.no_grad()
     def prefill_translated(self, batch: Batch) -> tuple[Cache, Timings]:

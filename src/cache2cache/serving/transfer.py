@@ -45,7 +45,6 @@ from ..caches.prompt_cache import PromptCache
 from ..caches.signing import ScaleProfile, validate
 from ..errors import C2CError
 from ..inference.batching import sharer_messages, to_messages
-from ..translation.features import BriefSpan
 from .schemas import ApiError, ChatMessage
 
 class CacheRequest(BaseModel):
@@ -73,9 +72,11 @@ async def fetch_remote_translated(server, model, prompt) -> None:
     and file it where `model` looks for it; a cache of another brief, another receiver or another translator
     is refused."""
     messages = to_messages(prompt.prompt)
-    span = BriefSpan.of(model.receiver, messages, prompt.brief, model.chat)
-    store = model.translated_store()
-    if store.get(identity_of(model.receiver).fingerprint, span.ids[:span.end], model.translated_space()):
+    try:
+        ids, stored = model.stored_head(messages, prompt.brief)
+    except C2CError as e:
+        raise ApiError(400, str(e), param="brief") from None
+    if stored is not None:
         return  # fetched (or imported) before
     sharer = model.sharers[0].name
     body = {"model": f"translated/{sharer}", "messages": messages, "brief": prompt.brief, "dtype": "bfloat16"}
@@ -83,10 +84,11 @@ async def fetch_remote_translated(server, model, prompt) -> None:
     if not claims_cache(model.receiver, cache) or cache.meta.get("translator") != model.translator_fingerprint():
         raise ApiError(502, f"the sharer service sent a cache that is not {model.receiver.name}'s translated by "
                             f"this server's translator from {sharer}")  # fmt: skip
-    if cache.token_ids != span.ids[:span.end]:
+    if cache.token_ids != ids:
         raise ApiError(502, "the sharer service sent the translation of another brief")
     check(server, model.receiver, cache, status=502)
-    store.put(cache.to(model.receiver.device, model.receiver.model.dtype), model.translated_space())
+    model.translated_store().put(cache.to(model.receiver.device, model.receiver.model.dtype),
+                                 model.translated_space())  # fmt: skip
 
 
 async def _post(server, body: dict) -> bytes:
