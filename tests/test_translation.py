@@ -422,3 +422,38 @@ def test_value_maps_can_read_a_narrower_window_than_key_maps(tmp_path):
     assert again.config.value_windows == mixed.config.value_windows
     cache, _ = translate_brief(again, r, s, QUESTION, TEXTS[2][1])
     assert len(cache) > 0
+
+
+def test_a_translator_that_reproduces_the_receiver_reads_on_as_the_receiver_does(self_translator):
+    """The student (template + translated passage up to a cut, the rest read by the receiver) equals the teacher
+    (the receiver reading everything) when the translation is exact, and not when it is off."""
+    from cache2cache.translation.distill import cut_of, distill_loss, student_logits, teacher_logprobs
+    from cache2cache.translation.refine import record
+
+    m = tiny("tiny-llama")
+    pair = record(m, m, TEXTS[:1])[0]
+    assert pair.ids[:pair.start + len(pair.embedding)] == pair.ids[:len(pair.r_keys[0])]
+    for fraction in (0.3, 0.7, 1.0):
+        cut = cut_of(pair, fraction)
+        student = student_logits(self_translator, m, pair, cut).float().log_softmax(-1)
+        torch.testing.assert_close(student, teacher_logprobs(m, pair, cut), atol=2e-2, rtol=0)  # ridge: near-exact
+        assert float(distill_loss(self_translator, m, pair, cut)) < 1e-4
+    broken = Translator(self_translator.config)
+    assert float(distill_loss(broken, m, pair, cut_of(pair, 0.5))) > 1e-3
+
+
+def test_distilling_lowers_the_held_out_kl_and_is_kept_in_the_fit_report(tmp_path):
+    from cache2cache.translation.distill import distill
+    from cache2cache.translation.refine import load_pairs, record, save_pairs
+
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    t = solve(accumulate(r, s, TEXTS[:16], tmp_path / "s.safetensors"), progress=False)
+    save_pairs(record(r, s, TEXTS[16:]), tmp_path / "pairs.safetensors")
+    pairs = load_pairs(tmp_path / "pairs.safetensors")  # ids travel with the recorded passages
+    before = [w.clone() for w in t.parameters()]
+    report = distill(t, r, pairs[4:], pairs[:4], steps=30, lr=1e-4, check_every=10)
+    assert report.kl_after < report.kl_before and report.best_step > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.parameters()))
+    assert not any(p.requires_grad for p in t.parameters())  # back to a frozen map
+    t.save_pretrained(tmp_path / "distilled")
+    assert Translator.from_pretrained(tmp_path / "distilled").config.fit["distilled"]["steps"] == 30

@@ -139,6 +139,7 @@ class PassagePair:
     r_values: list[torch.Tensor]
     start: int
     r_queries: list[torch.Tensor] | None = None  # per layer (start + T, heads * head_dim), pre-RoPE
+    ids: list[int] | None = None  # the receiver's whole prompt (template, brief, what follows): distillation reads it
 
     def targets(self, r: int) -> torch.Tensor:
         return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)
@@ -152,7 +153,7 @@ def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat:
     return PassagePair([k.cpu() for k in s_keys], [v.cpu() for v in s_values],
                        embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
                        [v.cpu() for v in r_out[1]], r_span.start,
-                       [q.cpu() for q in r_out[2]] if queries else None)  # fmt: skip
+                       [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids))  # fmt: skip
 
 
 def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,

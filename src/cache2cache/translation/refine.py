@@ -64,6 +64,8 @@ def save_pairs(pairs: list[PassagePair], path: Path) -> None:
             for i, t in enumerate(getattr(p, name) or []):
                 tensors[f"{j}.{name}.{i}"] = t.contiguous()
         tensors[f"{j}.embedding"] = p.embedding.contiguous()
+        if p.ids is not None:
+            tensors[f"{j}.ids"] = torch.tensor(p.ids, dtype=torch.long)
         meta.append({"start": p.start, "layers": {n: len(getattr(p, n) or []) for n in
                                                   ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})  # fmt: skip
     write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
@@ -78,7 +80,9 @@ def load_pairs(path: Path) -> list[PassagePair]:
     return [PassagePair(get(j, "s_keys", m["layers"]["s_keys"]), get(j, "s_values", m["layers"]["s_values"]),
                         tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
                         get(j, "r_values", m["layers"]["r_values"]), m["start"],
-                        get(j, "r_queries", m["layers"]["r_queries"]) or None) for j, m in enumerate(meta)]  # fmt: skip
+                        get(j, "r_queries", m["layers"]["r_queries"]) or None,
+                        tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None)
+            for j, m in enumerate(meta)]  # fmt: skip
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, start: int, scaling: float, kv_heads: int) -> torch.Tensor:

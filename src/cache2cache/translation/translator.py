@@ -181,6 +181,11 @@ class Translator(nn.Module):
                 embedding: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
         """Per receiver layer, (pre-RoPE keys, values), each (kv_heads, T, head_dim) float32, from per sharer
         layer (T, kv_dim) pre-RoPE keys and values of the aligned tokens and their (T, hidden) receiver embedding."""
+        return self.maps(sharer_keys, sharer_values, embedding)
+
+    def maps(self, sharer_keys: list[torch.Tensor], sharer_values: list[torch.Tensor],
+             embedding: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """`forward` under the caller's grad mode: what training the maps end to end differentiates."""
         out = []
         for r, g in enumerate(self.config.receiver_geo.layers):
             cfg = self.config

@@ -1,0 +1,140 @@
+"""Distil a translator end to end: the receiver reading a translated passage must predict what follows as it does
+after reading the passage itself.
+
+Ridge fitting and refinement (fit.py, refine.py) make each layer's translated keys and values close to the
+receiver's own, one layer at a time. What matters is downstream: the receiver's next-token distributions over the
+text it reads *after* the translated span. So a recorded passage (both models read it once, `refine.record`) is
+cut at a random token: the head and the passage up to the cut become the receiver's template keys plus translated
+keys and values, the receiver reads the rest of the passage (and the prompt's end) itself, and every map is
+trained so that its next-token distributions there match the receiver's own reading of the whole passage
+(KL(teacher || student), mean over the tokens it reads). Gradients flow through the frozen receiver into the
+maps: a backward pass through the 135M receiver only, never through the sharer, whose reading is recorded once.
+
+This is issue 25's dense target (the receiver's own reading of the continuation) applied to translation: no
+labels, any text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import C2CError
+from ..kv import ModelGeometry, new_cache
+from ..models.loading import LoadedModel
+from .features import rotary, rotate
+from .fit import PassagePair
+from .translator import Translator
+
+CUT_RANGE = (0.3, 1.0)  # the translated share of a passage, drawn per step (1.0: all of it, as a brief is read)
+HELD_CUTS = (0.6, 1.0)  # the held-out check: part of each passage translated, and all of it
+
+
+@dataclass
+class DistillReport:
+    """Held-out KL (nats per token the receiver reads) before and after, and the step that was kept."""
+
+    kl_before: float
+    kl_after: float
+    best_step: int
+    steps: int
+
+    def to_dict(self) -> dict:
+        return {"kl_held_out": [self.kl_before, self.kl_after], "best_step": self.best_step, "steps": self.steps}
+
+
+def cut_of(pair: PassagePair, fraction: float) -> int:
+    """How many of the passage's tokens are translated at this `fraction` (at least one, at most all)."""
+    n = len(pair.embedding)
+    return min(n, max(1, round(fraction * n)))
+
+
+def _rotated(keys: torch.Tensor, receiver: LoadedModel, layer: int, start: int) -> torch.Tensor:
+    """(kv, T, D) pre-RoPE keys placed at positions start.. (rotated there)."""
+    cos, sin = rotary(receiver, layer, torch.arange(start, start + keys.shape[1], device=keys.device))
+    return rotate(keys, cos, sin)
+
+
+def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
+    """(L - s0, V) logits of the receiver reading ids[s0:] (s0 = start + cut) after its own template keys and the
+    translated first `cut` passage tokens; differentiable in the translator's maps."""
+    if pair.ids is None:
+        raise C2CError("distillation needs passages recorded with their token ids (re-record them)")
+    geo = ModelGeometry.from_config(receiver.model.config).layers
+    s, c = pair.start, cut
+    maps = translator.maps([k[:c].float() for k in pair.s_keys], [v[:c].float() for v in pair.s_values],
+                           pair.embedding[:c].float() if translator.uses_embedding else None)  # fmt: skip
+    cache = new_cache(receiver.model.config)
+    for i, ((k, v), g) in enumerate(zip(maps, geo)):
+        own_k = pair.r_keys[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
+        own_v = pair.r_values[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
+        keys = torch.cat([_rotated(own_k, receiver, i, 0), _rotated(k, receiver, i, s)], dim=1)
+        cache.update(keys[None], torch.cat([own_v, v], dim=1)[None], i)
+    ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
+    pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
+    return receiver.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[0]
+
+
+@torch.no_grad()
+def teacher_logprobs(receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
+    """(L - s0, V) log-probabilities of the receiver's own reading of the whole prompt at the positions the
+    student reads."""
+    ids = torch.tensor([pair.ids], device=receiver.device)
+    return receiver.model(input_ids=ids).logits[0, pair.start + cut:].float().log_softmax(-1)
+
+
+def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
+                 teacher: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean over the tokens the student reads of KL(teacher || student)."""
+    teacher = teacher_logprobs(receiver, pair, cut) if teacher is None else teacher
+    student = student_logits(translator, receiver, pair, cut).float().log_softmax(-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
+def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
+            steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25
+            ) -> DistillReport:  # fmt: skip
+    """Adam on every key and value map together (from where they are) to lower `distill_loss` on `train` at random
+    cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
+    the best weights are kept. `lr` is relative to each map's mean absolute weight. Records the report in the
+    translator's fit under `distilled`."""
+    if not train or not held:
+        raise C2CError("distillation needs training and held-out passages")
+    rng = random.Random(seed)
+    params = [p for lin in (*translator.keys, *translator.values) for p in lin.parameters()]
+    scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
+    opt = torch.optim.Adam(params, lr=lr * scale)
+    checks = [(p, cut_of(p, f)) for p in held for f in HELD_CUTS]
+    teachers = [teacher_logprobs(receiver, p, c) for p, c in checks]
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return sum(distill_loss(translator, receiver, p, c, t).item()
+                       for (p, c), t in zip(checks, teachers)) / len(checks)  # fmt: skip
+
+    before = best = held_loss()
+    best_step, best_state = 0, [p.detach().clone() for p in params]
+    translator.requires_grad_(True)
+    try:
+        for step in tqdm(range(1, steps + 1), desc="distil", unit="step", dynamic_ncols=True):
+            opt.zero_grad()
+            for pair in rng.sample(train, min(batch, len(train))):
+                cut = cut_of(pair, rng.uniform(*CUT_RANGE))
+                (distill_loss(translator, receiver, pair, cut) / batch).backward()
+            opt.step()
+            if step % check_every == 0 or step == steps:
+                now = held_loss()
+                if now < best:
+                    best, best_step, best_state = now, step, [p.detach().clone() for p in params]
+    finally:
+        translator.requires_grad_(False)
+    with torch.no_grad():
+        for p, kept in zip(params, best_state):
+            p.copy_(kept)
+    report = DistillReport(before, best, best_step, steps)
+    translator.config.fit["distilled"] = {**report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held)}
+    return report
