@@ -98,6 +98,7 @@ def fused_cache(receiver, base, translated, sel, variant):
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--task", default="sciq_brief", help="a receiver-blind probe (items with a brief)")
     p.add_argument("--limit", type=int, default=60)
     p.add_argument("--translator", default=str(DEFAULT_TRANSLATOR))
     p.add_argument("--oracle", action="store_true", help="the receiver's own reading with the brief, not a sharer's")
@@ -112,7 +113,7 @@ def main() -> None:
         translator = Translator.from_pretrained(args.translator)
         aligner = TokenAligner(receiver.tokenizer, sharer.tokenizer)
         source = lambda m, b: translated_question(translator, receiver, sharer, aligner, m, b)  # noqa: E731
-    items = select_items(EvalConfig("sciq_brief", "heldout", ["receiver"], method="cloze", limit=args.limit))
+    items = select_items(EvalConfig(args.task, "heldout", ["receiver"], method="cloze", limit=args.limit))
     rows = []
     for n, it in enumerate(items):
         prompt = posed(it, "cloze")
@@ -129,7 +130,7 @@ def main() -> None:
         rows.append(row)
         acc = {k: sum(r[k] == r["gold"] for r in rows) / len(rows) for k in row if k not in ("id", "gold")}
         print(n + 1, " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
-    result = {"n": len(rows), "rows": rows, "accuracy": acc}
+    result = {"task": args.task, "n": len(rows), "rows": rows, "accuracy": acc}
     for variant in VARIANTS:
         right = [r[variant] == r["gold"] for r in rows]
         other = [r["other_" + variant] == r["gold"] for r in rows]

@@ -38,7 +38,7 @@ def main() -> None:
         pairs = load_pairs(args.pairs)
     else:
         sharer = load_model(translator.config.sharer, prefill_only=True)
-        pairs = record(receiver, sharer, passages(args.text)[args.skip:])
+        pairs = record(receiver, sharer, passages(args.text)[args.skip:], queries=False)
         save_pairs(pairs, args.pairs)
         del sharer
     k = max(1, len(pairs) // 5)

@@ -211,7 +211,7 @@ def test_cli_fit_then_generate_translated(tmp_path):
     texts.write_text("\n\n".join(t for _, t in TEXTS))
     cmd = [sys.executable, "-m", "cache2cache.cli.main"]
     run = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts),
-                                "--out", str(out), "--refine-values", "--refine-steps", "25", "--json"],
+                                "--out", str(out), "--refine-values", "--refine-steps", "25", "--distill", "10", "--json"],
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
@@ -219,6 +219,7 @@ def test_cli_fit_then_generate_translated(tmp_path):
     refined = report["refined_keys"]  # on the passages kept as the moments read them (every one but the first)
     assert refined["passages"] + refined["held_out"] == len(TEXTS) - 1
     assert report["refined_values"]["steps"] == 25 and "value maps refined" in (out / "README.md").read_text()
+    assert report["distilled"]["steps"] == 10 and "distilled end to end" in (out / "README.md").read_text()
     brief = tmp_path / "brief.txt"
     brief.write_text(TEXTS[0][1])
     run = subprocess.run(cmd + ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator",

@@ -74,6 +74,10 @@ def register(sub) -> None:
     p.add_argument("--refine-values", action="store_true",
                    help="after the keys, refine the value maps on the same passages against the receiver's "
                         "attention output through the translated keys (as long again)")  # fmt: skip
+    p.add_argument("--distill", type=int, default=0, metavar="STEPS",
+                   help="last, train every map together on the same passages, end to end: the receiver reading a "
+                        "passage translated up to a random cut must predict the rest as after reading it itself "
+                        "(KL through the receiver, never the sharer; 0: off)")  # fmt: skip
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
@@ -87,14 +91,17 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..models.loading import load_model
     from ..translation.fit import accumulate, solve, write_report
+    from ..translation.distill import distill
     from ..translation.refine import compact, record, refine_keys, refine_values
     from ..translation.text import passages
 
     parse_text_spec(args.text)  # a bad source fails before any model loads
     if args.refine < 0:
         raise C2CError(f"--refine must be >= 0, got {args.refine}")
-    if args.refine_values and not args.refine:
-        raise C2CError("--refine-values refines on the --refine passages: give --refine N > 0")
+    if (args.refine_values or args.distill) and not args.refine:
+        raise C2CError("--refine-values and --distill train on the --refine passages: give --refine N > 0")
+    if args.distill < 0:
+        raise C2CError(f"--distill must be >= 0 steps, got {args.distill}")
     device = check_device(args.device or default_device())
     name = f"{Path(args.receiver).name}-from-{Path(args.sharer).name}".lower()
     out = args.out or Path("runs/translators") / name
@@ -121,6 +128,8 @@ def run(args) -> int:
         refine_keys(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
         if args.refine_values:
             refine_values(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
+        if args.distill:
+            distill(translator, receiver, ordered[held:], ordered[:held], steps=args.distill)
     translator.save_pretrained(out)
     write_report(translator, out)
     fit = translator.config.fit

@@ -69,11 +69,12 @@ def student_logits(translator: Translator, receiver: LoadedModel, pair: PassageP
     maps = translator.maps([k[:c].float() for k in pair.s_keys], [v[:c].float() for v in pair.s_values],
                            pair.embedding[:c].float() if translator.uses_embedding else None)  # fmt: skip
     cache = new_cache(receiver.model.config)
+    dtype = next(receiver.model.parameters()).dtype  # the cache in the receiver's own precision
     for i, ((k, v), g) in enumerate(zip(maps, geo)):
         own_k = pair.r_keys[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
         own_v = pair.r_values[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
         keys = torch.cat([_rotated(own_k, receiver, i, 0), _rotated(k, receiver, i, s)], dim=1)
-        cache.update(keys[None], torch.cat([own_v, v], dim=1)[None], i)
+        cache.update(keys[None].to(dtype), torch.cat([own_v, v], dim=1)[None].to(dtype), i)
     ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
     pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
     return receiver.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[0]
@@ -120,7 +121,8 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     best_step, best_state = 0, [p.detach().clone() for p in params]
     translator.requires_grad_(True)
     try:
-        for step in tqdm(range(1, steps + 1), desc="distil", unit="step", dynamic_ncols=True):
+        bar = tqdm(range(1, steps + 1), desc="distil", unit="step", dynamic_ncols=True, postfix={"held_kl": before})
+        for step in bar:
             opt.zero_grad()
             for pair in rng.sample(train, min(batch, len(train))):
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
@@ -128,6 +130,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
             opt.step()
             if step % check_every == 0 or step == steps:
                 now = held_loss()
+                bar.set_postfix(held_kl=now)
                 if now < best:
                     best, best_step, best_state = now, step, [p.detach().clone() for p in params]
     finally:

@@ -42,10 +42,11 @@ class LayerAttention:
     scaling: float
 
 
-def record(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], chat: bool = True
-           ) -> list[PassagePair]:  # fmt: skip
-    """Both models read each passage; the receiver's queries are kept (16-bit features to bound memory)."""
-    return [compact(passage_pair(receiver, sharer, passage, chat, queries=True))
+def record(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], chat: bool = True,
+           queries: bool = True) -> list[PassagePair]:  # fmt: skip
+    """Both models read each passage; the receiver's queries are kept unless `queries` is False (distillation
+    does not read them; they are half a pair's memory), the sharer's features in 16 bits."""
+    return [compact(passage_pair(receiver, sharer, passage, chat, queries=queries))
             for _, passage in tqdm(texts, desc="record", unit="passage", dynamic_ncols=True)]  # fmt: skip
 
 

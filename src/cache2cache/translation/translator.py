@@ -238,6 +238,9 @@ class Translator(nn.Module):
                if "refined_keys" in fit else "")
             + (f"- value maps refined against the receiver's attention output on {fit['refined_values']['passages']} "
                "passages\n" if "refined_values" in fit else "")
+            + (f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
+               f"passage, against its own reading) on {fit['distilled']['passages']} passages\n"
+               if "distilled" in fit else "")
             + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
