@@ -189,6 +189,8 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("fit stats is a folder", ["fit", *T, "--text", "sciq:2", "--stats", d]),
         ("fit out is a file", ["fit", *T, "--text", "sciq:2", "--out", f"{d}/empty.txt"]),
         ("fit refine values without refining", ["fit", *T, "--text", "sciq:2", "--refine", "0", "--refine-values"]),
+        ("fit distil without refinement passages", ["fit", *T, "--text", "sciq:2", "--refine", "0", "--distill", "5"]),
+        ("fit negative distil steps", ["fit", *T, "--text", "sciq:2", "--distill", "-1"]),
         ("fit bad features", ["fit", *T, "--key-features", "keys,colour"]),
         ("fit corrupt stats", ["fit", *T, "--text", "sciq:2", "--stats", f"{d}/binary.bin", "--out", f"{d}/tr-a"]),
         ("translator is a fuser", ["generate", *T, "--prompt", "x", "--translator", f"{d}/fuser"]),

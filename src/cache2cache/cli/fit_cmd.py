@@ -37,14 +37,17 @@ def register(sub) -> None:
             "ridge strength and report R² per layer (fit.json, r2.png). With the statistics complete, a rerun\n"
             "only solves: cheap to try other --key-features / --value-features. Then (--refine N) the key maps\n"
             "are trained from the ridge solution to make the receiver's own queries attend over translated keys\n"
-            "as over its own (KL of attention, per layer, no backward pass through a model)."
+            "as over its own (KL of attention, per layer, no backward pass through a model). Last (--distill\n"
+            "STEPS), every map is trained at once so that the receiver, reading a passage translated up to a\n"
+            "random cut, predicts the rest as it does after reading the passage itself (backward through the\n"
+            "receiver only)."
         ),
         epilog=(
             "examples:\n"
             "  c2c fit                                          # the default pair, sciq + boolq passages\n"
             "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
-            "  c2c fit --window 3 --use-window 1 --value-window 3 --refine-values   # like the shipped one (9%, slower)\n"
+            "  c2c fit --window 3 --use-window 1 --value-window 3 --refine-values --distill 300   # the shipped recipe\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
