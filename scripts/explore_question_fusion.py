@@ -6,6 +6,9 @@ and/or values of the question tokens are replaced by the translator's reading of
 before this question (the strict control: only the brief differs), per item, cloze scored per character.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/explore_question_fusion.py --limit 60 --out runs/explore/qf.json
+
+With --oracle the replacement keys and values are the receiver's own, computed while reading brief + question:
+issue 25's dense target itself, the most any fuser of this form could write (docs/RESULTS.md).
 """
 
 from __future__ import annotations

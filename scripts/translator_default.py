@@ -12,7 +12,8 @@
    output through the refined keys (96 train, 24 held out);
 3. then every map at once, distilled end to end on the same passages (translation/distill.py: the receiver reading
    a passage translated up to a random cut predicts the rest as after reading it itself; 300 Adam steps of 4
-   passages, lr 3e-5 relative, the best held-out step kept);
+   passages, lr 3e-5 relative, the best held-out step kept; the shipped weights were distilled by
+   scripts/translator_distill.py from the session-9 shipped translator, i.e. from the bfloat16 copy of step 2);
 4. saved in bfloat16 into the package, its fitting text spelled out in config.json and README.md.
 """
 
