@@ -53,12 +53,6 @@ def cut_of(pair: PassagePair, fraction: float) -> int:
     return min(n, max(1, round(fraction * n)))
 
 
-def _rotated(keys: torch.Tensor, receiver: LoadedModel, layer: int, start: int) -> torch.Tensor:
-    """(kv, T, D) pre-RoPE keys placed at positions start.. (rotated there)."""
-    cos, sin = rotary(receiver, layer, torch.arange(start, start + keys.shape[1], device=keys.device))
-    return rotate(keys, cos, sin)
-
-
 def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
     """(L - s0, V) logits of the receiver reading ids[s0:] (s0 = start + cut) after its own template keys and the
     translated first `cut` passage tokens; differentiable in the translator's maps."""
@@ -70,10 +64,11 @@ def student_logits(translator: Translator, receiver: LoadedModel, pair: PassageP
                            pair.embedding[:c].float() if translator.uses_embedding else None)  # fmt: skip
     cache = new_cache(receiver.model.config)
     dtype = next(receiver.model.parameters()).dtype  # the cache in the receiver's own precision
+    positions = torch.arange(s + c, device=receiver.device)
     for i, ((k, v), g) in enumerate(zip(maps, geo)):
         own_k = pair.r_keys[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
         own_v = pair.r_values[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
-        keys = torch.cat([_rotated(own_k, receiver, i, 0), _rotated(k, receiver, i, s)], dim=1)
+        keys = rotate(torch.cat([own_k, k], dim=1), *rotary(receiver, i, positions))  # pre-RoPE, placed at 0..s+c
         cache.update(keys[None].to(dtype), torch.cat([own_v, v], dim=1)[None].to(dtype), i)
     ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
     pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
