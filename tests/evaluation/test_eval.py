@@ -50,6 +50,10 @@ def test_all_modes_and_methods_write_complete_results(tmp_path, method):
         assert m["n"] == len(items) and 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
     assert len(summary["paired"]) == 6 and "Paired on the same questions" in (tmp_path / "results.md").read_text()
     assert all((r["output"] is not None) == (method == "generate") for r in records)
+    for r in records:  # cloze keeps each option's per-character log-probability: the prediction is its argmax
+        assert (r["scores"] is not None) == (method == "cloze")
+        if r["scores"] is not None:
+            assert r["prediction"] == max(range(len(r["scores"])), key=r["scores"].__getitem__)
     t2t = [r for r in records if r["mode"] == "t2t"]
     assert all(r["notes"] is not None and r["latency_s"]["t2t_sharer_s"] > 0 for r in t2t)
     c2c = [r for r in records if r["mode"] == "c2c"]

@@ -94,16 +94,16 @@ class Evaluator:
         questions = [Question(posed(it, cfg.method), t2t_prompt(it),
                               lambda notes, it=it: prompt_for(it, cfg.method, notes)) for it in items]  # fmt: skip
         outputs: list[str | None] = [None] * len(items)  # generated text, kept for auditing (method generate)
+        option_scores: list[list[float] | None] = [None] * len(items)  # per-character log-probs (method cloze)
         if cfg.method == "letter":
             scores = ans.next_token_logits(questions)
             preds = [pick_letter(tokenizer, scores.values[b], len(it.choices)) for b, it in enumerate(items)]
         elif cfg.method == "cloze":
             options = [[f" {c}" for c in it.choices] for it in items]
             scores = ans.logprobs(questions, options)
-            preds = []
-            for lp, opts in zip(scores.values, options):
-                per_char = [v / max(1, len(o)) for v, o in zip(lp, opts)]
-                preds.append(max(range(len(per_char)), key=per_char.__getitem__))
+            option_scores = [[float(v) / max(1, len(o)) for v, o in zip(lp, opts)]
+                             for lp, opts in zip(scores.values, options)]  # fmt: skip
+            preds = [max(range(len(s)), key=s.__getitem__) for s in option_scores]
         else:
             out = ans.generate(questions, GenerateOptions(max_new_tokens=cfg.gen_tokens))
             scores = Scores([], out.timings, [r.notes for r in out.results])
@@ -115,8 +115,8 @@ class Evaluator:
         share = {k: v / len(items) for k, v in scores.timings.to_dict().items()}  # each example's share of the batch
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,
-                 "correct": pred == it.answer, "notes": n, "output": o, "latency_s": share}
-                for it, p, pred, n, o in zip(items, prompts, preds, notes, outputs)]  # fmt: skip
+                 "correct": pred == it.answer, "notes": n, "output": o, "scores": sc, "latency_s": share}
+                for it, p, pred, n, o, sc in zip(items, prompts, preds, notes, outputs, option_scores)]  # fmt: skip
 
     def run(self, items: list[Item], progress: Progress | None = None) -> list[dict]:
         """Every mode on every item, batch by batch; with `progress`, batches an interrupted run already scored
