@@ -100,7 +100,8 @@ def sciq_cloze_item(r: Record, i: int) -> Item:
 # SciQ spans: the SciQ question, its gold answer, and as wrong options three other terms *of its own support
 # paragraph*, so every option is in the paragraph: knowing what it is about does not help, knowing what it says
 # does. A term is a run of one to three words of the paragraph that SciQ itself uses as an answer or distractor
-# somewhere (so options are science terms, not "organisms became"), sharing no word with the question or the gold.
+# somewhere (so options are science terms, not "organisms became"), sharing no word with the question or the gold
+# and holding no stop word (_STOP).
 # Items whose gold is not in the paragraph are left out (the options would then tell it apart).
 _STOP = frozenset("a an and are as at be by for from in into is it of on or the their this to with".split())
 
