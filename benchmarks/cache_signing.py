@@ -23,8 +23,8 @@ import torch
 
 from cache2cache.atomic import write_json
 from cache2cache.caches.identity import identity_of
-from cache2cache.caches.prompt_cache import PromptCache
-from cache2cache.caches.signing import CacheKeys, ScaleProfile, validate
+from cache2cache.caches.prompt_cache import PromptCache, measure_scale
+from cache2cache.caches.signing import CacheKeys, validate
 from cache2cache.models.loading import load_model
 
 KEYS = CacheKeys({"k1": b"benchmark-secret-0123456789"}, "k1")
@@ -48,7 +48,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("docs/results/cache_signing.json"))
     args = p.parse_args()
     model = load_model(args.model, prefill_only=True)
-    scale = ScaleProfile.measure(model)
+    scale = measure_scale(model)
     ident = identity_of(model)
     rows = []
     for n in (int(x) for x in args.tokens.split(",")):

@@ -3,6 +3,8 @@ import json
 import pytest
 import torch
 
+from cache2cache.caches.identity import ModelIdentity
+
 from cache2cache import C2CModel, Fuser, ModelGeometry
 from cache2cache.errors import C2CError
 from cache2cache.fuser.config import PRESETS
@@ -232,9 +234,10 @@ def test_check_pair_refuses_other_kv_shapes_under_the_same_names():
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     fuser = make_fuser(r, s)
     r_geo, s_geo = ModelGeometry.from_config(r.model.config), ModelGeometry.from_config(s.model.config)
-    fuser.check_pair(r.name, r_geo, s.name, s_geo)  # the real pair passes
+    ident = lambda name, geo: ModelIdentity(name, "", geo)  # noqa: E731
+    fuser.check_pair(ident(r.name, r_geo), ident(s.name, s_geo))  # the real pair passes
     shallower = ModelGeometry(s_geo.arch, s_geo.vocab_size, s_geo.layers[:-1])
     with pytest.raises(C2CError, match="same names, different models"):
-        fuser.check_pair(r.name, r_geo, s.name, shallower)
+        fuser.check_pair(ident(r.name, r_geo), ident(s.name, shallower))
     with pytest.raises(C2CError, match="trained for"):
-        fuser.check_pair(r.name, r_geo, "tiny-gemma3", s_geo)
+        fuser.check_pair(ident(r.name, r_geo), ident("tiny-gemma3", s_geo))

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache2cache.caches.identity import identity_of
-from cache2cache.caches.prompt_cache import PromptCache
-from cache2cache.caches.signing import MAGIC, CacheKeys, ScaleProfile, open_signed, validate
+from cache2cache.caches.prompt_cache import PromptCache, measure_scale
+from cache2cache.caches.signing import MAGIC, CacheKeys, open_signed, validate
 from cache2cache.caches.store import PrefixStore
 from cache2cache.errors import C2CError
 
@@ -34,7 +34,7 @@ def _conversation(rng: random.Random) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def scales():
-    return {name: ScaleProfile.measure(tiny(name)) for name in MODELS}
+    return {name: measure_scale(tiny(name)) for name in MODELS}
 
 
 def _receive(data: bytes, store: PrefixStore, scales, keys: CacheKeys = KEYS, conversation=None) -> PromptCache:

@@ -300,7 +300,7 @@ def test_a_team_translates_two_senders_notes_into_one_receiver_cache(cross_trans
     prompts = [Briefed.of_parts(q, [TEXTS[2][1], TEXTS[5][1]]) for q in ("Which gate?", "Which fox?")]
     want = direct.generate(prompts, "translated", opts).results
     assert [x.text for x in replies] == [x.text for x in want]
-    head = direct.translated_head(to_messages("Which gate?"), prompts[0].brief, prompts[0].parts)
+    head = direct.heads.head(to_messages("Which gate?"), prompts[0].brief, prompts[0].parts)
     assert head.meta["translated_from"] == "tiny-qwen2,tiny-gemma3" and head.meta["translator"].count(",") == 1
     # the control hands each question the other's parts, whole
     pairs = [("Which gate?", [TEXTS[2][1], TEXTS[5][1]]), ("Which fox?", [TEXTS[3][1], TEXTS[7][1]])]

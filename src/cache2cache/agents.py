@@ -29,7 +29,7 @@ from typing import Sequence
 
 from .alignment.tokens import Messages, encode, render
 from .caches.identity import identity_of
-from .caches.prompt_cache import PromptCache
+from .caches.prompt_cache import PromptCache, measure_scale
 from .caches.signing import CacheKeys, ScaleProfile, validate
 from .caches.store import PrefixStore
 from .errors import C2CError
@@ -131,7 +131,7 @@ class Team:
         if sender is None:
             raise C2CError(f"a message from {cache.meta.get('sender')!r}, who is not in this team")
         if sender.name not in self._scales:
-            self._scales[sender.name] = ScaleProfile.measure(sender.model)
+            self._scales[sender.name] = measure_scale(sender.model)
         validate(cache, identity_of(sender.model), self._scales[sender.name], sender.model.tokenizer)
         return CacheMessage(sender.name, cache)
 

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from cache2cache.serving.app import ServeConfig, create_app
-from cache2cache.serving.screenshot import CHROMIUM, screenshot_playground
+from .screenshot import CHROMIUM, screenshot_playground
 
 from .conftest import LiveServer, tiny_model
 

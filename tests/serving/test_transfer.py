@@ -230,9 +230,9 @@ def test_a_receiver_host_without_sharer_weights_answers_from_fetched_translated_
 
     from cache2cache.inference.batching import Briefed
 
-    head = local.translated_head(QUESTION, BRIEF)
-    local.translated_store().put(PromptCache.from_bytes(head.to_bytes(torch.bfloat16)).to(dtype=torch.float32),
-                                 local.translated_space())  # fmt: skip
+    head = local.heads.head(QUESTION, BRIEF)
+    local.heads.store.put(PromptCache.from_bytes(head.to_bytes(torch.bfloat16)).to(dtype=torch.float32),
+                                 local.heads.space())  # fmt: skip
     want = local.generate([Briefed(QUESTION, BRIEF)], "translated", GenerateOptions(6)).results[0].text
     assert answer.json()["choices"][0]["message"]["content"] == want
     again = {**body, "messages": [{"role": "user", "content": "Question: Who built it?\nAnswer:"}]}
@@ -247,8 +247,8 @@ def test_translated_heads_export_with_their_translator_and_import_only_where_it_
     exported = httpx.post(f"{sharer_url}/v1/caches", json=req, timeout=60)
     assert exported.status_code == 200, exported.text
     cache = PromptCache.from_bytes(exported.content, key=KEYS)
-    assert cache.identity.name == "tiny-llama" and cache.meta["translator"] == local.translator_fingerprint()
-    assert cache.meta["translated_from"] == "tiny-qwen2" and cache.token_ids == local.translated_head(QUESTION, BRIEF).token_ids
+    assert cache.identity.name == "tiny-llama" and cache.meta["translator"] == local.heads.fingerprint()
+    assert cache.meta["translated_from"] == "tiny-qwen2" and cache.token_ids == local.heads.head(QUESTION, BRIEF).token_ids
     imported = httpx.post(f"{remote_url}/v1/caches/import", content=exported.content, timeout=60).json()
     assert imported["translated"] is True and imported["tokens"] == len(cache)
     cache.meta["translator"] = "0" * 16  # a translator the receiver host does not serve

@@ -49,6 +49,9 @@ class AlignedPrompt:
     sharer_index: list[int]  # len == len(receiver_ids); each a valid index into sharer_ids
 
 
+PART_SEPARATOR = "\n\n"  # between the parts of a brief that several senders read, one part each
+
+
 def with_brief(messages: Messages, brief: str) -> Messages:
     """The sharer's messages: `brief` and a blank line before the last user message's text."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)

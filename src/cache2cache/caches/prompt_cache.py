@@ -31,9 +31,9 @@ from ..alignment.tokens import Messages, encode, render
 from ..atomic import write_bytes
 from ..errors import C2CError
 from ..kv import new_cache
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, decoder_layers
 from .identity import ModelIdentity, identity_of
-from .signing import CacheKeys, is_signed, open_signed, sign, token_hash, validate
+from .signing import CALIBRATION_TEXT, CacheKeys, ScaleProfile, is_signed, open_signed, sign, token_hash, validate
 
 FORMAT = "cache2cache.caches/1"
 
@@ -272,10 +272,16 @@ class _LayerInputs:
             h.remove()
 
 
+def measure_scale(model: LoadedModel) -> ScaleProfile:
+    """The largest |key| and |value| per layer `model` produces on the calibration text: what an imported cache
+    of it may hold (`validate`)."""
+    cache = PromptCache.prefill(model, CALIBRATION_TEXT, chat=False)
+    return ScaleProfile(identity_of(model).fingerprint, tuple(float(k.float().abs().max()) for k in cache.keys),
+                        tuple(float(v.float().abs().max()) for v in cache.values))  # fmt: skip
+
+
 def layer_inputs(model: LoadedModel) -> _LayerInputs:
     """Start recording the input of every decoder layer of `model` (call `.close()` when done)."""
-    from ..reuse.compat import decoder_layers
-
     return _LayerInputs(decoder_layers(model.model))
 
 

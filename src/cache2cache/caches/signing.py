@@ -182,20 +182,11 @@ def open_signed(data: bytes, keys: CacheKeys, now: float | None = None, max_byte
 @dataclass(frozen=True)
 class ScaleProfile:
     """Per layer, the largest |key| and |value| a model produced on a calibration text: a cache whose values go
-    far beyond (SCALE_MARGIN times) is refused even when correctly signed."""
+    far beyond (SCALE_MARGIN times) is refused even when correctly signed. Measured by `prompt_cache.measure_scale`."""
 
     fingerprint: str
     keys: tuple[float, ...]
     values: tuple[float, ...]
-
-    @classmethod
-    def measure(cls, model) -> "ScaleProfile":
-        from .identity import identity_of
-        from .prompt_cache import PromptCache
-
-        cache = PromptCache.prefill(model, CALIBRATION_TEXT, chat=False)
-        return cls(identity_of(model).fingerprint, tuple(float(k.float().abs().max()) for k in cache.keys),
-                   tuple(float(v.float().abs().max()) for v in cache.values))  # fmt: skip
 
 
 def validate(cache, expected, scale: ScaleProfile | None = None, tokenizer=None, manifest: dict | None = None) -> None:

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluation.progress import Progress, choose_output
-from ..evaluation.runner import EVAL_MODES, EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
+from ..inference.modes import EVAL_MODES, modes_help
+from ..evaluation.runner import EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
 from .common import add_model_args, build_from_args, layer_list, model_names, output_dir, positive_int
@@ -35,7 +36,8 @@ def register(sub) -> None:
             "  c2c eval --task arc_easy --split validation --limit 100\n"
             "  c2c eval --task mmlu --split validation --subjects astronomy,virology --modes receiver,c2c\n"
             "  c2c eval --task gsm8k --split test --method generate --limit 20 --modes receiver,t2t\n"
-            "  c2c eval --task jsonl:my_questions.jsonl --split all --receiver tiny-llama --sharer tiny-qwen2"
+            "  c2c eval --task jsonl:my_questions.jsonl --split all --receiver tiny-llama --sharer tiny-qwen2\n\n"
+            "modes (a control's gain over the receiver is not communication):\n" + modes_help()
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

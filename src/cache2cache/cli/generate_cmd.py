@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
-from ..inference.answerers import ANSWER_MODES, answerer
-from ..inference.pipeline import Briefed, GenerateOptions, GenerationOutput
+from ..inference.answerers import answerer
+from ..inference.modes import ANSWER_MODES, MODES
+from ..inference.batching import Briefed, GenerateOptions, GenerationOutput
 from .common import add_model_args, build_from_args, input_file, model_names, number, positive_int
 
 
@@ -91,11 +92,11 @@ def run(args) -> int:
                               temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     _, sharers, _ = model_names(args)
     if args.compare:  # translated only where there is a brief (without one it is the receiver alone)
-        modes = [m for m in ANSWER_MODES if brief or m != "translated"] if sharers else ["receiver"]
+        modes = [m for m in ANSWER_MODES if brief or not MODES[m].brief] if sharers else ["receiver"]
     else:
         modes = [args.mode]
-    if args.mode == "translated" and not brief and not args.compare:
-        raise C2CError("--mode translated answers from a translated brief: give --brief-file")
+    if MODES[args.mode].brief and not brief and not args.compare:
+        raise C2CError(f"--mode {args.mode} answers from a translated brief: give --brief-file")
     if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode == "t2t"):
         raise C2CError("--stream takes exactly one prompt, a mode other than t2t, and no --json/--compare")
     console = Console(stderr=True)

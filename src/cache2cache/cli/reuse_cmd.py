@@ -16,7 +16,7 @@ from ..atomic import write_json
 from ..errors import C2CError
 from ..evaluation.scoring import letter_token_ids, prompt_for
 from ..evaluation.tasks import get_task
-from ..inference.pipeline import GenerateOptions
+from ..inference.batching import GenerateOptions
 from ..models.loading import load_model
 from ..reuse.capture import Capture, capture
 from ..reuse.compat import check_same_base

@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from .. import __version__
+from ..version import __version__
 from ..errors import C2CError
-from ..inference.answerers import ANSWER_MODES, Question, answerer
+from ..inference.answerers import Question, answerer
+from ..inference.modes import BENCH_MODES
 from ..kv import ModelGeometry
-from ..inference.pipeline import C2CModel, GenerateOptions, clock
+from ..inference.batching import GenerateOptions, clock
+from ..inference.pipeline import C2CModel
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
 
-BENCH_MODES = tuple(m for m in ANSWER_MODES if m != "translated")  # translated needs briefs: a probe, not a bench
 
 
 class FirstTokenClock(BaseStreamer):

@@ -29,7 +29,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from ..errors import C2CError
-from ..inference.answerers import ANSWER_MODES, answerer
+from ..inference.answerers import answerer
+from ..inference.modes import ANSWER_MODES
 from ..inference.batching import GenerateOptions
 from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
 

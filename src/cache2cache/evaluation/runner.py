@@ -25,17 +25,18 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
-from ..inference.answerers import ANSWER_MODES, CONTROL_MODES, ROTATING_MODES, Question, Scores, answerer
-from ..inference.pipeline import C2CModel, GenerateOptions
+from ..inference.answerers import Question, Scores, answerer
+from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES
+from ..inference.batching import GenerateOptions
+from ..inference.pipeline import C2CModel
 from .progress import Progress
 from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, posed, prompt_for,
                       t2t_prompt, wilson_interval)  # fmt: skip
 from .tasks import Item, get_task
 
-EVAL_MODES = ANSWER_MODES + CONTROL_MODES
 
 
 @dataclass
@@ -59,7 +60,7 @@ class EvalConfig:
             raise C2CError(f"unknown scoring method {self.method!r}: choose from {', '.join(METHODS)}")
         if self.limit < 0 or self.batch_size < 1 or self.t2t_tokens < 1 or self.gen_tokens < 1:
             raise C2CError("limit must be >= 0 and batch_size, t2t_tokens, gen_tokens >= 1")
-        if set(ROTATING_MODES) & set(self.modes) and self.batch_size < 2:
+        if set(BATCH_MATE_MODES) & set(self.modes) and self.batch_size < 2:
             raise C2CError("the mismatched controls use another question of the batch: need batch_size >= 2")
 
 
@@ -124,7 +125,7 @@ class Evaluator:
         records = []
         bs = self.cfg.batch_size
         batches = [items[i:i + bs] for i in range(0, len(items), bs)]
-        if set(ROTATING_MODES) & set(self.cfg.modes) and len(batches) > 1 and len(batches[-1]) == 1:
+        if set(BATCH_MATE_MODES) & set(self.cfg.modes) and len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [batches[-2] + batches[-1]]  # the control needs another question in every batch
         with tqdm(total=len(batches) * len(self.cfg.modes), desc="eval", unit="batch", dynamic_ncols=True) as bar:
             for mode in self.cfg.modes:

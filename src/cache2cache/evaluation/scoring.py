@@ -16,7 +16,7 @@ import re
 from transformers import PreTrainedTokenizerBase
 
 from ..inference.answerers import T2T_REQUEST
-from ..inference.pipeline import Briefed, Prompt, sharer_messages
+from ..inference.batching import Briefed, Prompt, sharer_messages
 from .tasks import Item
 
 METHODS = ("letter", "cloze", "generate")

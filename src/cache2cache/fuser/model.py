@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..alignment.layers import layer_map
-from ..adapter_dir import read_weights, resolve_dir, write_dir
+from ..adapter_dir import check_pair, fingerprint, read_weights, resolve_dir, shipped_names, write_dir
+from ..caches.identity import ModelIdentity
 from ..errors import C2CError
 from ..kv import ModelGeometry
 from .. import hub
@@ -32,7 +33,7 @@ KV = tuple[torch.Tensor, torch.Tensor]
 
 def shipped_fusers() -> list[str]:
     """Names of the fusers inside the package (loadable by name)."""
-    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file()) if SHIPPED.is_dir() else []
+    return shipped_names(SHIPPED)
 
 
 class Fuser(nn.Module):
@@ -80,25 +81,17 @@ class Fuser(nn.Module):
 
     # ---- what a pipeline calls --------------------------------------------------------------------------
 
-    def check_pair(
-        self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str, sharer_geometry: ModelGeometry,
-        receiver_fingerprint: str | None = None, sharer_fingerprint: str | None = None,
-    ) -> None:
-        """Raise C2CError unless this fuser was built for exactly this receiver and sharer: names, KV shapes,
-        and, where the config records them, the fingerprints of the checkpoints it was trained with (so a fuser
-        is never silently used with another checkpoint of a model with the same name)."""
-        cfg = self.config
-        want = f"receiver {cfg.receiver} <- sharer {cfg.sharer}"
-        got = f"receiver {receiver_name} <- sharer {sharer_name}"
-        if (cfg.receiver, cfg.sharer) != (receiver_name, sharer_name):
-            raise C2CError(f"this fuser was trained for {want}, not {got}")
-        if cfg.receiver_geometry != receiver_geometry.to_dict() or cfg.sharer_geometry != sharer_geometry.to_dict():
-            raise C2CError(f"this fuser's KV shapes do not match {got} (same names, different models?)")
-        for role, recorded, actual in (("receiver", cfg.receiver_fingerprint, receiver_fingerprint),
-                                       ("sharer", cfg.sharer_fingerprint, sharer_fingerprint)):  # fmt: skip
-            if recorded and actual and recorded != actual:
-                raise C2CError(f"this fuser was trained with another checkpoint of its {role} {getattr(cfg, role)} "
-                               f"(fingerprint {recorded}, this one is {actual})")  # fmt: skip
+    kind = "fuser"
+    writes_unread = False  # adds into the positions the receiver read itself (maps.py)
+
+    def check_pair(self, receiver: ModelIdentity, sharer: ModelIdentity) -> None:
+        """Raise C2CError unless this fuser was trained for exactly this receiver and sharer (adapter_dir)."""
+        check_pair("fuser", self.config, receiver.name, receiver.geometry.to_dict(), sharer.name,
+                   sharer.geometry.to_dict(), receiver.fingerprint, sharer.fingerprint)  # fmt: skip
+
+    def fingerprint(self) -> str:
+        """A hash of the config and the weights as they are now."""
+        return fingerprint(self.config.to_json(), self.state_dict())
 
     def forward(self, receiver_kv: Sequence[KV], sharer_kv: Sequence[KV], sharer_index: torch.Tensor) -> LayerDeltas:
         """`deltas`, as the module's forward: what a DistributedDataParallel wrapper calls (training)."""

@@ -1,4 +1,5 @@
-"""The ways to answer, behind one small interface: receiver alone, sharer alone, text-to-text, C2C, translated.
+"""The ways to answer (modes.py lists them), behind one small interface: receiver alone, sharer alone,
+text-to-text, C2C, translated, and their controls.
 
 `c2c generate`, `c2c eval`, `c2c bench`, the agents and the server all ask an `Answerer` (made by `answerer()`)
 and never branch on the mode themselves, so text-to-text lives here and nowhere else.
@@ -19,13 +20,8 @@ import torch
 from ..alignment.tokens import Messages
 from ..errors import C2CError
 from .batching import Briefed, GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
+from .modes import MODES, get_mode
 from .pipeline import C2CModel
-
-ANSWER_MODES = ("receiver", "sharer", "t2t", "c2c", "translated")
-# evaluation only: C2C with another question's sharer cache (controls.py), translation of another question's brief,
-# and the receiver reading the brief itself (the upper bound of what a translated brief can give)
-CONTROL_MODES = ("mismatched", "translated_mismatched", "receiver_brief")
-ROTATING_MODES = ("mismatched", "translated_mismatched")  # need another question in the same batch
 
 T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
                "will choose the answer.")
@@ -76,7 +72,7 @@ class Answerer:
 
     def __init__(self, model: C2CModel, mode: str) -> None:
         self.model, self.mode = model, mode
-        self.answer_mode = mode  # the C2CModel mode that reads the final prompts
+        self.answer_mode = MODES[mode].runs  # the C2CModel mode that reads the final prompts
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
         """The prompts the answering model reads, any notes written for them, and what writing them cost."""
@@ -120,7 +116,6 @@ class TextToText(Answerer):
 
     def __init__(self, model: C2CModel, note_tokens: int = 64, exact_notes: bool = False) -> None:
         super().__init__(model, "t2t")
-        self.answer_mode = "receiver"
         self.notes = GenerateOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens if exact_notes else 0)
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
@@ -136,7 +131,6 @@ class Mismatched(Answerer):
 
     def __init__(self, model: C2CModel) -> None:
         super().__init__(model, "mismatched")
-        self.answer_mode = "c2c"
 
     def running(self) -> contextlib.AbstractContextManager:
         return self.model.mismatched_sharers()
@@ -148,7 +142,6 @@ class TranslatedMismatched(Answerer):
 
     def __init__(self, model: C2CModel) -> None:
         super().__init__(model, "translated_mismatched")
-        self.answer_mode = "translated"
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
         if len(questions) < 2:
@@ -165,26 +158,24 @@ class ReceiverBrief(Answerer):
 
     def __init__(self, model: C2CModel) -> None:
         super().__init__(model, "receiver_brief")
-        self.answer_mode = "receiver"
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
         return [sharer_messages(q.prompt) for q in questions], [None] * len(questions), Timings()
 
 
+ANSWERERS: dict[str, Callable[..., Answerer]] = {
+    "t2t": TextToText, "mismatched": Mismatched, "translated_mismatched": TranslatedMismatched,
+    "receiver_brief": ReceiverBrief,
+}  # every other mode: the pipeline mode of that name over the prompts as given
+
+
 def answerer(model: C2CModel, mode: str, note_tokens: int = 64, exact_notes: bool = False) -> Answerer:
-    """The answerer for `mode` (one of ANSWER_MODES, or CONTROL_MODES) over `model`."""
-    if mode not in ANSWER_MODES + CONTROL_MODES:
-        raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(ANSWER_MODES + CONTROL_MODES)}")
-    if mode not in ("receiver", "receiver_brief") and not model.sharers:
+    """The answerer for `mode` (any mode of modes.py) over `model`."""
+    spec = get_mode(mode)
+    if spec.sharer and not model.sharers:
         raise C2CError(f"mode {mode!r} needs a sharer")
-    if mode.startswith("translated") and not model.translators:
+    if spec.maps == "translators" and not model.translators:
         raise C2CError(f"mode {mode!r} needs a translator (--translator; fit one with `c2c fit`)")
     if mode == "t2t":
         return TextToText(model, note_tokens, exact_notes)
-    if mode == "mismatched":
-        return Mismatched(model)
-    if mode == "translated_mismatched":
-        return TranslatedMismatched(model)
-    if mode == "receiver_brief":
-        return ReceiverBrief(model)
-    return Answerer(model, mode)
+    return ANSWERERS[mode](model) if mode in ANSWERERS else Answerer(model, mode)

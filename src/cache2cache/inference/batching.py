@@ -13,12 +13,8 @@ from typing import Sequence
 
 import torch
 
-from ..alignment.tokens import Messages, with_brief
+from ..alignment.tokens import PART_SEPARATOR, Messages, encode, render, with_brief
 from ..errors import C2CError
-
-MODES = ("c2c", "receiver", "sharer", "translated")  # what C2CModel runs itself; answerers.py adds the rest
-
-
 
 @dataclass(frozen=True)
 class Briefed:
@@ -36,7 +32,6 @@ class Briefed:
         return cls(prompt, PART_SEPARATOR.join(p.strip() for p in parts), tuple(parts))
 
 
-PART_SEPARATOR = "\n\n"  # between the parts of a brief that several senders read, one part each
 Prompt = str | Messages | Briefed
 
 
@@ -107,16 +102,29 @@ class GenerationOutput:
         return {"mode": self.mode, "results": [asdict(r) for r in self.results], "timings": self.timings.to_dict()}
 
 
+@dataclass(frozen=True)
+class BlindMessage:
+    """A row's message the receiver never reads: what its senders read (the messages with `brief` before the
+    last user text; `parts`, one per sender) and the positions it lands on (the batch's head block)."""
+
+    messages: Messages
+    brief: str
+    parts: tuple[str, ...] = ()
+
+
 @dataclass
 class Batch:
-    """Left-padded tensors for one batch of prompts."""
+    """Left-padded tensors for one batch of prompts, laid out as [head | what the answering model reads].
+
+    The first `head` columns (left-padded) are written by maps that write positions the receiver never reads
+    (translators; `blind` holds each row's message, None for a row without one); the rest the answering model
+    reads itself, and maps that add to what it read (fusers) add there, from the sharers' prompts in `sharers`.
+    """
 
     ids: torch.Tensor  # (B, L) the answering model's prompt
     mask: torch.Tensor  # (B, L)
     sharers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per sharer: ids (B, Ls), mask, index (B, L)
-    # mode "translated": per row, the (messages, brief) the sharer reads, or None for a row without a brief; the
-    # first `head` columns (left-padded) are then the translated cache, the rest (left-padded) the receiver reads
-    briefs: list[tuple[Messages, str] | None] = field(default_factory=list)
+    blind: list[BlindMessage | None] = field(default_factory=list)
     head: int = 0
 
 
@@ -126,6 +134,31 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     ids = torch.tensor([[pad_id] * p + list(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
     mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pads, rows)], dtype=torch.long, device=device)
     return ids, mask, pads
+
+
+def plain_batch(model, messages: Sequence[Messages], chat: bool, new_tokens: int) -> Batch:
+    """One model's rendering of each prompt, left-padded (no sharer, no head)."""
+    rows = [encode(model.tokenizer, render(model.tokenizer, m, chat))[0] for m in messages]
+    for r in rows:
+        check_length(model, len(r), new_tokens)
+    ids, mask, _ = left_pad(rows, model.tokenizer.pad_token_id, model.device)
+    return Batch(ids, mask, [])
+
+
+def aligned_batch(receiver, sharers: Sequence, aligned: Sequence[Sequence]) -> Batch:
+    """Left-pad aligned prompts (`alignment.tokens.AlignedPrompt`; outer index: sharer, inner: prompt) and map
+    the receiver's padded positions to each sharer's padded positions."""
+    rows = [a.receiver_ids for a in aligned[0]]
+    ids, mask, pads = left_pad(rows, receiver.tokenizer.pad_token_id, receiver.device)
+    per_sharer = []
+    for sharer, per_prompt in zip(sharers, aligned):
+        s_ids, s_mask, s_pads = left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
+                                         sharer.device)  # fmt: skip
+        index = torch.zeros_like(ids)
+        for b, a in enumerate(per_prompt):
+            index[b, pads[b]:] = torch.tensor(a.sharer_index, device=ids.device) + s_pads[b]
+        per_sharer.append((s_ids, s_mask, index))
+    return Batch(ids, mask, per_sharer)
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +180,13 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def check_length(model, n: int, new_tokens: int) -> None:
+    """Raise C2CError unless `n` prompt tokens and `new_tokens` fit in `model`'s context."""
+    if n + new_tokens > model.max_length:
+        raise C2CError(f"prompt ({n} tokens) + {new_tokens} new tokens exceeds {model.name}'s context of "
+                       f"{model.max_length} tokens")  # fmt: skip
+
+
 def to_messages(prompt: Prompt) -> Messages:
     """The messages the receiver reads."""
     if isinstance(prompt, Briefed):
@@ -158,8 +198,6 @@ def to_messages(prompt: Prompt) -> Messages:
     if not prompt or not any(m.get("content", "").strip() for m in prompt):
         raise C2CError("the prompt is empty")
     return prompt
-
-
 
 
 def sharer_messages(prompt: Prompt) -> Messages:

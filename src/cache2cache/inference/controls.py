@@ -2,7 +2,7 @@
 
 If C2C's gain over the receiver is the sharer's knowledge of this prompt, fusing another prompt's sharer cache
 must lose it; if the gain survives, the fuser has learned a prior it adds whatever the sharer read. Evaluation
-uses this to test a fuser (benchmarks/mismatched_sharer.py), training to penalise such priors
+uses this to test a fuser (`c2c eval --modes c2c,mismatched`), training to penalise such priors
 (`mismatch_loss_weight`).
 """
 

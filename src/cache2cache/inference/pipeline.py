@@ -1,49 +1,54 @@
-"""Fused generation: prefill sharer(s) and receiver, fuse the caches, decode with the receiver's `generate()`.
+"""C2CModel: a receiver, its sharers and their cache maps, and the one path a message takes into the receiver.
 
-The receiver prefills every prompt token but the last (C2C paper, Sec. 3.1); the fused cache is then handed to
-transformers' `generate()` together with the full prompt, so generation feeds the last prompt token and decodes
-from there with the model's own Cache classes, masks, sampling and streamers. Batches are left-padded;
-positions come from the attention mask, so a padded row computes the same thing it would alone.
+Every mode goes the same way (modes.py says which maps carry the message):
 
-The baselines run through the same code: mode "receiver" skips the sharers and fusion, mode "sharer" lets the
-first sharer answer alone with its own chat template.
+    encode    tokenise, align, left-pad: [head | what the answering model reads] (batching.Batch)
+    prefill   the blind maps (translators) write the head; the sharers read their prompts; the answering model
+              reads everything but the last token over the head; the over maps (fusers) add to what it read
+    decode    transformers' `generate()` continues from that cache (or scoring.py reads scores off it)
+
+The receiver prefills every prompt token but the last (C2C paper, Sec. 3.1); generation feeds the last token and
+decodes with the model's own Cache classes, masks, sampling and streamers. Batches are left-padded; positions
+come from the attention mask, so a padded row computes the same thing it would alone. Mode "receiver" uses no
+map; mode "sharer" lets the first sharer answer alone with its own chat template.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Iterator, Sequence
 
 import torch
-from transformers import Cache, GenerationConfig, TextIteratorStreamer
+from transformers import Cache
 
-from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
-from ..caches.identity import ModelIdentity, identity_of, known_identity, pin_identity
+from ..alignment.tokens import AlignedPrompt, TokenAligner
+from ..caches.identity import ModelIdentity, known_identity, pin_identity
 from ..caches.store import PrefixStore
 from ..errors import C2CError
-from ..fuser.model import Fuser, LayerDeltas
+from ..fuser.model import Fuser
 from ..kv import ModelGeometry, new_cache
+from ..maps import CacheMap, check_map
 from ..models.loading import LoadedModel
-from ..translation.reading import check_translator
 from ..translation.translator import Translator
+from .batching import (Batch, GenerateOptions, GenerationOutput, Prompt, Timings, aligned_batch, check_length, clock,
+                       plain_batch, positions, right_pad, sharer_messages, to_messages)  # fmt: skip
+from .blind import BlindHeads
 from .controls import rotate_sharers
-from .batching import (MODES, Batch, Briefed, GenerateOptions, GenerationOutput, GenerationResult, Prompt, Timings,
-                       clock, left_pad, positions, right_pad, sharer_messages, to_messages)
-from .prefix_reuse import PrefixReuse
-from .prefix_reuse import rows as _rows
-from .translated import TRANSLATED_HEADS_BYTES, TranslatedReading
+from .fusion import add_fused
+from .modes import PIPELINE_MODES, get_mode
+from .prefix_reuse import FusedPrefixes, rows
+from .decoding import generation_config, results, stream
+from .scoring import continuation_logits, option_rows, option_scores, per_prompt
 
-__all__ = ["C2CModel", "MODES", "Batch", "Briefed", "GenerateOptions", "GenerationOutput", "GenerationResult", "Prompt", "clock",
-           "Timings", "left_pad", "positions", "right_pad", "sharer_messages", "to_messages"]
 
-class C2CModel(PrefixReuse, TranslatedReading):
-    """A receiver, zero or more sharers with one fuser each, and the code that makes them talk.
+class C2CModel:
+    """A receiver, zero or more sharers with their cache maps (a fuser each, a translator each, or both), and
+    the code that makes them talk.
 
     Holds no global state: several instances (say, one per model pair in a server) can live side by side. With
     a `PrefixStore`, prompts that share a prefix with an earlier one (a document, a conversation so far) are
-    prefilled and fused from the stored prefix on (see `prefill`). With a translator for the first sharer, mode
-    "translated" answers briefed prompts from the translated cache of the brief (translated.py).
+    prefilled and fused from the stored prefix on (prefix_reuse.py); written heads of briefs are kept there too
+    (blind.py).
     """
 
     def __init__(
@@ -55,138 +60,128 @@ class C2CModel(PrefixReuse, TranslatedReading):
         store: PrefixStore | None = None,
         translators: Sequence[Translator] = (),
     ) -> None:
-        if len(fusers) != len(sharers) and not (translators and not fusers):
+        if (fusers and len(fusers) != len(sharers)) or (sharers and not fusers and not translators):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
         if len(translators) > len(sharers):
             raise C2CError(f"at most one translator per sharer: got {len(sharers)} sharer(s), {len(translators)}")
-        self.receiver, self.sharers, self.fusers, self.chat = receiver, list(sharers), list(fusers), chat
-        self.translators = list(translators)
-        self.translated_heads = PrefixStore(TRANSLATED_HEADS_BYTES)
-        self.translator_fingerprints: dict[int, str] = {}
-        for sharer, adapter in [*zip(self.sharers, self.translators), *zip(self.sharers, self.fusers)]:
-            if known_identity(sharer) is None and adapter.config.sharer_fingerprint:
-                # a sharer without weights here: it is the checkpoint its translator or fuser was made with
-                pin_identity(sharer, ModelIdentity(sharer.name, adapter.config.sharer_fingerprint,
-                                                   ModelGeometry.from_config(sharer.model.config)))  # fmt: skip
-        for sharer, translator in zip(self.sharers, self.translators):
-            check_translator(translator, receiver, sharer)
-            translator.to(receiver.device).eval()
-        r_geo = ModelGeometry.from_config(receiver.model.config)
-        self.aligners: list[TokenAligner] = []
-        for sharer, fuser in zip(self.sharers, self.fusers):
-            s_geo = ModelGeometry.from_config(sharer.model.config)
-            s_ident = known_identity(sharer)
-            fuser.check_pair(receiver.name, r_geo, sharer.name, s_geo, identity_of(receiver).fingerprint,
-                             s_ident.fingerprint if s_ident else None)  # fmt: skip
-            fuser.to(receiver.device).eval()
-            self.aligners.append(TokenAligner(receiver.tokenizer, sharer.tokenizer, fuser.config.token_alignment))
+        self.receiver, self.sharers, self.chat = receiver, list(sharers), chat
+        self.maps: dict[str, list[CacheMap]] = {"fusers": list(fusers), "translators": list(translators)}
+        for kind in self.maps.values():
+            for sharer, cmap in zip(self.sharers, kind):
+                if known_identity(sharer) is None and cmap.config.sharer_fingerprint:
+                    # a sharer without weights here: it is the checkpoint its map was made with
+                    pin_identity(sharer, ModelIdentity(sharer.name, cmap.config.sharer_fingerprint,
+                                                       ModelGeometry.from_config(sharer.model.config)))  # fmt: skip
+        for kind, hash_sharer in (("translators", True), ("fusers", False)):
+            for sharer, cmap in zip(self.sharers, self.maps[kind]):
+                check_map(cmap, receiver, sharer, hash_sharer)
+                cmap.to(receiver.device).eval()
+        self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, f.config.token_alignment)
+                         for s, f in zip(self.sharers, self.fusers)]  # fmt: skip
+        self.store = store
         self._fusion_enabled = True
         self._mismatched = False
-        self.store = store
-        self._pair_identity: ModelIdentity | None = None
+
+    @property
+    def store(self) -> PrefixStore | None:
+        return self._store
+
+    @store.setter
+    def store(self, store: PrefixStore | None) -> None:
+        """Where prefixes, fused prefixes and written heads are kept (a server sets one after construction)."""
+        self._store = store
+        self.heads = BlindHeads(self.receiver, self.sharers, self.translators, self.chat, store)
+        self.prefixes = FusedPrefixes(store, self.receiver, self.sharers, self.fusers) if store is not None else None
+
+    fusers = property(lambda self: self.maps["fusers"], doc="the sharers' fusers, in order")
+    translators = property(lambda self: self.maps["translators"], doc="the sharers' translators, in order")
 
     def answerer(self, mode: str) -> LoadedModel:
         """The model that answers in `mode`: the first sharer in mode "sharer", else the receiver."""
         return self.sharers[0] if mode == "sharer" else self.receiver
 
-    @contextlib.contextmanager
-    def disable_fuser(self) -> Iterator[None]:
+    def disable_fuser(self) -> contextlib.AbstractContextManager:
         """Within this block, mode "c2c" still prefills the sharers but adds nothing to the receiver's cache."""
-        self._fusion_enabled = False
-        try:
-            yield
-        finally:
-            self._fusion_enabled = True
+        return self._while("_fusion_enabled", False)
 
-    @contextlib.contextmanager
-    def mismatched_sharers(self) -> Iterator[None]:
+    def mismatched_sharers(self) -> contextlib.AbstractContextManager:
         """Within this block, mode "c2c" fuses each prompt with the sharers' caches of the *next* prompt of its
         batch (the control of inference/controls.py: what a fuser adds whatever the sharer read)."""
-        self._mismatched = True
+        return self._while("_mismatched", True)
+
+    @contextlib.contextmanager
+    def _while(self, flag: str, value: bool) -> Iterator[None]:
+        old = getattr(self, flag)
+        setattr(self, flag, value)
         try:
             yield
         finally:
-            self._mismatched = False
+            setattr(self, flag, old)
 
-    # ---- preparing a batch ----------------------------------------------------------------------------
+    def maps_for(self, mode: str) -> list[CacheMap]:
+        """The maps that carry the message in pipeline `mode`; a one-line error when this model lacks them."""
+        route = get_mode(mode, PIPELINE_MODES)
+        if route.sharer and not self.sharers:
+            raise C2CError(f"mode {mode!r} needs at least one sharer")
+        maps = self.maps.get(route.maps, [])
+        if route.maps == "fusers" and len(maps) != len(self.sharers):
+            raise C2CError(f"mode {mode!r} needs a fuser per sharer (this model has translators only)")
+        if route.maps == "translators" and not maps:
+            raise C2CError(f"mode {mode!r} needs a translator for the first sharer (--translator; fit one with "
+                           "`c2c fit`)")  # fmt: skip
+        return maps
+
+    # ---- encode -----------------------------------------------------------------------------------------
 
     def encode(self, prompts: Sequence[Prompt], mode: str = "c2c", new_tokens: int = 0) -> Batch:
         """Tokenise, align and left-pad. Raises C2CError for empty prompts, and for prompts that leave no room
         for `new_tokens` in the answering model's context."""
-        if mode not in MODES:
-            raise C2CError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        if mode in ("c2c", "sharer", "translated") and not self.sharers:
-            raise C2CError(f"mode {mode!r} needs at least one sharer")
-        if mode == "c2c" and len(self.fusers) != len(self.sharers):
-            raise C2CError("mode 'c2c' needs a fuser per sharer (this model has translators only)")
+        maps = self.maps_for(mode)
         if not prompts:
             raise C2CError("no prompts given")
-        if mode == "translated":
-            return self.encode_translated(prompts, new_tokens)
+        if any(m.writes_unread for m in maps):  # the message lands where the receiver reads nothing
+            return self.heads.encode(prompts, new_tokens)
         messages = [(sharer_messages if mode == "sharer" else to_messages)(p) for p in prompts]
         answerer = self.answerer(mode)
-        if mode != "c2c":
-            rows = [encode(answerer.tokenizer, render(answerer.tokenizer, m, self.chat))[0] for m in messages]
-            for r in rows:
-                self._check_length(answerer, len(r), new_tokens)
-            ids, mask, _ = left_pad(rows, answerer.tokenizer.pad_token_id, answerer.device)
-            return Batch(ids, mask, [])
+        if not maps:
+            return plain_batch(answerer, messages, self.chat, new_tokens)
         sharer_views = [sharer_messages(p) for p in prompts]
         aligned: list[list[AlignedPrompt]] = [[al.align(m, self.chat, s) for m, s in zip(messages, sharer_views)]
                                               for al in self.aligners]  # fmt: skip
         for r in aligned[0]:
-            self._check_length(self.receiver, len(r.receiver_ids), new_tokens)
-        for sharer, per_prompt in zip(self.sharers, aligned):
-            for a in per_prompt:
-                self._check_length(sharer, len(a.sharer_ids), new_tokens=0)
-        return self.batch_from_aligned(aligned)
+            check_length(self.receiver, len(r.receiver_ids), new_tokens)
+        for sharer, views in zip(self.sharers, aligned):
+            for a in views:
+                check_length(sharer, len(a.sharer_ids), new_tokens=0)
+        return aligned_batch(self.receiver, self.sharers, aligned)
 
-    def batch_from_aligned(self, aligned: Sequence[Sequence[AlignedPrompt]]) -> Batch:
-        """Left-pad aligned prompts (outer index: sharer, inner: prompt) and map receiver padded positions to
-        sharer padded positions."""
-        rows = [a.receiver_ids for a in aligned[0]]
-        ids, mask, pads = left_pad(rows, self.receiver.tokenizer.pad_token_id, self.receiver.device)
-        sharers = []
-        for sharer, per_prompt in zip(self.sharers, aligned):
-            s_ids, s_mask, s_pads = left_pad([a.sharer_ids for a in per_prompt], sharer.tokenizer.pad_token_id,
-                                              sharer.device)  # fmt: skip
-            index = torch.zeros_like(ids)
-            for b, a in enumerate(per_prompt):
-                index[b, pads[b]:] = torch.tensor(a.sharer_index, device=ids.device) + s_pads[b]
-            sharers.append((s_ids, s_mask, index))
-        return Batch(ids, mask, sharers)
-
-    @staticmethod
-    def _check_length(model: LoadedModel, n: int, new_tokens: int) -> None:
-        if n + new_tokens > model.max_length:
-            raise C2CError(f"prompt ({n} tokens) + {new_tokens} new tokens exceeds {model.name}'s context of "
-                           f"{model.max_length} tokens")  # fmt: skip
-
-    # ---- prefill and fusion ---------------------------------------------------------------------------
+    # ---- prefill: the message path ----------------------------------------------------------------------
 
     @torch.no_grad()
     def prefill(self, batch: Batch, mode: str = "c2c") -> tuple[Cache, Timings]:
-        """Prefill all prompt tokens but the last and, in mode c2c, fuse the sharers' caches in. With a prefix
-        store, every model resumes from the longest cached prefix of its prompt, and fusion from the longest
-        fused prefix (fusion is per position, so a prefix's fused keys and values do not change)."""
-        if mode == "translated":
-            return self.prefill_translated(batch)
+        """Prefill all prompt tokens but the last, with the message in: the head written (timed as the
+        sharers' prefill, with their reading), the rest read by the answering model over it, the fusers'
+        deltas added. With a prefix store, every model resumes from the longest cached prefix of its prompt,
+        and fusion from the longest fused prefix (fusion is per position, so a prefix's fused keys and values
+        do not change)."""
+        over = [m for m in self.maps_for(mode) if not m.writes_unread]
         answerer = self.answerer(mode)
-        fusing = mode == "c2c" and self._fusion_enabled
+        fusing = bool(over) and self._fusion_enabled
         timings = Timings()
         t0 = clock(answerer.device)
-        sharer_caches = self.prefill_sharers(batch) if mode == "c2c" else []
+        head = self.heads.cache(batch) if batch.head else None
+        sharer_caches = self.prefill_sharers(batch) if over else []
         fusion_batch = rotate_sharers(batch, sharer_caches) if fusing and self._mismatched else batch
         t1 = clock(answerer.device)
-        cache = self.prefill_answerer(batch, answerer)
-        reusing = fusing and self.store is not None and not self._mismatched
-        aligned_rows = self.alignment_rows(batch) if reusing else []  # once, for the lookup and the store
-        fresh = self._reuse_fused(cache, batch, aligned_rows) if reusing else None
+        cache = self.prefill_answerer(batch, answerer, head)
+        reusing = fusing and self.prefixes is not None and not self._mismatched
+        aligned_rows = self.prefixes.alignment_rows(batch) if reusing else []  # once, for lookup and store
+        fresh = self.prefixes.reuse(cache, batch, aligned_rows) if reusing else None
         t2 = clock(answerer.device)
         if fusing:
             self.fuse(cache, sharer_caches, fusion_batch, fresh)
             if reusing:
-                self._store_fused(cache, batch, aligned_rows)
+                self.prefixes.put(cache, batch, aligned_rows)
         t3 = clock(answerer.device)
         timings.sharer_prefill_s, timings.receiver_prefill_s, timings.fuse_s = t1 - t0, t2 - t1, t3 - t2
         return cache, timings
@@ -195,8 +190,8 @@ class C2CModel(PrefixReuse, TranslatedReading):
         """Each sharer reads its whole prompt; its cache keeps every position (sliding layers included)."""
         caches = []
         for sharer, (s_ids, s_mask, _) in zip(self.sharers, batch.sharers):
-            if self.store is not None:
-                caches.append(self._from_store(sharer, _rows(s_ids, s_mask)))
+            if self.prefixes is not None:
+                caches.append(self.prefixes.prefill(sharer, rows(s_ids, s_mask)))
                 continue
             cache = new_cache(sharer.model.config, keep_full_history=True)
             sharer.model(input_ids=s_ids, attention_mask=s_mask, position_ids=positions(s_mask),
@@ -204,77 +199,29 @@ class C2CModel(PrefixReuse, TranslatedReading):
             caches.append(cache)
         return caches
 
-    def prefill_answerer(self, batch: Batch, answerer: LoadedModel) -> Cache:
-        """The answering model reads every prompt token but the last (which generation or training feeds)."""
-        if self.store is not None and batch.ids.shape[1] > 1:
-            return self._from_store(answerer, _rows(batch.ids[:, :-1], batch.mask[:, :-1]))
-        cache = new_cache(answerer.model.config)
-        if batch.ids.shape[1] > 1:
-            ids, mask = batch.ids[:, :-1], batch.mask[:, :-1]
-            answerer.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), past_key_values=cache,
-                           use_cache=True, logits_to_keep=1)  # fmt: skip
+    def prefill_answerer(self, batch: Batch, answerer: LoadedModel, head: Cache | None = None) -> Cache:
+        """The answering model reads every prompt token after the head but the last (which generation or
+        training feeds), over the `head` cache when there is one."""
+        if head is None and self.prefixes is not None and batch.ids.shape[1] > 1:
+            return self.prefixes.prefill(answerer, rows(batch.ids[:, :-1], batch.mask[:, :-1]))
+        cache = head if head is not None else new_cache(answerer.model.config)
+        if batch.ids.shape[1] - batch.head > 1:
+            mask = batch.mask[:, :-1]
+            answerer.model(input_ids=batch.ids[:, batch.head:-1], attention_mask=mask,
+                           position_ids=positions(mask)[:, batch.head:], past_key_values=cache, use_cache=True,
+                           logits_to_keep=1)  # fmt: skip
         return cache
 
     def fuse(self, cache: Cache, sharer_caches: Sequence[Cache], batch: Batch, fresh: torch.Tensor | None = None
              ) -> None:  # fmt: skip
-        """Add every fuser's deltas (all computed from the receiver's own cache) to `cache` in place, at the
-        positions `fresh` (B, T) marks (default: every real prompt position but the last). Deltas are computed
-        only from the first column any row still needs.
+        """Add every fuser's deltas to `cache` in place (fusion.py), at the positions `fresh` marks."""
+        add_fused(cache, self.fusers, sharer_caches, batch, fresh)
 
-        Runs with whatever grad mode the caller has: training calls it with gradients on, after prefilling
-        without them."""
-        if batch.ids.shape[1] < 2:
-            return  # a one-token prompt leaves nothing in the cache to fuse
-        valid = batch.mask[:, :-1] if fresh is None else fresh  # (B, T)
-        cols = valid.any(0).nonzero()
-        if cols.numel() == 0:
-            return  # everything was fused before (a prefix-store hit on the whole prompt)
-        n_new = valid.shape[1] - int(cols[0])
-        receiver_kv = [(layer.keys[:, :, -n_new:], layer.values[:, :, -n_new:]) for layer in cache.layers]
-        per_fuser: list[LayerDeltas] = [
-            fuser(receiver_kv, [(sl.keys, sl.values) for sl in s_cache.layers], index[:, :-1])
-            for fuser, s_cache, (_, _, index) in zip(self.fusers, sharer_caches, batch.sharers)
-        ]
-        valid = valid[:, None, :, None]  # (B, 1, T, 1): padding (and already fused) positions stay untouched
-        for r in sorted({r for d in per_fuser for r in d}):
-            layer = cache.layers[r]
-            t = min(layer.keys.shape[-2], n_new)
-            dk = sum(d[r][0] for d in per_fuser if r in d and d[r][0] is not None)
-            dv = sum(d[r][1] for d in per_fuser if r in d and d[r][1] is not None)
-            if isinstance(dk, torch.Tensor):
-                layer.keys = torch.cat([layer.keys[:, :, :-t], layer.keys[:, :, -t:] + (dk * valid[:, :, -t:])
-                                        .to(layer.keys.dtype)], dim=2)  # fmt: skip
-            if isinstance(dv, torch.Tensor):
-                layer.values = torch.cat([layer.values[:, :, :-t], layer.values[:, :, -t:] + (dv * valid[:, :, -t:])
-                                          .to(layer.values.dtype)], dim=2)  # fmt: skip
-
-    # ---- generation -----------------------------------------------------------------------------------
-
-    def _generation_config(self, model: LoadedModel, options: GenerateOptions) -> GenerationConfig:
-        base = model.model.generation_config
-        sampling = (
-            dict(do_sample=True, temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
-            if options.do_sample
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        )
-        return GenerationConfig(
-            max_new_tokens=options.max_new_tokens,
-            min_new_tokens=options.min_new_tokens or None,
-            eos_token_id=base.eos_token_id if base.eos_token_id is not None else model.tokenizer.eos_token_id,
-            pad_token_id=model.tokenizer.pad_token_id,
-            bos_token_id=base.bos_token_id,
-            **sampling,
-        )
+    # ---- decode -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        mode: str = "c2c",
-        options: GenerateOptions | None = None,
-        streamer=None,
-        stopping_criteria=None,
-    ) -> GenerationOutput:
+    def generate(self, prompts: Sequence[Prompt], mode: str = "c2c", options: GenerateOptions | None = None,
+                 streamer=None, stopping_criteria=None) -> GenerationOutput:  # fmt: skip
         """Answer a batch of prompts (str or chat messages) in `mode`; see the module docstring. `streamer` and
         `stopping_criteria` go to transformers' `generate()` (a server streams and cancels rows with them). A seed
         applies to this call only: the process's global random state is left as it was."""
@@ -289,25 +236,11 @@ class C2CModel(PrefixReuse, TranslatedReading):
                 torch.manual_seed(options.seed)
             out = answerer.model.generate(
                 input_ids=batch.ids, attention_mask=batch.mask, past_key_values=cache,
-                generation_config=self._generation_config(answerer, options), streamer=streamer,
+                generation_config=generation_config(answerer, options), streamer=streamer,
                 stopping_criteria=stopping_criteria,
             )  # fmt: skip
         timings.decode_s = clock(answerer.device) - t0
-        new = out[:, batch.ids.shape[1]:]
-        results = []
-        eos = self.eos_ids(answerer)
-        for b in range(new.shape[0]):
-            row = new[b].tolist()
-            n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-            results.append(
-                GenerationResult(
-                    text=answerer.tokenizer.decode(row[:n], skip_special_tokens=True),
-                    prompt_tokens=int(batch.mask[b].sum()),
-                    new_tokens=n,
-                    sharer_prompt_tokens=[int(s_mask[b].sum()) for _, s_mask, _ in batch.sharers],
-                )
-            )
-        return GenerationOutput(mode=mode, results=results, timings=timings)
+        return GenerationOutput(mode, results(out, batch, answerer), timings)
 
     @torch.no_grad()
     def next_token_logits(self, prompts: Sequence[Prompt], mode: str = "c2c") -> torch.Tensor:
@@ -347,8 +280,7 @@ class C2CModel(PrefixReuse, TranslatedReading):
         if len(continuations) != len(prompts) or not all(continuations):
             raise C2CError("need a non-empty list of continuations for every prompt")
         answerer = self.answerer(mode)
-        rows = [encode(answerer.tokenizer, c)[0] or [answerer.tokenizer.eos_token_id]
-                for opts in continuations for c in opts]  # fmt: skip
+        rows = option_rows(answerer.tokenizer, continuations)
         batch = self.encode(prompts, mode, new_tokens=max(map(len, rows)))  # the longest option must fit too
         cache, timings = self.prefill(batch, mode)
         t0 = clock(answerer.device)
@@ -356,55 +288,11 @@ class C2CModel(PrefixReuse, TranslatedReading):
         cache.batch_select_indices(owner)
         expanded = Batch(batch.ids[owner], batch.mask[owner], [])
         ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
-        logp = self.continuation_logits(expanded, cache, answerer, ids, mask).float().log_softmax(-1)
-        flat = (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
-        greedy = ((logp.argmax(-1) == ids) | (mask == 0)).all(-1).tolist()
+        flat, greedy = option_scores(continuation_logits(expanded, cache, answerer, ids, mask), ids, mask)
         timings.decode_s = clock(answerer.device) - t0
-        out, flags, k = [], [], 0
-        for opts in continuations:
-            out.append(flat[k:k + len(opts)])
-            flags.append(greedy[k:k + len(opts)])
-            k += len(opts)
-        return out, flags, timings
-
-    @staticmethod
-    def continuation_logits(
-        batch: Batch, cache: Cache, answerer: LoadedModel, cont_ids: torch.Tensor, cont_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, R, V) logits predicting each token of right-padded continuations (B, R) from a prefilled (and
-        fused) prompt cache: the receiver reads the last prompt token and the continuation but its last token.
-        Used by training (the response loss, with gradients) and by cloze scoring (without)."""
-        b, r = cont_ids.shape
-        ones = torch.ones(b, 1, dtype=batch.mask.dtype, device=batch.mask.device)
-        x = torch.cat([batch.ids[:, -1:], cont_ids[:, :-1]], dim=1)
-        x_mask = torch.cat([ones, cont_mask[:, :-1]], dim=1)
-        pos = (batch.mask.sum(-1, keepdim=True) - 1) + torch.arange(r, device=x.device)  # continue prompt
-        return answerer.model(input_ids=x, attention_mask=torch.cat([batch.mask[:, :-1], x_mask], dim=1),
-                              position_ids=pos, past_key_values=cache, use_cache=True).logits  # fmt: skip
-
-    @staticmethod
-    def eos_ids(model: LoadedModel) -> set[int]:
-        eos = model.model.generation_config.eos_token_id
-        if eos is None:
-            eos = model.tokenizer.eos_token_id
-        return set(eos if isinstance(eos, list) else [eos])
+        return per_prompt(flat, continuations), per_prompt(greedy, continuations), timings
 
     def stream(self, prompt: Prompt, mode: str = "c2c", options: GenerateOptions | None = None) -> Iterator[str]:
         """Yield the answer to one prompt piece by piece as it is decoded."""
-        answerer = self.answerer(mode)
-        streamer = TextIteratorStreamer(answerer.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self.generate([prompt], mode, options, streamer=streamer)
-            except BaseException as e:  # handed to the consumer below, never lost
-                errors.append(e)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        yield from streamer
-        thread.join()
-        if errors:
-            raise errors[0]
+        yield from stream(self.answerer(mode).tokenizer, lambda streamer: self.generate([prompt], mode, options,
+                                                                                      streamer=streamer))

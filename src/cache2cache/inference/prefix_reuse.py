@@ -14,9 +14,10 @@ import hashlib
 import torch
 from transformers import Cache
 
+from ..adapter_dir import hash_tensors
 from ..caches.identity import ModelIdentity, identity_of
 from ..caches.prompt_cache import PromptCache, stack_caches
-from ..caches.store import common_prefix
+from ..caches.store import PrefixStore, common_prefix
 from ..models.loading import LoadedModel
 from .batching import Batch
 
@@ -26,10 +27,15 @@ def rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
-class PrefixReuse:
-    """Mixed into C2CModel: the prefix-store bookkeeping (the store itself is `self.store`)."""
+class FusedPrefixes:
+    """A C2CModel's prefix store: every model's reading resumes from it, and fusion from its fused prefixes."""
 
-    def _from_store(self, model: LoadedModel, token_rows: list[list[int]]) -> Cache:
+    def __init__(self, store: PrefixStore, receiver: LoadedModel, sharers: list[LoadedModel], fusers: list) -> None:
+        self.store, self.receiver, self.sharers, self.fusers = store, receiver, sharers, fusers
+        self._pair_identity: ModelIdentity | None = None
+
+    def prefill(self, model: LoadedModel, token_rows: list[list[int]]) -> Cache:
+        """`model`'s batched cache of these rows, each from its longest stored prefix on."""
         caches = [self.store.prefill(model, r) for r in token_rows]
         return stack_caches(caches, model)[0]  # left-padded exactly like the batch: same rows, same widths
 
@@ -40,9 +46,7 @@ class PrefixReuse:
             h = hashlib.sha256(r.fingerprint.encode())
             for sharer, fuser in zip(self.sharers, self.fusers):
                 h.update(identity_of(sharer).fingerprint.encode())
-                for name, t in sorted(fuser.state_dict().items()):
-                    h.update(name.encode())
-                    h.update(t.detach().float().cpu().numpy().tobytes())
+                hash_tensors(h, fuser.state_dict())
             name = f"{r.name}<-{'+'.join(s.name for s in self.sharers)}"
             self._pair_identity = ModelIdentity(name, h.hexdigest()[:16], r.geometry)
         return self._pair_identity
@@ -59,7 +63,7 @@ class PrefixReuse:
             out.append(row)
         return out
 
-    def _reuse_fused(self, cache: Cache, batch: Batch, aligned_rows: list) -> torch.Tensor:
+    def reuse(self, cache: Cache, batch: Batch, aligned_rows: list) -> torch.Tensor:
         """Copy each row's longest stored fused prefix into `cache`; returns the (B, T) mask of positions still to
         fuse. A stored position is reused only where it was fused from the same sharer tokens: near the end of
         a shared prefix a sharer may have tokenised the boundary differently (a merge across it)."""
@@ -81,7 +85,7 @@ class PrefixReuse:
             fresh[b, start:start + n] = 0
         return fresh
 
-    def _store_fused(self, cache: Cache, batch: Batch, aligned_rows: list) -> None:
+    def put(self, cache: Cache, batch: Batch, aligned_rows: list) -> None:
         mask = batch.mask[:, :-1]
         pads = (mask == 0).sum(-1).tolist()
         for b, (row, aligned) in enumerate(zip(rows(batch.ids[:, :-1], mask), aligned_rows)):

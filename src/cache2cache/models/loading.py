@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -190,3 +191,12 @@ def load_skeleton(spec: str, kv_device: str | torch.device = "cpu", cache_dir: P
     tokenizer.padding_side = "left"
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model.eval(), tokenizer=tokenizer, kv_device=torch.device(kv_device))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer list of a causal LM (`model.model.layers` in every supported architecture)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise C2CError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)")
+    return layers

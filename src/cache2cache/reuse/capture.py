@@ -19,7 +19,7 @@ from ..alignment.tokens import encode, render
 from ..caches.identity import identity_of
 from ..caches.prompt_cache import PromptCache, layer_inputs, left_pad_stack, load_caches, save_caches
 from ..errors import C2CError
-from ..inference.pipeline import Prompt, left_pad, positions, to_messages
+from ..inference.batching import Prompt, left_pad, positions, to_messages
 from ..kv import new_cache
 from ..models.loading import LoadedModel
 

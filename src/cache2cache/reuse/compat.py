@@ -3,20 +3,9 @@ then A's token positions, KV shapes and hidden sizes mean the same thing to B.""
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..errors import C2CError
 from ..kv import ModelGeometry
 from ..models.loading import LoadedModel
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer list of a causal LM (`model.model.layers` in every supported architecture)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise C2CError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)")
-    return layers
 
 
 def check_same_base(a: LoadedModel, b: LoadedModel) -> None:

@@ -19,11 +19,11 @@ from torch import nn
 from transformers import Cache
 
 from ..errors import C2CError
-from ..inference.pipeline import GenerateOptions, clock, positions
+from ..inference.batching import GenerateOptions, clock, positions
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .capture import Capture
-from .compat import decoder_layers
+from ..models.loading import decoder_layers
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 from transformers import Cache
 
 from ..errors import C2CError
+from ..plotting import pyplot
 from ..inference.batching import clock
 from ..models.loading import LoadedModel
 from .capture import Capture
@@ -153,10 +154,7 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
 def plot_tradeoff(result: dict, out) -> None:
     """Accuracy and agreement with B's own answer against prefill speed-up (log scale: reusing everything is a
     copy, hundreds of times faster), one point per plan, from `evaluate_plans`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     plans = sorted(result["plans"], key=lambda p: p["speedup_vs_full_prefill"])
     x = [p["speedup_vs_full_prefill"] for p in plans]
@@ -181,10 +179,7 @@ def plot_tradeoff(result: dict, out) -> None:
 
 
 def plot_profile(result: dict, out) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     a.bar(range(result["layers"]), result["sensitivity_kl"])

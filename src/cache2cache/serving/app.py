@@ -120,7 +120,11 @@ class Server:
                 raise ApiError(400, f"unknown or repeated sharer(s) {unknown or list(sharers)}; served sharers: "
                                f"{', '.join(by_name) or 'none'}", param="sharers")  # fmt: skip
             translators = dict(zip((s.name for s in self.base.sharers), self.base.translators))
-            chosen = [translators[sharers[0]]] if sharers[0] in translators else []
+            chosen = []  # each chosen sharer's translator, in order, as far as they have one
+            for name in sharers:
+                if name not in translators:
+                    break
+                chosen.append(translators[name])
             self.models[sharers] = C2CModel(self.base.receiver, [by_name[s][0] for s in sharers],
                                             [by_name[s][1] for s in sharers], self.base.chat, self.store,
                                             translators=chosen)  # fmt: skip

@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..inference.answerers import Answerer
 from ..inference.batching import GenerateOptions, Prompt
+from ..inference.decoding import eos_ids
 
 
 @dataclass
@@ -165,7 +166,7 @@ class Engine:
     def _run(self, jobs: list[Job]) -> None:
         ans = jobs[0].answerer
         model = ans.model.answerer(ans.answer_mode)
-        rows = _Rows(jobs, model.tokenizer, ans.model.eos_ids(model))
+        rows = _Rows(jobs, model.tokenizer, eos_ids(model))
         budget = max(j.options.max_new_tokens for j in jobs)
         o = jobs[0].options
         options = GenerateOptions(budget, o.do_sample, o.temperature, o.top_p, o.top_k, o.seed)

@@ -41,8 +41,8 @@ from pydantic import BaseModel, Field
 
 from ..alignment.tokens import encode, render
 from ..caches.identity import identity_of, known_identity, pin_identity
-from ..caches.prompt_cache import PromptCache
-from ..caches.signing import ScaleProfile, validate
+from ..caches.prompt_cache import PromptCache, measure_scale
+from ..caches.signing import validate
 from ..errors import C2CError
 from ..inference.batching import sharer_messages, to_messages
 from .schemas import ApiError, ChatMessage
@@ -73,7 +73,7 @@ async def fetch_remote_translated(server, model, prompt) -> None:
     is refused."""
     messages = to_messages(prompt.prompt)
     try:
-        ids, stored = model.stored_head(messages, prompt.brief)
+        ids, stored = model.heads.stored(messages, prompt.brief)
     except C2CError as e:
         raise ApiError(400, str(e), param="brief") from None
     if stored is not None:
@@ -81,14 +81,14 @@ async def fetch_remote_translated(server, model, prompt) -> None:
     sharer = model.sharers[0].name
     body = {"model": f"translated/{sharer}", "messages": messages, "brief": prompt.brief, "dtype": "bfloat16"}
     cache = receive(server, await _post(server, body), status=502)
-    if not claims_cache(model.receiver, cache) or cache.meta.get("translator") != model.translator_fingerprint():
+    if not claims_cache(model.receiver, cache) or cache.meta.get("translator") != model.heads.fingerprint():
         raise ApiError(502, f"the sharer service sent a cache that is not {model.receiver.name}'s translated by "
                             f"this server's translator from {sharer}")  # fmt: skip
     if cache.token_ids != ids:
         raise ApiError(502, "the sharer service sent the translation of another brief")
     check(server, model.receiver, cache, status=502)
-    model.translated_store().put(cache.to(model.receiver.device, model.receiver.model.dtype),
-                                 model.translated_space())  # fmt: skip
+    model.heads.store.put(cache.to(model.receiver.device, model.receiver.model.dtype),
+                                 model.heads.space())  # fmt: skip
 
 
 async def _post(server, body: dict) -> bytes:
@@ -142,7 +142,7 @@ def check(server, model, cache: PromptCache, status: int = 400) -> None:
     """What a signature cannot vouch for (signing.validate): shapes, finite values within the scale measured on
     the model (when it has weights here), tokens that render from the cache's own conversation."""
     if model.name not in server.scales:
-        server.scales[model.name] = None if model.is_skeleton else ScaleProfile.measure(model)
+        server.scales[model.name] = None if model.is_skeleton else measure_scale(model)
     try:
         validate(cache, identity_of(model), server.scales[model.name], model.tokenizer)
     except C2CError as e:
@@ -185,7 +185,7 @@ def add_cache_routes(app: FastAPI, server) -> None:
             if translating:
                 try:
                     with server.model_lock:
-                        return translating.translated_head(messages, req.brief)
+                        return translating.heads.head(messages, req.brief)
                 except C2CError as e:
                     raise ApiError(400, str(e), param="brief") from None
             ids = encode(model.tokenizer, render(model.tokenizer, messages, server.base.chat))[0]
@@ -212,12 +212,12 @@ def add_cache_routes(app: FastAPI, server) -> None:
         await asyncio.to_thread(check, server, model, cache)
         space = ""
         if "translator" in cache.meta:  # a translated head: filed for the translator that wrote it, if served here
-            pair = next((p for p in translating_models() if p.translator_fingerprint() == cache.meta["translator"]),
+            pair = next((p for p in translating_models() if p.heads.fingerprint() == cache.meta["translator"]),
                         None)  # fmt: skip
             if pair is None:
                 raise ApiError(400, f"this translated cache was written by translator {cache.meta['translator']}, "
                                     "which this server does not serve")  # fmt: skip
-            space = pair.translated_space()
+            space = pair.heads.space()
         server.store.put(cache.to(model.device, model.model.dtype), space)
         return {"model": model.name, "tokens": len(cache), "bytes": cache.nbytes,
                 "translated": bool(space)}  # fmt: skip

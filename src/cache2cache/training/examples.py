@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
 from ..inference.batching import Briefed, sharer_messages
-from ..inference.pipeline import Batch, C2CModel, right_pad
+from ..inference.batching import Batch, aligned_batch, right_pad
+from ..inference.pipeline import C2CModel
 from .data import Conversation
 
 
@@ -90,7 +91,7 @@ def build_examples(
 
 
 def collate(model: C2CModel, examples: Sequence[TrainExample]) -> TrainBatch:
-    prompt = model.batch_from_aligned([[e.prompt for e in examples]])
+    prompt = aligned_batch(model.receiver, model.sharers, [[e.prompt for e in examples]])
     rows, owner, trained, chars, groups = [], [], [], [], []
     for b, e in enumerate(examples):
         if e.option_ids:

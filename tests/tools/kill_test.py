@@ -1,7 +1,7 @@
 """kill -9 while a fuser is being saved, many times: afterwards the fuser folder must always load (the new
 fuser, the old one, or the old one kept aside by an interrupted swap), and no temp folder may pile up.
 
-    .venv/bin/python scripts/kill_test.py --trials 40
+    .venv/bin/python tests/tools/kill_test.py --trials 40
 """
 
 from __future__ import annotations

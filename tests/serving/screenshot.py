@@ -1,5 +1,5 @@
 """Drive the playground page in Debian's headless chromium (through playwright): ask a question, wait for the
-three answers, save a screenshot. Used by the browser test and `python -m cache2cache.serving.screenshot`."""
+three answers, save a screenshot. Used by the browser test and `python -m tests.serving.screenshot`."""
 
 from __future__ import annotations
 
