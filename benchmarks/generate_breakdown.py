@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from cache2cache.atomic import write_json
 from cache2cache import C2CModel, GenerateOptions, ModelGeometry, __version__
+from cache2cache.atomic import write_json
 from cache2cache.fuser.config import PRESETS
 from cache2cache.fuser.model import Fuser
 from cache2cache.inference.factory import build

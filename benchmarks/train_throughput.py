@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cache2cache.atomic import write_json
 from cache2cache import __version__
+from cache2cache.atomic import write_json
 from cache2cache.training.config import load_config
 from cache2cache.training.examples import collate
 from cache2cache.training.recipe import FuserTrainer

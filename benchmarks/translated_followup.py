@@ -26,11 +26,11 @@ import torch
 from cache2cache.atomic import write_json
 from cache2cache.caches.store import PrefixStore
 from cache2cache.errors import C2CError
+from cache2cache.evaluation.tasks import get_task
+from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, clock
 from cache2cache.inference.factory import build
-from cache2cache.inference.answerers import answerer
 from cache2cache.inference.pipeline import C2CModel
-from cache2cache.evaluation.tasks import get_task
 
 FIRST_TOKEN = GenerateOptions(max_new_tokens=1)
 

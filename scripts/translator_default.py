@@ -26,8 +26,8 @@ import torch
 
 from cache2cache.inference.factory import DEFAULT_TRANSLATOR
 from cache2cache.models.loading import load_model
-from cache2cache.translation.fit import FitState, solve
 from cache2cache.translation.distill import distill
+from cache2cache.translation.fit import FitState, solve
 from cache2cache.translation.refine import record, refine_keys, refine_values
 from cache2cache.translation.text import passages
 

@@ -6,7 +6,7 @@ import torch
 
 from cache2cache import C2CModel, GenerateOptions
 from cache2cache.errors import C2CError
-from cache2cache.inference.answerers import Question, T2T_REQUEST, answerer
+from cache2cache.inference.answerers import T2T_REQUEST, Question, answerer
 from cache2cache.inference.modes import ANSWER_MODES
 
 from .conftest import make_fuser, tiny

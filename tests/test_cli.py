@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-
 from cache2cache.cli.main import main
 
 from .conftest import make_fuser, tiny

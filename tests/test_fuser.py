@@ -3,9 +3,8 @@ import json
 import pytest
 import torch
 
-from cache2cache.caches.identity import ModelIdentity
-
 from cache2cache import C2CModel, Fuser, ModelGeometry
+from cache2cache.caches.identity import ModelIdentity
 from cache2cache.errors import C2CError
 from cache2cache.fuser.config import PRESETS
 from cache2cache.fuser.layer import gumbel_sigmoid

@@ -6,9 +6,8 @@ import warnings
 import pytest
 import torch
 
-from cache2cache import C2CModel, Fuser
+from cache2cache import C2CModel, Fuser, hub
 from cache2cache.errors import C2CError
-from cache2cache import hub
 from cache2cache.models.loading import load_model
 
 from .conftest import make_fuser, tiny

@@ -28,8 +28,12 @@ def looks_like_repo_id(spec: str) -> bool:
 def download(repo_id: str, revision: str | None = None, what: str = "fuser") -> Path:
     """The local folder of a fuser (or, with `what="model"`, a model) repo, downloaded once into the Hub cache."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)  # fmt: skip
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,  # fmt: skip
+    )
 
     # read the environment now, not at import: huggingface_hub reads it once, when first imported
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

@@ -10,11 +10,24 @@ import torch
 from cache2cache import C2CModel
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
-from cache2cache.inference.answerers import answerer
 from cache2cache.evaluation.progress import choose_output
-from cache2cache.evaluation.runner import EvalConfig, Evaluator, paired, select_items, summarise, write_results
-from cache2cache.evaluation.scoring import extract_letter, extract_number, mcnemar_exact, prompt_for, wilson_interval
+from cache2cache.evaluation.runner import (
+    EvalConfig,
+    Evaluator,
+    paired,
+    select_items,
+    summarise,
+    write_results,
+)
+from cache2cache.evaluation.scoring import (
+    extract_letter,
+    extract_number,
+    mcnemar_exact,
+    prompt_for,
+    wilson_interval,
+)
 from cache2cache.evaluation.tasks import load_jsonl_task
+from cache2cache.inference.answerers import answerer
 
 from ..conftest import make_fuser, tiny
 

@@ -14,7 +14,14 @@ from cache2cache.models.loading import LoadedModel
 from cache2cache.reuse.capture import Capture, capture
 from cache2cache.reuse.compat import check_same_base
 from cache2cache.reuse.partial import RecomputePlan, build_cache, next_token_logits
-from cache2cache.reuse.profile import greedy_order, kl, plan_for_budget, profile, profile_evaluations, sensitivity_order
+from cache2cache.reuse.profile import (
+    greedy_order,
+    kl,
+    plan_for_budget,
+    profile,
+    profile_evaluations,
+    sensitivity_order,
+)
 
 from ..conftest import tiny
 

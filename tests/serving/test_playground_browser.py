@@ -11,9 +11,9 @@ import os
 import pytest
 
 from cache2cache.serving.app import ServeConfig, create_app
-from .screenshot import CHROMIUM, screenshot_playground
 
 from .conftest import LiveServer, tiny_model
+from .screenshot import CHROMIUM, screenshot_playground
 
 pytestmark = pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium: bash scripts/browser_setup.sh")

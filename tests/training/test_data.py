@@ -2,10 +2,10 @@ import json
 
 import pytest
 
+from cache2cache.alignment.tokens import TokenAligner
 from cache2cache.errors import C2CError
 from cache2cache.training.data import load_conversations
 from cache2cache.training.examples import build_examples, response_ids
-from cache2cache.alignment.tokens import TokenAligner
 
 from ..conftest import tiny
 

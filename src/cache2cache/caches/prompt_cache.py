@@ -33,7 +33,16 @@ from ..errors import C2CError
 from ..kv import new_cache
 from ..models.loading import LoadedModel, decoder_layers
 from .identity import ModelIdentity, identity_of
-from .signing import CALIBRATION_TEXT, CacheKeys, ScaleProfile, is_signed, open_signed, sign, token_hash, validate
+from .signing import (
+    CALIBRATION_TEXT,
+    CacheKeys,
+    ScaleProfile,
+    is_signed,
+    open_signed,
+    sign,
+    token_hash,
+    validate,
+)
 
 FORMAT = "cache2cache.caches/1"
 

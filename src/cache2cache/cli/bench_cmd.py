@@ -13,9 +13,9 @@ from rich.table import Table
 
 from ..atomic import check_writable_dir, write_json
 from ..errors import C2CError
-from ..inference.modes import BENCH_MODES
 from ..evaluation.bench import BenchConfig, check_batch_fits, environment, latency, ratios, throughput
 from ..evaluation.tasks import get_task
+from ..inference.modes import BENCH_MODES
 from .common import add_model_args, build_from_args, output_file, positive_int
 
 

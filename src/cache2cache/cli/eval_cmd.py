@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..evaluation.progress import Progress, choose_output
-from ..inference.modes import EVAL_MODES, modes_help
 from ..evaluation.runner import EvalConfig, Evaluator, paired_line, select_items, summarise, write_results
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
+from ..inference.modes import EVAL_MODES, modes_help
 from .common import add_model_args, build_from_args, layer_list, model_names, output_dir, positive_int
 
 

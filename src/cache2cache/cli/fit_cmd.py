@@ -93,8 +93,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..models.loading import load_model
-    from ..translation.fit import accumulate, solve, write_report
     from ..translation.distill import distill
+    from ..translation.fit import accumulate, solve, write_report
     from ..translation.refine import compact, record, refine_keys, refine_values
     from ..translation.text import passages
 

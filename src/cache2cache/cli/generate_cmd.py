@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import C2CError
-from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.answerers import answerer
-from ..inference.modes import ANSWER_MODES, MODES
 from ..inference.batching import Briefed, GenerateOptions, GenerationOutput
+from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
+from ..inference.modes import ANSWER_MODES, MODES
 from .common import add_model_args, build_from_args, input_file, model_names, number, positive_int
 
 

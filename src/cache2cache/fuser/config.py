@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..version import __version__
 from ..errors import C2CError
+from ..version import __version__
 
 # Named sizes. "compact" is a few percent of a 135M receiver; "paper" has the width (1024) and MLP depth of the
 # C2C paper's projector, which is larger than a 135M receiver itself.

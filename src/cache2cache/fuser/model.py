@@ -14,12 +14,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..alignment.layers import layer_map
+from .. import hub
 from ..adapter_dir import check_pair, fingerprint, read_weights, resolve_dir, shipped_names, write_dir
+from ..alignment.layers import layer_map
 from ..caches.identity import ModelIdentity
 from ..errors import C2CError
 from ..kv import ModelGeometry
-from .. import hub
 from .config import PRESETS, FuserConfig
 from .layer import LayerFuser
 

@@ -19,7 +19,15 @@ import torch
 
 from ..alignment.tokens import Messages
 from ..errors import C2CError
-from .batching import Briefed, GenerateOptions, GenerationOutput, Prompt, Timings, sharer_messages, to_messages
+from .batching import (
+    Briefed,
+    GenerateOptions,
+    GenerationOutput,
+    Prompt,
+    Timings,
+    sharer_messages,
+    to_messages,
+)
 from .modes import MODES, get_mode
 from .pipeline import C2CModel
 

@@ -16,6 +16,7 @@ import torch
 from ..alignment.tokens import PART_SEPARATOR, Messages, encode, render, with_brief
 from ..errors import C2CError
 
+
 @dataclass(frozen=True)
 class Briefed:
     """A prompt the sharers read with a brief the receiver never sees (a passage, a document): what C2C must

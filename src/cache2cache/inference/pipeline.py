@@ -30,14 +30,27 @@ from ..kv import ModelGeometry, new_cache
 from ..maps import CacheMap, check_map
 from ..models.loading import LoadedModel
 from ..translation.translator import Translator
-from .batching import (Batch, GenerateOptions, GenerationOutput, Prompt, Timings, aligned_batch, check_length, clock,
-                       plain_batch, positions, right_pad, sharer_messages, to_messages)  # fmt: skip
+from .batching import (
+    Batch,
+    GenerateOptions,
+    GenerationOutput,
+    Prompt,
+    Timings,
+    aligned_batch,
+    check_length,
+    clock,
+    plain_batch,  # fmt: skip
+    positions,
+    right_pad,
+    sharer_messages,
+    to_messages,
+)
 from .blind import BlindHeads
 from .controls import rotate_sharers
+from .decoding import generation_config, results, stream
 from .fusion import add_fused
 from .modes import PIPELINE_MODES, get_mode
 from .prefix_reuse import FusedPrefixes, rows
-from .decoding import generation_config, results, stream
 from .scoring import continuation_logits, option_rows, option_scores, per_prompt
 
 

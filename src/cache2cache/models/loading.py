@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors import SafetensorError
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import C2CError
 from ..hub import download, looks_like_repo_id
-from .catalog import find
 from ..packages import default_cache_dir
+from .catalog import find
 from .pull import is_pulled, model_dir, pull
 from .tiny import build_tiny
 

@@ -21,9 +21,8 @@ from transformers import Cache
 from ..errors import C2CError
 from ..inference.batching import GenerateOptions, clock, positions
 from ..kv import ModelGeometry, new_cache
-from ..models.loading import LoadedModel
+from ..models.loading import LoadedModel, decoder_layers
 from .capture import Capture
-from ..models.loading import decoder_layers
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import torch
 from transformers import Cache
 
 from ..errors import C2CError
-from ..plotting import pyplot
 from ..inference.batching import clock
 from ..models.loading import LoadedModel
+from ..plotting import pyplot
 from .capture import Capture
 from .partial import GroupKV, RecomputePlan, build_cache, first_token_logits, next_token_logits
 

@@ -39,8 +39,8 @@ from ..inference.answerers import Answerer, answerer
 from ..inference.batching import Briefed, GenerateOptions
 from ..inference.pipeline import C2CModel
 from .engine import Engine, Finished, Job
-from .transfer import add_cache_routes, fetch_remote_caches, fetch_remote_translated
 from .schemas import ApiError, ChatRequest, CompletionRequest, Usage, completion_body, error_body, new_id, now
+from .transfer import add_cache_routes, fetch_remote_caches, fetch_remote_translated
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 

@@ -34,7 +34,6 @@ from typing import Literal
 
 import httpx
 import torch
-
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -46,6 +45,7 @@ from ..caches.signing import validate
 from ..errors import C2CError
 from ..inference.batching import sharer_messages, to_messages
 from .schemas import ApiError, ChatMessage
+
 
 class CacheRequest(BaseModel):
     model: str = Field(min_length=1)

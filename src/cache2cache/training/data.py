@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from ..data.sharegpt import json_array_records, sharegpt_path
 from ..errors import C2CError
 from ..evaluation.scoring import prompt_for
 from ..evaluation.tasks import Item
-from ..data.sharegpt import json_array_records, sharegpt_path
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
           "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}  # fmt: skip

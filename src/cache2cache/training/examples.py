@@ -11,8 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..alignment.tokens import AlignedPrompt, TokenAligner, encode, render
-from ..inference.batching import Briefed, sharer_messages
-from ..inference.batching import Batch, aligned_batch, right_pad
+from ..inference.batching import Batch, Briefed, aligned_batch, right_pad, sharer_messages
 from ..inference.pipeline import C2CModel
 from .data import Conversation
 

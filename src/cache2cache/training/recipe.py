@@ -37,9 +37,9 @@ from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .mixture import load_mixture
 from .examples import TrainBatch, TrainExample, build_examples, collate
 from .losses import LossSums, MicroBatchLoss
+from .mixture import load_mixture
 from .plots import plot_gates, plot_loss, read_metrics
 
 log = logging.getLogger(__name__)

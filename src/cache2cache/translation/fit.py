@@ -29,8 +29,8 @@ from tqdm import tqdm
 from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
-from ..plotting import pyplot
 from ..models.loading import LoadedModel
+from ..plotting import pyplot
 from .reading import embeddings, prerope_kv, read_brief
 from .translator import FEATURES, Translator, TranslatorConfig, gather_features, windows
 

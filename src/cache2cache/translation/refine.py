@@ -24,9 +24,7 @@ from safetensors.torch import save as save_bytes
 from tqdm import tqdm
 
 from ..atomic import write_bytes
-
-from ..models.loading import LoadedModel
-from ..models.loading import decoder_layers
+from ..models.loading import LoadedModel, decoder_layers
 from .features import rotary, rotate
 from .fit import PassagePair, passage_pair
 from .translator import Translator, gather_features

