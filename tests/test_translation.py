@@ -315,6 +315,38 @@ def test_a_team_translates_two_senders_notes_into_one_receiver_cache(cross_trans
         C2CModel(r, [q2], [], translators=[cross_translator]).generate(prompts[:1], "translated", opts)
 
 
+def test_a_recipe_file_and_start_from_a_saved_translator(tmp_path):
+    """`c2c fit --recipe` reads every step from TOML (flags win), and `--from` refines and distils a saved
+    translator without fitting one; the refinement's passages can come from a text of their own."""
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'receiver = "tiny-llama"\nsharer = "tiny-qwen2"\ntext = "{texts}"\nrefine = 4\n'
+                      f'refine_text = "{texts}"\nrefine_skip = 1\nrefine_steps = 5\ndistill = 3\ndtype = "bfloat16"\n')
+    cmd = [sys.executable, "-m", "cache2cache.cli.main", "fit"]
+    run = subprocess.run(cmd + ["--recipe", str(recipe), "--refine-steps", "6", "--out", str(tmp_path / "a"),
+                                "--json"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["refined_keys"]["steps"] == 6 and report["distilled"]["steps"] == 3  # the flag won
+    assert report["refined_keys"]["passages"] + report["refined_keys"]["held_out"] == 4
+    assert "from the 1th on" in report["refined_keys"]["text"]
+    fitted = Translator.from_pretrained(tmp_path / "a")
+    run = subprocess.run(cmd + ["--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--from", str(tmp_path / "a"),
+                                "--text", str(texts), "--refine", "3", "--distill", "2", "--out", str(tmp_path / "b"),
+                                "--json"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    continued = Translator.from_pretrained(tmp_path / "b")
+    assert continued.config.fit["r2"] == fitted.config.fit["r2"]  # no new ridge fit
+    assert continued.config.fit["distilled"]["steps"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(continued.state_dict().values(), fitted.state_dict().values()))
+    for body, message in (("colour = 3\n", "unknown key"), ("refine = \"many\"\n", "refine must be of type int"),
+                          ("dtype = \"float8\"\n", "dtype must be one of")):  # fmt: skip
+        recipe.write_text(body)
+        run = subprocess.run(cmd + ["--recipe", str(recipe)], capture_output=True, text=True)
+        assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
+
+
 def test_a_narrower_window_solved_from_wide_moments_equals_one_fitted_narrow(tmp_path):
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     wide = solve(accumulate(r, s, TEXTS, tmp_path / "w.safetensors", width=3), ["keys", "embedding"], ["values"],

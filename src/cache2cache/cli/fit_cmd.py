@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,8 @@ from rich.console import Console
 from ..atomic import check_writable_dir
 from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, check_device, default_device
-from ..translation.text import DEFAULT_TEXT, parse_text_spec
+from ..translation.recipe import DTYPES, FitRecipe
+from ..translation.text import DEFAULT_TEXT
 from ..translation.translator import FEATURES
 from .common import output_dir, output_file, positive_int
 
@@ -47,104 +49,105 @@ def register(sub) -> None:
             "  c2c fit                                          # the default pair, sciq + boolq passages\n"
             "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
-            "  c2c fit --text sciq:200,boolq:200 --window 3 --use-window 1 --value-window 3 --refine-values --distill 300\n"
+            "  c2c fit --recipe configs/translator_default.toml     # the shipped translator's recipe (slow)\n"
+            "  c2c fit --from runs/translators/tiny --refine 8 --distill 50   # continue a saved translator\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--receiver", default=DEFAULT_RECEIVER, help=f"receiver model (default {DEFAULT_RECEIVER})")
-    p.add_argument("--sharer", default=DEFAULT_SHARER, help=f"sharer model (default {DEFAULT_SHARER})")
-    p.add_argument("--text", default=DEFAULT_TEXT,
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="a TOML file of these settings (underscores for dashes; flags given here win), e.g. "
+                        "configs/translator_default.toml, the shipped translator's recipe")  # fmt: skip
+    p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
+    p.add_argument("--sharer", default=None, help=f"sharer model (default {DEFAULT_SHARER})")
+    p.add_argument("--from", dest="start_from", default=None, metavar="DIR",
+                   help="start from this saved translator (no ridge fit): refine and/or distil it")
+    p.add_argument("--text", default=None,
                    help=f"fitting text: comma list of sciq, boolq, sharegpt, .txt/.jsonl files, each with an "
                         f"optional :N passages (default {DEFAULT_TEXT})")  # fmt: skip
-    p.add_argument("--max-chars", type=positive_int, default=1200, help="cut each passage to this many characters")
-    p.add_argument("--window", type=positive_int, default=1,
+    p.add_argument("--max-chars", type=positive_int, default=None, help="cut each passage to this many characters "
+                   "(default 1200)")  # fmt: skip
+    p.add_argument("--window", type=positive_int, default=None,
                    help="sharer layers per receiver layer, nearest its relative depth, whose moments are gathered "
                         "(default 1: 7%% of SmolLM2-135M's parameters, the fastest fit)")  # fmt: skip
     p.add_argument("--use-window", type=positive_int, default=None,
                    help="solve the key maps from only the central N of the gathered layers (default: all of them)")
     p.add_argument("--value-window", type=positive_int, default=None,
                    help="solve the value maps from the central N (default: as --use-window)")
-    p.add_argument("--key-features", type=feature_list, default=["keys", "embedding"],
+    p.add_argument("--key-features", type=feature_list, default=None,
                    help=f"what the key maps read, from {', '.join(FEATURES)} (default keys,embedding)")
-    p.add_argument("--value-features", type=feature_list, default=["values", "embedding"],
+    p.add_argument("--value-features", type=feature_list, default=None,
                    help="what the value maps read (default values,embedding)")
-    p.add_argument("--refine", type=int, default=96, metavar="N",
-                   help="then refine the key maps against the receiver's attention on N of the passages (kept "
-                        "with the receiver's queries as the moments read them; 0: ridge only; default 96)")  # fmt: skip
-    p.add_argument("--refine-steps", type=positive_int, default=200, help="Adam steps per layer (default 200)")
-    p.add_argument("--refine-values", action="store_true",
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="then refine the key maps against the receiver's attention on N passages (by default N of "
+                        "the fitting passages, kept with the receiver's queries as the moments read them; 0: ridge "
+                        "only; default 96)")  # fmt: skip
+    p.add_argument("--refine-text", default=None, metavar="SPEC",
+                   help="take the refinement's passages from this text instead (after --refine-skip of them)")
+    p.add_argument("--refine-skip", type=int, default=None, metavar="K", help="skip the first K of them (default 0)")
+    p.add_argument("--refine-steps", type=positive_int, default=None, help="Adam steps per layer (default 200)")
+    p.add_argument("--refine-values", action="store_true", default=None,
                    help="after the keys, refine the value maps on the same passages against the receiver's "
                         "attention output through the translated keys (as long again)")  # fmt: skip
-    p.add_argument("--distill", type=int, default=0, metavar="STEPS",
+    p.add_argument("--distill", type=int, default=None, metavar="STEPS",
                    help="last, train every map together on the same passages, end to end: the receiver reading a "
                         "passage translated up to a random cut must predict the rest as after reading it itself "
                         "(KL through the receiver, never the sharer; 0: off)")  # fmt: skip
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
-    p.add_argument("--no-chat", action="store_true", help="read passages as raw text, no chat template")
+    p.add_argument("--no-chat", dest="chat", action="store_false", default=None,
+                   help="read passages as raw text, no chat template")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--cache-dir", type=output_dir, default=None, help="model cache directory")
     p.add_argument("--json", action="store_true", help="print the fit report as JSON")
     p.set_defaults(func=run)
 
 
+RECIPE_FLAGS = tuple(f.name for f in fields(FitRecipe))
+
+
+def recipe_of(args) -> FitRecipe:
+    """The recipe file's settings (or the defaults), the flags given on the command line on top."""
+    given = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
+    recipe = FitRecipe.load(args.recipe, **given) if args.recipe else FitRecipe(**given)
+    return replace(recipe, receiver=recipe.receiver or DEFAULT_RECEIVER, sharer=recipe.sharer or DEFAULT_SHARER)
+
+
 def run(args) -> int:
     from ..models.loading import load_model
-    from ..translation.distill import distill
-    from ..translation.fit import accumulate, solve, write_report
-    from ..translation.refine import compact, record, refine_keys, refine_values
-    from ..translation.text import passages
+    from ..translation.fit import write_report
+    from ..translation.recipe import run_recipe
 
-    parse_text_spec(args.text)  # a bad source fails before any model loads
-    if args.refine < 0:
-        raise C2CError(f"--refine must be >= 0, got {args.refine}")
-    if (args.refine_values or args.distill) and not args.refine:
-        raise C2CError("--refine-values and --distill train on the --refine passages: give --refine N > 0")
-    if args.distill < 0:
-        raise C2CError(f"--distill must be >= 0 steps, got {args.distill}")
+    recipe = recipe_of(args)  # a bad setting fails before any model loads
     device = check_device(args.device or default_device())
-    name = f"{Path(args.receiver).name}-from-{Path(args.sharer).name}".lower()
+    name = f"{Path(recipe.receiver).name}-from-{Path(recipe.sharer).name}".lower()
     out = args.out or Path("runs/translators") / name
     stats = args.stats or out.with_name(f"{out.name}.stats.safetensors")
     check_writable_dir(out, "translator folder")
     if stats.exists() and not stats.is_file():
         raise C2CError(f"--stats {stats} exists and is not a file")
-    texts = passages(args.text, args.max_chars)
     with Console(stderr=True).status("loading models..."):
-        receiver = load_model(args.receiver, device=device, cache_dir=args.cache_dir)
-        sharer = load_model(args.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
-    picked = list(range(1, len(texts), max(1, len(texts) // args.refine)))[: args.refine] if args.refine else []
-    pairs: dict[int, object] = {}  # the refinement's passages, kept while the moments read them
-    state = accumulate(receiver, sharer, texts, stats, args.window, chat=not args.no_chat,
-                       keep=lambda i, pair: pairs.__setitem__(i, compact(pair)), kept=set(picked))  # fmt: skip
-    translator = solve(state, args.key_features, args.value_features, width=args.use_window,
-                       value_width=args.value_window)
-    translator.config.fit["text"] = f"{args.text} (passages cut to {args.max_chars} characters)"
-    if picked:
-        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
-        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=not args.no_chat)))
-        ordered = [pairs[i] for i in picked]
-        held = max(1, len(ordered) // 5)
-        refine_keys(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
-        if args.refine_values:
-            refine_values(translator, receiver, ordered[held:], ordered[:held], steps=args.refine_steps)
-        if args.distill:
-            distill(translator, receiver, ordered[held:], ordered[:held], steps=args.distill)
-    translator.save_pretrained(out)
-    write_report(translator, out)
+        receiver = load_model(recipe.receiver, device=device, cache_dir=args.cache_dir)
+        sharer = load_model(recipe.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
+    translator = run_recipe(recipe, receiver, sharer, stats)
+    translator.save_pretrained(out, dtype=DTYPES[recipe.dtype])
+    if "r2" in translator.config.fit:
+        write_report(translator, out)
     fit = translator.config.fit
     report = {"out": str(out), "stats": str(stats), "parameters": translator.num_parameters(),
               "receiver_parameters": sum(p.numel() for p in receiver.model.parameters()), **fit}  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    r2 = fit["r2"]
+    r2 = fit.get("r2") or []
     print(f"translator -> {out}: {report['parameters']:,} parameters "
           f"({report['parameters'] / report['receiver_parameters']:.1%} of the receiver), {fit['tokens']:,} tokens, "
           f"{fit['seconds'] / 60:.1f} min of reading", file=sys.stderr)  # fmt: skip
+    if not r2:
+        return 0
     print(f"held-out R² (mean over {len(r2)} layers): keys {sum(x[0] for x in r2) / len(r2):.3f}, "
           f"values {sum(x[1] for x in r2) / len(r2):.3f}; per layer in {out / 'fit.json'}, {out / 'r2.png'}")  # fmt: skip
     return 0

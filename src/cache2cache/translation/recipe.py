@@ -1,0 +1,150 @@
+"""A translator's whole recipe in one dataclass (and one TOML file): the ridge fit, the two refinements and the
+distillation, so `c2c fit --recipe configs/translator_default.toml` reproduces the shipped translator's procedure
+with one command, and `start_from` continues from a saved translator instead of fitting one.
+
+Steps, each optional after the first:
+    fit        ridge maps from the moments of `text` (resumable, fit.py), or `start_from` a saved translator
+    refine     the key maps against the receiver's attention on `refine` passages (refine.py)
+    values     (`refine_values`) the value maps against its attention output on the same passages
+    distill    (`distill` steps) every map end to end on the same passages (distill.py)
+The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
+`refine_text`, the `refine_skip`-th on of that text (read apart). A fifth of them is held out.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from ..errors import C2CError
+from ..models.loading import LoadedModel
+from .distill import distill
+from .fit import accumulate, solve
+from .refine import compact, record, refine_keys, refine_values
+from .text import DEFAULT_TEXT, parse_text_spec, passages
+from .translator import FEATURES, Translator
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _kind(f: Field) -> type:
+    """The type a recipe file must give field `f`."""
+    if f.default_factory is not MISSING:
+        return list
+    return int if f.default is None else type(f.default)
+
+
+@dataclass
+class FitRecipe:
+    receiver: str = ""  # empty: the default pair's (cli/fit_cmd.py)
+    sharer: str = ""
+    text: str = DEFAULT_TEXT
+    max_chars: int = 1200
+    window: int = 1  # sharer layers gathered per receiver layer
+    use_window: int | None = None  # key maps solved from the central N of them (None: all)
+    value_window: int | None = None  # value maps from the central N (None: as use_window)
+    key_features: list = field(default_factory=lambda: ["keys", "embedding"])
+    value_features: list = field(default_factory=lambda: ["values", "embedding"])
+    start_from: str = ""  # a saved translator folder: no ridge fit, refine and distil it
+    refine: int = 96  # passages for the refinements and the distillation (0: ridge only)
+    refine_text: str = ""  # take them from this text instead of the fit's
+    refine_skip: int = 0  # ... from its refine_skip-th passage on
+    refine_steps: int = 200
+    refine_lr: float = 1e-3
+    refine_values: bool = False
+    distill: int = 0  # steps of end-to-end distillation (0: off)
+    distill_lr: float = 3e-5
+    distill_batch: int = 4
+    dtype: str = "float32"  # of the saved weights
+    chat: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("text", "refine_text"):
+            if getattr(self, name):
+                parse_text_spec(getattr(self, name))  # a bad source fails before any model loads
+        if self.refine < 0 or self.distill < 0 or self.refine_skip < 0:
+            raise C2CError("refine, refine_skip and distill must be >= 0")
+        if (self.refine_values or self.distill) and not self.refine:
+            raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0")
+        for name in ("key_features", "value_features"):
+            feats = getattr(self, name)
+            if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
+                raise C2CError(f"recipe: {name} must be a list from {', '.join(FEATURES)}, got {feats!r}")
+        if self.dtype not in DTYPES:
+            raise C2CError(f"recipe: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @classmethod
+    def load(cls, path: Path, **overrides) -> "FitRecipe":
+        """A recipe from a TOML file (every key a field; unknown keys are errors, never ignored), `overrides`
+        (the command line's explicit flags) on top."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise C2CError(f"recipe file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise C2CError(f"recipe {path} is not valid TOML: {e}") from None
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise C2CError(f"recipe {path}: unknown key(s) {unknown}; known: {', '.join(known)}")
+        for key, value in raw.items():
+            want = _kind(known[key])
+            ok = isinstance(value, bool) if want is bool else not isinstance(value, bool) and isinstance(
+                value, (int, float) if want is float else want)  # fmt: skip
+            if not ok:
+                raise C2CError(f"recipe {path}: {key} must be of type {want.__name__}, got {value!r}")
+        return cls(**{**raw, **overrides})
+
+    def refinement_texts(self, fit_texts: list[tuple[str, str]]) -> tuple[list[int], list[tuple[str, str]]]:
+        """Which fit passages the refinement reuses (their indices), or the passages it reads apart."""
+        if not self.refine:
+            return [], []
+        if self.refine_text:
+            return [], passages(self.refine_text, self.max_chars)[self.refine_skip:self.refine_skip + self.refine]
+        if self.start_from:
+            return [], fit_texts[self.refine_skip:self.refine_skip + self.refine]
+        step = max(1, len(fit_texts) // self.refine)
+        return list(range(1, len(fit_texts), step))[:self.refine], []
+
+
+def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, stats: Path) -> Translator:
+    """Every step of `recipe` on the loaded pair; the translator, not yet saved."""
+    chat = recipe.chat
+    texts = [] if recipe.start_from and recipe.refine_text else passages(recipe.text, recipe.max_chars)
+    picked, apart = recipe.refinement_texts(texts)
+    pairs: dict[int, object] = {}  # the refinement's passages, kept while the moments read them
+    if recipe.start_from:
+        translator = Translator.from_pretrained(recipe.start_from, receiver.device)
+    else:
+        state = accumulate(receiver, sharer, texts, stats, recipe.window, chat=chat,
+                           keep=lambda i, pair: pairs.__setitem__(i, compact(pair)), kept=set(picked))  # fmt: skip
+        translator = solve(state, recipe.key_features, recipe.value_features, width=recipe.use_window,
+                           value_width=recipe.value_window)  # fmt: skip
+        translator.config.fit["text"] = f"{recipe.text} (passages cut to {recipe.max_chars} characters)"
+    if picked:
+        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
+        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=chat)))
+        ordered = [pairs[i] for i in picked]
+        where = f"{len(ordered)} of the fitting passages"
+    else:
+        ordered = record(receiver, sharer, apart, chat=chat) if apart else []
+        where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
+    if not ordered:
+        return translator
+    held = max(1, len(ordered) // 5)
+    train, kept_out = ordered[held:], ordered[:held]
+    steps = [("refined_keys", lambda: refine_keys(translator, receiver, train, kept_out, recipe.refine_steps,
+                                                  recipe.refine_lr))]  # fmt: skip
+    if recipe.refine_values:
+        steps.append(("refined_values", lambda: refine_values(translator, receiver, train, kept_out,
+                                                              recipe.refine_steps, recipe.refine_lr)))  # fmt: skip
+    if recipe.distill:
+        steps.append(("distilled", lambda: distill(translator, receiver, train, kept_out, recipe.distill,
+                                                   recipe.distill_lr, recipe.distill_batch)))  # fmt: skip
+    for kind, step in steps:
+        step()
+        translator.config.fit[kind]["text"] = where
+    return translator
