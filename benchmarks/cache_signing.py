@@ -78,7 +78,7 @@ def main() -> int:
     for r in rows:
         print(f"| {r['tokens']} | {r['bytes'] / 1e6:.1f} | {r['prefill_s']:.3f} | {r['serialise_s']:.4f} | "
               f"{r['serialise_signed_s']:.4f} | {r['parse_s']:.4f} | {r['parse_verify_validate_s']:.4f} | "
-              f"{r['signing_extra_s']:.4f} | {r['share_of_transfer']:.2%} | {r['share_of_wire_work']:.0%} |")  # fmt: skip
+              f"{r['signing_extra_s']:.4f} | {r['share_of_transfer']:.2%} | {r['share_of_wire_work']:.0%} |")
     write_json(args.out, {"model": model.name, "rows": rows, "repeat": args.repeat, "torch": torch.__version__,
                           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"})  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)

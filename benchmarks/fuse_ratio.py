@@ -54,7 +54,7 @@ def main() -> None:
             recv = statistics.median(t.receiver_prefill_s for t in runs)
             shar = statistics.median(t.sharer_prefill_s for t in runs)
             rows.append({"batch": bs, "receiver_tokens": int(batch.ids.shape[1]), "sharer_prefill_s": shar,
-                         "receiver_prefill_s": recv, "fuse_s": fuse, "fuse_over_receiver_prefill": fuse / recv})  # fmt: skip
+                         "receiver_prefill_s": recv, "fuse_s": fuse, "fuse_over_receiver_prefill": fuse / recv})
             print(f"batch {bs:2d}  {batch.ids.shape[1]:4d} tokens  sharer {shar:7.3f} s  receiver {recv:6.3f} s  "
                   f"fuse {fuse:6.3f} s  ratio {fuse / recv:.3f}", flush=True)  # fmt: skip
     write_json(args.out, {"date": date.today().isoformat(), "cache2cache": __version__, "torch": torch.__version__,

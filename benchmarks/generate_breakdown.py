@@ -82,7 +82,9 @@ def main() -> None:
     sizes = fuser_sizes(pairs)
     print(f"{'receiver':28} {'sharer':28} {'preset':8} {'params':>12} {'% of receiver':>14}")
     for r in sizes:
-        print(f"{r['receiver']:28} {r['sharer']:28} {r['preset']:8} {r['fuser_params']:>12,} {100 * r['ratio']:>13.1f}%")
+        print(
+            f"{r['receiver']:28} {r['sharer']:28} {r['preset']:8} {r['fuser_params']:>12,} {100 * r['ratio']:>13.1f}%"
+        )
     t = breakdown(pairs[0][0], pairs[0][1], args.repeats, args.max_new_tokens)
     print(f"\nc2c generate, {t['receiver']} <- {t['sharer']}, median of {t['repeats']} (s):")
     for k, v in t["median"].items():

@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    model = build("tiny-llama", ["tiny-qwen2"]) if args.tiny else build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
+    model = (
+        build("tiny-llama", ["tiny-qwen2"]) if args.tiny else build(DEFAULT_RECEIVER, [DEFAULT_SHARER], [DEFAULT_FUSER])
+    )
     sharer = model.sharers[0].name
     app = create_app(model, ServeConfig(max_tokens=64))
     running = start_in_thread(app)
@@ -90,9 +92,17 @@ def main() -> None:
                           ("tokens", "bytes_per_token", "sharer_prefill_s", "transfer_s", "c2c_s",
                            "answer_after_import_s", "transfer_share_of_c2c")}  # fmt: skip
         summary[dtype]["same_answer"] = sum(r["same_answer"] for r in rs) / len(rs)
-    result = {"date": date.today().isoformat(), "c2c_version": __version__, "torch": torch.__version__,
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "receiver": model.receiver.name,
-              "sharer": sharer, "sharer_dtype": str(model.sharers[0].model.dtype), "summary": summary, "rows": rows}
+    result = {
+        "date": date.today().isoformat(),
+        "c2c_version": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "receiver": model.receiver.name,
+        "sharer": sharer,
+        "sharer_dtype": str(model.sharers[0].model.dtype),
+        "summary": summary,
+        "rows": rows,
+    }
     print(f"{model.receiver.name} <- {sharer} (sharer {result['sharer_dtype']}), medians over {args.repeats}")
     print(f"{'wire':9} {'tokens':>6} {'B/token':>9} {'transfer s':>10} {'C2C s':>7} {'share':>6} {'same answer':>11}")
     for dtype, s in summary.items():

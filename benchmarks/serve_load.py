@@ -107,7 +107,7 @@ def main() -> None:
         print(f"{name:12} {r['requests']:8d} {r['errors']:6d} {r['p50_s']:8.3f} {r['p99_s']:8.3f} "
               f"{r['requests_per_s']:7.2f} {r['tokens_per_s']:7.1f}")  # fmt: skip
     print(f"concurrent/serial: {result['request_ratio']:.2f}x requests/s, {result['throughput_ratio']:.2f}x tokens/s; "
-          f"mean batch {load['mean_batch']:.1f}; peak RSS {result['peak_rss_mb']:.0f} MB; healthy after: {healthy}")  # fmt: skip
+          f"mean batch {load['mean_batch']:.1f}; peak RSS {result['peak_rss_mb']:.0f} MB; healthy after: {healthy}")
     out = args.out or Path(f"docs/results/serve_load_{'tiny' if args.tiny else 'default'}.json")
     write_json(out, result)
     print(f"wrote {out}")

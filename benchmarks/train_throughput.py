@@ -85,7 +85,9 @@ def main() -> None:
         t4 = _sync(dev)
         trainer.fuser.zero_grad(set_to_none=True)
         if i:
-            rows.append({"tokens": tokens, "baseline": t1 - t0, "sharer": t2 - t1, "prefill": t3 - t2, "fused": t4 - t3})
+            rows.append(
+                {"tokens": tokens, "baseline": t1 - t0, "sharer": t2 - t1, "prefill": t3 - t2, "fused": t4 - t3}
+            )
     tok = sum(r["tokens"] for r in rows)
     agg = {k: sum(r[k] for r in rows) for k in ("baseline", "sharer", "prefill", "fused")}
     step = agg["sharer"] + agg["prefill"] + agg["fused"]

@@ -75,7 +75,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in rows.items()}
     result = {"receiver": args.receiver, "sharer": args.sharer, "items": len(items), "repeat": args.repeat,
               "ttft_s_median": med, "followup_over_receiver": med["translated_followup"] / med["receiver"],
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__}  # fmt: skip
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__}
     print("| path | median TTFT (s) | x receiver alone |\n|---|---:|---:|")
     for k, v in med.items():
         print(f"| {k} | {v:.4f} | {v / med['receiver']:.2f} |")

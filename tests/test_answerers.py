@@ -42,8 +42,8 @@ def test_t2t_asks_the_sharer_for_notes_and_answers_with_them():
     # defaults: the prompt plus the request; the notes appended to the prompt
     default = answerer(model, "t2t", note_tokens=3).logprobs(["Name a prime."], [[" 2", " 4"]])
     notes = model.generate([f"Name a prime.\n\n{T2T_REQUEST}"], "sharer", GenerateOptions(max_new_tokens=3))
-    want, _ = model.continuation_logprobs([f"Name a prime.\n\nNotes from another model:\n{notes.results[0].text.strip()}"],
-                                          [[" 2", " 4"]], "receiver")  # fmt: skip
+    with_notes = f"Name a prime.\n\nNotes from another model:\n{notes.results[0].text.strip()}"
+    want, _ = model.continuation_logprobs([with_notes], [[" 2", " 4"]], "receiver")
     assert default.values == want
 
 

@@ -60,8 +60,8 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("generate fuser is a file", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/empty.txt"]),
         ("generate fuser corrupt config", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/bad-config-fuser"]),
         ("generate fuser no weights", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/no-weights-fuser"]),
-        ("generate fuser wrong pair", ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-gemma3", "--prompt", "x",
-                                       "--fuser", f"{d}/fuser"]),
+        ("generate fuser wrong pair", ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-gemma3", "--prompt",
+                                       "x", "--fuser", f"{d}/fuser"]),
         ("generate two fusers one sharer", ["generate", *T, "--prompt", "x", "--fuser", f"{d}/fuser", "--fuser",
                                             f"{d}/fuser"]),
         ("generate bad dtype", ["generate", *T, "--prompt", "x", "--dtype", "int3"]),
@@ -95,7 +95,8 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("train missing data", ["train", f"{d}/good.toml", f"data={d}/nope.jsonl", f"out_dir={d}/run-m"]),
         ("train data is a text file", ["train", f"{d}/good.toml", f"data={d}/empty.txt", f"out_dir={d}/run-n"]),
         ("train data no usable rows", ["train", f"{d}/good.toml", f"data={d}/junk.jsonl", f"out_dir={d}/run-o"]),
-        ("train mix with eval task", ["train", f"{d}/good.toml", "data=sharegpt:0.5,arc_easy:0.5", f"out_dir={d}/run-p"]),
+        ("train mix with eval task", ["train", f"{d}/good.toml", "data=sharegpt:0.5,arc_easy:0.5",
+                                      f"out_dir={d}/run-p"]),
         ("train mix zero weight", ["train", f"{d}/good.toml", "data=sciq:0", f"out_dir={d}/run-q"]),
         ("train mix duplicate", ["train", f"{d}/good.toml", "data=sciq:1,sciq:2", f"out_dir={d}/run-r"]),
         ("train into a file", ["train", f"{d}/good.toml", f"out_dir={d}/empty.txt"]),
@@ -160,7 +161,8 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         # broken model folders and configs (session 6)
         ("model truncated weights", ["generate", "--receiver", f"{d}/model-truncated", "--sharer", "tiny-qwen2",
                                      "--prompt", "x"]),
-        ("model text as weights", ["generate", "--receiver", f"{d}/model-text", "--sharer", "tiny-qwen2", "--prompt", "x"]),
+        ("model text as weights", ["generate", "--receiver", f"{d}/model-text", "--sharer", "tiny-qwen2",
+                                   "--prompt", "x"]),
         ("model pickled weights only", ["generate", "--receiver", f"{d}/model-pickled", "--sharer", "tiny-qwen2",
                                         "--prompt", "x"]),
         ("adapter based on itself", ["generate", "--receiver", f"{d}/model-own-base", "--sharer", "tiny-qwen2",
@@ -218,7 +220,7 @@ def workspace(tmp_path_factory) -> Path:
     (w / "tiny_mc.jsonl").write_text(Path("examples/tiny_mc.jsonl").read_text())
     (w / "emptydir").mkdir()
     (w / "wrong-profile.json").write_text(json.dumps({"plans": [1, 2, {"budget": "half"}]}))
-    (w / "short.key").write_text("{\"keys\": {\"a\": \"short\"}}")
+    (w / "short.key").write_text('{"keys": {"a": "short"}}')
     (w / "existing-run").mkdir()
     (w / "existing-run" / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
     make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(w / "fuser")
@@ -248,15 +250,22 @@ def _broken_models(w: Path) -> None:
     (w / "model-text" / "model.safetensors").write_text("hello")
     (w / "model-pickled" / "model.safetensors").unlink()
     torch.save({"w": torch.zeros(1)}, w / "model-pickled" / "pytorch_model.bin")
-    (w / "model-own-base" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(w / "model-own-base")}))
-    for name, edit in (("layer-map-fuser", {"layer_map": [99, 99, 99, 99]}), ("no-geometry-fuser", {"sharer_geometry": {}})):
+    (w / "model-own-base" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(w / "model-own-base")})
+    )
+    for name, edit in (
+        ("layer-map-fuser", {"layer_map": [99, 99, 99, 99]}),
+        ("no-geometry-fuser", {"sharer_geometry": {}}),
+    ):
         make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(w / name)
         config = json.loads((w / name / "config.json").read_text())
         (w / name / "config.json").write_text(json.dumps({**config, **edit}))
 
 
 def _snapshot(w: Path) -> dict[str, str]:
-    return {str(p.relative_to(w)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(w.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(w)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(w.rglob("*")) if p.is_file()
+    }
 
 
 CASES = _cases(Path("{w}"))

@@ -23,7 +23,10 @@ from cache2cache.training.examples import build_examples
 
 from .conftest import make_fuser, tiny
 
-PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question: What colour is the sky?\nAnswer:"}]
+PROMPT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Question: What colour is the sky?\nAnswer:"},
+]
 BRIEF = "Today the sky over the harbour is green, as every sailor reports."
 
 
@@ -191,7 +194,13 @@ def test_span_probes_offer_only_what_the_passage_says(monkeypatch):
         item = probes.sciq_span_item(rows[0], 0)
         assert item.choices[item.answer] == "chlorophyll" and item.brief == support and len(item.choices) == 4
         # lexicon terms of the passage only: not "green" (no SciQ answer), not "light" (a word of the question)
-        assert set(item.choices) - {"chlorophyll"} <= {"mitochondria", "photosynthesis", "sugar", "chloroplasts", "energy"}
+        assert set(item.choices) - {"chlorophyll"} <= {
+            "mitochondria",
+            "photosynthesis",
+            "sugar",
+            "chloroplasts",
+            "energy",
+        }
         assert [probes.sciq_span_item(rows[0], 0).choices for _ in range(2)] == [item.choices] * 2  # seeded
         with pytest.raises(ValueError, match="fewer than three"):
             probes.sciq_span_item(rows[1], 5)
@@ -204,4 +213,4 @@ def test_span_probes_offer_only_what_the_passage_says(monkeypatch):
     cloze = probes.passage_cloze_item(passage, 3, "passage_cloze")
     gold = cloze.choices[cloze.answer]
     assert cloze.subject == "year" and sorted(cloze.choices) == ["1932", "1958", "1977", "2001"]
-    assert gold not in cloze.question and cloze.question.replace("___", gold)[len("Fill in the blank: "):] in passage
+    assert gold not in cloze.question and cloze.question.replace("___", gold)[len("Fill in the blank: ") :] in passage

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from cache2cache import C2CModel, GenerateOptions
+from cache2cache.caches.batched import stack_caches
 from cache2cache.caches.identity import identity_of
-from cache2cache.caches.prompt_cache import PromptCache, stack_caches
+from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.caches.store import PrefixStore
 from cache2cache.errors import C2CError
 from cache2cache.kv import new_cache

@@ -70,7 +70,10 @@ def _error_cases(tmp_path):
         "missing fuser": (["generate", *PAIR, "--fuser", str(tmp_path / "nope"), "--prompt", "x"], "not found"),
         "corrupt fuser": (["generate", *PAIR, "--fuser", str(corrupt), "--prompt", "x"], "corrupt"),
         "wrong pair": (["generate", *PAIR, "--fuser", str(other), "--prompt", "x"], "trained for"),
-        "fuser count": (["generate", *PAIR, "--fuser", str(good), "--fuser", str(good), "--prompt", "x"], "one --fuser"),
+        "fuser count": (
+            ["generate", *PAIR, "--fuser", str(good), "--fuser", str(good), "--prompt", "x"],
+            "one --fuser",
+        ),
         "empty prompt": (["generate", *PAIR, "--prompt", "  "], "empty"),
         "no prompt": (["generate", *PAIR], "at least one --prompt"),
         "too long": (["generate", *PAIR, "--prompt", "word " * 1200], "exceeds"),
@@ -103,8 +106,21 @@ def test_error_paths_exit_non_zero_with_one_line(capsys, tmp_path):
 
 
 def test_a_real_process_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cache2cache.cli.main", "generate", *PAIR, "--fuser",
-                           str(tmp_path / "missing"), "--prompt", "x"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cache2cache.cli.main",
+            "generate",
+            *PAIR,
+            "--fuser",
+            str(tmp_path / "missing"),
+            "--prompt",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "fuser directory not found" in proc.stderr

@@ -32,7 +32,10 @@ def test_rows_get_the_next_rows_sharer_cache_with_the_alignment_stretched():
         assert got.min() >= first and got.max() <= last  # only the partner's real sharer positions
         assert (got.diff() >= 0).all()  # order kept
         assert int(got[-1]) == last and int(got[0]) == first + round(
-            int(index[b][real][0] - (s_mask[b] == 0).sum()) / max(1, int(s_mask[b].sum()) - 1) * (int(s_mask[n].sum()) - 1))
+            int(index[b][real][0] - (s_mask[b] == 0).sum())
+            / max(1, int(s_mask[b].sum()) - 1)
+            * (int(s_mask[n].sum()) - 1)
+        )
 
 
 def test_one_row_has_no_other_question_to_borrow():

@@ -27,7 +27,7 @@ def _cli(capsys, *argv):
 
 @pytest.mark.parametrize("setting", ["grad_clip=-1", "grad_clip=0", "lr=nan", "lr=inf", "gate_lr_mult=nan",
                                      "weight_decay=-0.1", "option_temperature=0", "min_lr_ratio=nan",
-                                     "option_loss_weight=-1", "mismatch_loss_weight=-1", "mismatch_loss_weight=nan"])  # fmt: skip
+                                     "option_loss_weight=-1", "mismatch_loss_weight=-1", "mismatch_loss_weight=nan"])
 def test_bad_numbers_are_refused_before_any_model_loads(capsys, tmp_path, setting):
     code, err = _cli(capsys, "train", TINY, setting, f"out_dir={tmp_path / 'run'}")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err

@@ -137,7 +137,8 @@ def test_broken_model_folders_are_refused_without_unpickling(tmp_path):
     (cases["text"] / "model.safetensors").write_text("not weights")
     (cases["pickled"] / "model.safetensors").unlink()
     torch.save(m.model.state_dict(), cases["pickled"] / "pytorch_model.bin")
-    (cases["own-base"] / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(cases["own-base"])}))
+    own_base = {"base_model_name_or_path": str(cases["own-base"])}
+    (cases["own-base"] / "adapter_config.json").write_text(json.dumps(own_base))
     unpickled = []
     real_load = torch.load
     torch.load = lambda *a, **k: unpickled.append(a) or real_load(*a, **k)

@@ -18,7 +18,8 @@ from cache2cache.evaluation.tasks import load_jsonl_task
 from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
 from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
-from cache2cache.translation.fit import FitState, accumulate, solve
+from cache2cache.translation.fit import accumulate, solve
+from cache2cache.translation.moments import FitState
 from cache2cache.translation.reading import prerope_kv, translate_brief
 from cache2cache.translation.text import parse_text_spec, passages
 from cache2cache.translation.translator import Translator, windows
@@ -195,7 +196,8 @@ def test_text_sources_are_checked_and_never_evaluation_data(tmp_path):
     with pytest.raises(C2CError, match="passage count"):
         parse_text_spec("sciq:x")
     f = tmp_path / "notes.txt"
-    f.write_text("First passage, long enough to be read as one passage.\n\nSecond passage, also long enough to be kept here.")
+    f.write_text("First passage, long enough to be read as one passage.\n\n"
+                 "Second passage, also long enough to be kept here.")
     j = tmp_path / "notes.jsonl"
     j.write_text('{"text": "A JSON passage that is long enough to be kept by the reader."}\n')
     got = passages(f"{f},{j}")
@@ -210,9 +212,9 @@ def test_cli_fit_then_generate_translated(tmp_path):
     texts = tmp_path / "passages.txt"
     texts.write_text("\n\n".join(t for _, t in TEXTS))
     cmd = [sys.executable, "-m", "cache2cache.cli.main"]
-    run = subprocess.run(cmd + ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts),
-                                "--out", str(out), "--refine-values", "--refine-steps", "25", "--distill", "10", "--json"],
-                         capture_output=True, text=True)  # fmt: skip
+    fit = ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts), "--out", str(out),
+           "--refine-values", "--refine-steps", "25", "--distill", "10", "--json"]
+    run = subprocess.run(cmd + fit, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["parameters"] > 0 and (out / "r2.png").is_file() and (out / "fit.json").is_file()
@@ -222,9 +224,29 @@ def test_cli_fit_then_generate_translated(tmp_path):
     assert report["distilled"]["steps"] == 10 and "distilled end to end" in (out / "README.md").read_text()
     brief = tmp_path / "brief.txt"
     brief.write_text(TEXTS[0][1])
-    run = subprocess.run(cmd + ["generate", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--translator",
-                                str(out), "--brief-file", str(brief), "--prompt", "Which gate?", "--mode",
-                                "translated", "--max-new-tokens", "4", "--json"], capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        cmd
+        + [
+            "generate",
+            "--receiver",
+            "tiny-llama",
+            "--sharer",
+            "tiny-qwen2",
+            "--translator",
+            str(out),
+            "--brief-file",
+            str(brief),
+            "--prompt",
+            "Which gate?",
+            "--mode",
+            "translated",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["outputs"][0]["mode"] == "translated"
     task = tmp_path / "t.jsonl"
@@ -275,12 +297,12 @@ def test_two_senders_parts_land_in_one_cache_each_as_translated_alone(self_trans
     second, s2 = translate_brief(self_translator, m, m, QUESTION, b)
     n1 = s1.end - s1.start - 1  # part a's tokens but the last (it may merge with the separator)
     for i in range(len(both.keys)):  # part a: what one sender's translation of it writes, at the same positions
-        torch.testing.assert_close(both.keys[i][:, :s1.start + n1], first.keys[i][:, :s1.start + n1])
-        torch.testing.assert_close(both.values[i][:, :s1.start + n1], first.values[i][:, :s1.start + n1])
+        torch.testing.assert_close(both.keys[i][:, : s1.start + n1], first.keys[i][:, : s1.start + n1])
+        torch.testing.assert_close(both.values[i][:, : s1.start + n1], first.values[i][:, : s1.start + n1])
     n2 = s2.end - s2.start - 1  # part b's tokens but the first: the same values, keys at later positions
     for i in range(len(both.values)):
-        torch.testing.assert_close(both.values[i][:, span.end - n2:], second.values[i][:, s2.end - n2:])
-        assert not torch.allclose(both.keys[i][:, span.end - n2:], second.keys[i][:, s2.end - n2:])
+        torch.testing.assert_close(both.values[i][:, span.end - n2 :], second.values[i][:, s2.end - n2 :])
+        assert not torch.allclose(both.keys[i][:, span.end - n2 :], second.keys[i][:, s2.end - n2 :])
     with pytest.raises(C2CError, match="one non-empty brief part per sender"):
         translate_parts([(self_translator, m)], m, QUESTION, [a, b])
 
@@ -321,8 +343,10 @@ def test_a_recipe_file_and_start_from_a_saved_translator(tmp_path):
     texts = tmp_path / "passages.txt"
     texts.write_text("\n\n".join(t for _, t in TEXTS))
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'receiver = "tiny-llama"\nsharer = "tiny-qwen2"\ntext = "{texts}"\nrefine = 4\n'
-                      f'refine_text = "{texts}"\nrefine_skip = 1\nrefine_steps = 5\ndistill = 3\ndtype = "bfloat16"\n')
+    recipe.write_text(
+        f'receiver = "tiny-llama"\nsharer = "tiny-qwen2"\ntext = "{texts}"\nrefine = 4\n'
+        f'refine_text = "{texts}"\nrefine_skip = 1\nrefine_steps = 5\ndistill = 3\ndtype = "bfloat16"\n'
+    )
     cmd = [sys.executable, "-m", "cache2cache.cli.main", "fit"]
     run = subprocess.run(cmd + ["--recipe", str(recipe), "--refine-steps", "6", "--out", str(tmp_path / "a"),
                                 "--json"], capture_output=True, text=True)  # fmt: skip
@@ -465,7 +489,7 @@ def test_a_translator_that_reproduces_the_receiver_reads_on_as_the_receiver_does
 
     m = tiny("tiny-llama")
     pair = record(m, m, TEXTS[:1])[0]
-    assert pair.ids[:pair.start + len(pair.embedding)] == pair.ids[:len(pair.r_keys[0])]
+    assert pair.ids[: pair.start + len(pair.embedding)] == pair.ids[: len(pair.r_keys[0])]
     for fraction in (0.3, 0.7, 1.0):
         cut = cut_of(pair, fraction)
         student = student_logits(self_translator, m, pair, cut).float().log_softmax(-1)

@@ -13,9 +13,9 @@ is prefilled once per model and each question costs only its own tokens (and fus
 positions). Where the team has a translator for the (receiver, sender) pair (`c2c fit`) of every message's
 sender, the notes' documents are *translated*: the receiver answers from its own cache of the documents (one
 after the other, one per sender), written by each translator from its sender's reading, and never reads them
-itself; the translated cache is stored, so every follow-up question costs only the receiver's reading of it. Where the team has
-neither, the message falls back to text: the sender writes what it would have said (`CacheMessage.render`) and
-the receiver reads that, with a warning.
+itself; the translated cache is stored, so every follow-up question costs only the receiver's reading of it.
+Where the team has neither, the message falls back to text: the sender writes what it would have said
+(`CacheMessage.render`) and the receiver reads that, with a warning.
 
 Roles (system prompts) apply when an agent reads or answers on its own; in C2C the receiver reads the sender's
 conversation, system prompt included, because that is what the sender's cache holds.
@@ -195,7 +195,6 @@ class Team:
                                          [self.fuser_for(receiver, self.agents[s]) for s in senders],
                                          store=self.store)  # fmt: skip
         return _Plan(self._models[key], prompts, "c2c" if senders else "receiver", via)
-
 
     def _translated_plan(self, receiver: Agent, senders: list[Agent], translators: list[Translator],
                          questions: Sequence[str], messages: Sequence[CacheMessage]) -> "_Plan":  # fmt: skip

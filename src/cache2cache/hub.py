@@ -64,5 +64,7 @@ def push(folder: Path, repo_id: str, private: bool = False, token: str | None = 
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=message,
                                  allow_patterns=FILES)  # fmt: skip
     except (HfHubHTTPError, OSError) as e:
-        raise C2CError(f"could not push the fuser to {repo_id!r}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise C2CError(
+            f"could not push the fuser to {repo_id!r}: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from None
     return str(getattr(info, "commit_url", info))

@@ -254,7 +254,8 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path, monkeypa
     assert not partial.exists()
 
     def strip(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "latency_s"} for line in path.read_text().splitlines()]
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "latency_s"} for r in records]
 
     assert strip(out / "records.jsonl") == strip(tmp_path / "clean" / "records.jsonl")
     (out / "summary.json").unlink()  # a partial run of other settings is never mixed in

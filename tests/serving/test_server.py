@@ -25,7 +25,12 @@ def _client(live, key: str = "none") -> OpenAI:
 def _direct(live, model: str, prompt, n: int) -> str:
     """What the library answers for the same model, greedily: the server must say the same."""
     ans = live.state.route(model, None)
-    return answerer(ans.model, ans.mode, live.state.config.note_tokens).generate([prompt], GenerateOptions(n)).results[0].text
+    return (
+        answerer(ans.model, ans.mode, live.state.config.note_tokens)
+        .generate([prompt], GenerateOptions(n))
+        .results[0]
+        .text
+    )
 
 
 def test_models_route_and_answer_like_the_library(live):
@@ -61,7 +66,7 @@ def test_stop_strings_seed_and_sampling(live):
     if len(text) > 4:
         stop = text[2:4]
         cut = client.chat.completions.create(model="receiver", messages=MSG, max_tokens=20, temperature=0, stop=[stop])
-        assert cut.choices[0].message.content == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
+        assert cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
     a, b = (client.chat.completions.create(model="c2c", messages=MSG, max_tokens=10, temperature=1.0, top_p=0.9,
                                             seed=7).choices[0].message.content for _ in range(2))  # fmt: skip
     assert a == b  # same seed, same sample
@@ -213,7 +218,9 @@ def test_concurrent_requests_for_different_models_all_finish(live):
     with ThreadPoolExecutor(len(jobs)) as pool:
         outs = list(pool.map(ask, jobs, timeout=120))
     assert [o.model for o in outs] == [m for m, _ in jobs]
-    assert outs[0].choices[0].message.content == outs[-1].choices[0].message.content == _direct(live, "receiver", MSG, 4)
+    assert (
+        outs[0].choices[0].message.content == outs[-1].choices[0].message.content == _direct(live, "receiver", MSG, 4)
+    )
 
 
 def test_a_failure_mid_stream_ends_the_stream_with_an_error_event(live, http, monkeypatch):

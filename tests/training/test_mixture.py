@@ -87,7 +87,10 @@ def test_mixture_draws_each_share_and_writes_a_manifest(tmp_path):
     trainer = _trainer(tmp_path, "max_steps=4", "option_loss_weight=1")
     manifest = trainer.data_manifest()
     # 8 held out + 4 steps x 4 = 24 examples, half from each source
-    assert [s["used"] for s in manifest["sources"]] == [12, 12] and [s["weight"] for s in manifest["sources"]] == [0.5, 0.5]
+    assert [s["used"] for s in manifest["sources"]] == [12, 12] and [s["weight"] for s in manifest["sources"]] == [
+        0.5,
+        0.5,
+    ]
     assert manifest["sources"][1]["skipped"] == {"malformed choices": 1, "answer not a choice": 1}
     assert sum(bool(e.option_ids) for e in trainer.val + trainer.train_set) == 12
     summary = trainer.train()
@@ -123,8 +126,14 @@ def test_option_ranking_loss_is_the_softmax_over_cloze_scores(tmp_path):
 def test_option_loss_weight_trains_the_ranking(tmp_path):
     """With the ranking term on, the fuser learns to rank the tiny set's gold options (the ranking loss falls);
     without it the ranking loss is only logged."""
-    trainer = _trainer(tmp_path, "max_steps=24", "option_loss_weight=4", "lr=5e-3", "eval_every=100",
-                       "data=" + str(_mc_file(tmp_path / "only_mc.jsonl", 40)))
+    trainer = _trainer(
+        tmp_path,
+        "max_steps=24",
+        "option_loss_weight=4",
+        "lr=5e-3",
+        "eval_every=100",
+        "data=" + str(_mc_file(tmp_path / "only_mc.jsonl", 40)),
+    )
     trainer.train()
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     ranks = [m["option_loss"] for m in logged if m["kind"] == "train"]
@@ -136,7 +145,7 @@ def _mismatch_on_val(trainer: FuserTrainer) -> float:
     with torch.no_grad():
         total = 0.0
         for i in range(0, len(trainer.val), 4):
-            tb = collate(trainer.model, trainer.val[i:i + 4])
+            tb = collate(trainer.model, trainer.val[i : i + 4])
             if tb.groups and tb.prompt.ids.shape[0] > 1:
                 total += trainer.losses.mismatch_loss(tb, trainer.losses.prefill(tb)[0])[0].item()
     return total
@@ -146,7 +155,9 @@ def test_mismatch_term_is_zero_for_a_fuser_that_adds_nothing(tmp_path):
     """The mismatch term compares the receiver alone with the receiver fused with another question's sharer cache:
     an untrained (zero-output) fuser changes nothing, so the two option distributions must agree exactly; a fuser
     that adds anything makes them differ."""
-    trainer = _trainer(tmp_path, "max_steps=1", "mismatch_loss_weight=1", "data=" + str(_mc_file(tmp_path / "q.jsonl", 40)))
+    trainer = _trainer(
+        tmp_path, "max_steps=1", "mismatch_loss_weight=1", "data=" + str(_mc_file(tmp_path / "q.jsonl", 40))
+    )
     assert _mismatch_on_val(trainer) == pytest.approx(0.0, abs=1e-6)
     for p in trainer.fuser.parameters():
         torch.nn.init.normal_(p, std=0.5) if p.dim() >= 2 else None

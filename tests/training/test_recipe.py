@@ -13,7 +13,8 @@ from cache2cache import Fuser
 from cache2cache.errors import C2CError
 from cache2cache.training.config import load_config
 from cache2cache.training.plots import read_metrics
-from cache2cache.training.recipe import FuserTrainer, lr_at, temperature_at
+from cache2cache.training.recipe import FuserTrainer
+from cache2cache.training.schedule import lr_at, temperature_at
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.toml"

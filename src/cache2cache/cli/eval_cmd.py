@@ -75,8 +75,9 @@ def run(args) -> int:
                      t2t_tokens=args.t2t_tokens, gen_tokens=args.gen_tokens, seed=args.seed)  # fmt: skip
     items = select_items(cfg)  # bad task / split / file fails before any model loads
     default = Path("runs/eval") / f"{args.task.replace(':', '_').replace('/', '_')}_{args.split}"
-    header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer, "fusers": [str(f) for f in args.fuser],
-              "close_gates": args.close_gates, "dtype": args.dtype, "chat": not args.no_chat}  # fmt: skip
+    header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer,
+              "fusers": [str(f) for f in args.fuser], "close_gates": args.close_gates, "dtype": args.dtype,
+              "chat": not args.no_chat}  # fmt: skip
     out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after
     # the receiver alone never runs a sharer: with a trained fuser to describe it, load the sharer's tokenizer and
     # config, not gigabytes of weights

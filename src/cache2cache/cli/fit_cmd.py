@@ -149,5 +149,5 @@ def run(args) -> int:
     if not r2:
         return 0
     print(f"held-out R² (mean over {len(r2)} layers): keys {sum(x[0] for x in r2) / len(r2):.3f}, "
-          f"values {sum(x[1] for x in r2) / len(r2):.3f}; per layer in {out / 'fit.json'}, {out / 'r2.png'}")  # fmt: skip
+          f"values {sum(x[1] for x in r2) / len(r2):.3f}; per layer in {out / 'fit.json'}, {out / 'r2.png'}")
     return 0

@@ -151,6 +151,6 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
         timing.add_column(col, justify="right" if col != "mode" else "left")
     for out in outputs:
         t = out.timings
-        timing.add_row(out.mode, *(f"{v:.3f}" for v in (t.t2t_sharer_s, t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s,
-                                                      t.decode_s, t.total_s)))  # fmt: skip
+        phases = (t.t2t_sharer_s, t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s, t.decode_s, t.total_s)
+        timing.add_row(out.mode, *(f"{v:.3f}" for v in phases))
     console.print(timing)

@@ -226,7 +226,7 @@ def run_generate(args) -> int:
 
 def run_finetune(args) -> int:
     recipe = LoraRecipe(base=args.base, task=args.task, split=args.split, steps=args.steps,
-                        batch_size=args.batch_size, rank=args.rank, alpha=2 * args.rank, lr=args.lr, seed=args.seed)  # fmt: skip
+                        batch_size=args.batch_size, rank=args.rank, alpha=2 * args.rank, lr=args.lr, seed=args.seed)
     log = finetune_lora(recipe, args.out, device=args.device, overwrite=args.overwrite)
     first, last = log["losses"][:10], log["losses"][-10:]
     print(f"adapter -> {args.out} ({log['trainable_params']:,} trainable parameters, {log['seconds']} s); "

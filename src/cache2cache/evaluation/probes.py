@@ -185,8 +185,8 @@ register(Task("passage_cloze", "mc", ("heldout",), _loader("passage_cloze"),
               "probe: a BoolQ (Wikipedia) passage read by the sharer only; fill a blanked name/number/date "
               "from 4 spans of the same passage"))  # fmt: skip
 register(Task("sciq_cloze", "mc", ("heldout",), _loader("sciq_cloze"),
-              "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))  # fmt: skip
+              "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))
 register(Task("sciq_span", "mc", ("heldout",), _loader("sciq_span"),
-              "probe: SciQ, the support paragraph read by the sharer only; the wrong options are other terms of it"))  # fmt: skip
+              "probe: SciQ, the support paragraph read by the sharer only; the wrong options are other terms of it"))
 register(Task("sciq_two_briefs", "mc", ("heldout",), _two_briefs,
               "probe: sciq_brief with two documents, its own paragraph and another's, one per sender"))  # fmt: skip

@@ -75,7 +75,9 @@ def letter_token_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[in
     out = []
     for letter in LETTERS[:n]:
         ids = {tuple(tokenizer.encode(v, add_special_tokens=False)) for v in (f" {letter}", letter)}
-        out.append(sorted({t[0] for t in ids if len(t) == 1}) or [tokenizer.encode(f" {letter}", add_special_tokens=False)[-1]])
+        out.append(
+            sorted({t[0] for t in ids if len(t) == 1}) or [tokenizer.encode(f" {letter}", add_special_tokens=False)[-1]]
+        )
     return out
 
 

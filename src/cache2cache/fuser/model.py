@@ -132,7 +132,8 @@ class Fuser(nn.Module):
         """Shut these receiver layers' gates (ablation: does the receiver need what they bring?)."""
         unknown = sorted(set(receiver_layers) - {int(r) for r in self.layers})
         if unknown:
-            raise C2CError(f"receiver layers {unknown} are not fused by this fuser (fused: {sorted(map(int, self.layers))})")
+            fused = sorted(map(int, self.layers))
+            raise C2CError(f"receiver layers {unknown} are not fused by this fuser (fused: {fused})")
         for r in receiver_layers:
             self.layers[str(r)].gate_logit.fill_(-1e4)
 

@@ -16,8 +16,9 @@ import torch
 from transformers import Cache
 
 from ..alignment.tokens import encode, render
+from ..caches.batched import stack_caches
 from ..caches.identity import identity_of
-from ..caches.prompt_cache import PromptCache, stack_caches
+from ..caches.prompt_cache import PromptCache
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..kv import new_cache

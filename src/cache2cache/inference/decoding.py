@@ -48,7 +48,7 @@ def results(out: torch.Tensor, batch: Batch, answerer: LoadedModel) -> list[Gene
         n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
         found.append(GenerationResult(text=answerer.tokenizer.decode(row[:n], skip_special_tokens=True),
                                       prompt_tokens=int(batch.mask[b].sum()), new_tokens=n,
-                                      sharer_prompt_tokens=[int(s_mask[b].sum()) for _, s_mask, _ in batch.sharers]))  # fmt: skip
+                                      sharer_prompt_tokens=[int(s_mask[b].sum()) for _, s_mask, _ in batch.sharers]))
     return found
 
 

@@ -39,9 +39,8 @@ from .batching import (
     aligned_batch,
     check_length,
     clock,
-    plain_batch,  # fmt: skip
+    plain_batch,
     positions,
-    right_pad,
     sharer_messages,
     to_messages,
 )
@@ -51,7 +50,7 @@ from .decoding import generation_config, results, stream
 from .fusion import add_fused
 from .modes import PIPELINE_MODES, get_mode
 from .prefix_reuse import FusedPrefixes, rows
-from .scoring import continuation_logits, option_rows, option_scores, per_prompt
+from .scoring import last_logits, option_rows, score_options
 
 
 class C2CModel:
@@ -64,15 +63,9 @@ class C2CModel:
     (blind.py).
     """
 
-    def __init__(
-        self,
-        receiver: LoadedModel,
-        sharers: Sequence[LoadedModel] = (),
-        fusers: Sequence[Fuser] = (),
-        chat: bool = True,
-        store: PrefixStore | None = None,
-        translators: Sequence[Translator] = (),
-    ) -> None:
+    def __init__(self, receiver: LoadedModel, sharers: Sequence[LoadedModel] = (), fusers: Sequence[Fuser] = (),
+                 chat: bool = True, store: PrefixStore | None = None, translators: Sequence[Translator] = ()
+                 ) -> None:  # fmt: skip
         if (fusers and len(fusers) != len(sharers)) or (sharers and not fusers and not translators):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
         if len(translators) > len(sharers):
@@ -268,9 +261,7 @@ class C2CModel:
         cache, timings = self.prefill(batch, mode)
         answerer = self.answerer(mode)
         t0 = clock(answerer.device)
-        out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
-                             position_ids=positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
-        logits = out.logits[:, -1].float()
+        logits = last_logits(batch, cache, answerer)
         timings.decode_s = clock(answerer.device) - t0
         return logits, timings
 
@@ -297,13 +288,9 @@ class C2CModel:
         batch = self.encode(prompts, mode, new_tokens=max(map(len, rows)))  # the longest option must fit too
         cache, timings = self.prefill(batch, mode)
         t0 = clock(answerer.device)
-        owner = torch.tensor([i for i, opts in enumerate(continuations) for _ in opts], device=batch.ids.device)
-        cache.batch_select_indices(owner)
-        expanded = Batch(batch.ids[owner], batch.mask[owner], [])
-        ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
-        flat, greedy = option_scores(continuation_logits(expanded, cache, answerer, ids, mask), ids, mask)
+        logps, greedy = score_options(batch, cache, answerer, rows, continuations)
         timings.decode_s = clock(answerer.device) - t0
-        return per_prompt(flat, continuations), per_prompt(greedy, continuations), timings
+        return logps, greedy, timings
 
     def stream(self, prompt: Prompt, mode: str = "c2c", options: GenerateOptions | None = None) -> Iterator[str]:
         """Yield the answer to one prompt piece by piece as it is decoded."""

@@ -15,8 +15,9 @@ import torch
 from transformers import Cache
 
 from ..adapter_dir import hash_tensors
+from ..caches.batched import stack_caches
 from ..caches.identity import ModelIdentity, identity_of
-from ..caches.prompt_cache import PromptCache, stack_caches
+from ..caches.prompt_cache import PromptCache
 from ..caches.store import PrefixStore, common_prefix
 from ..models.loading import LoadedModel
 from .batching import Batch

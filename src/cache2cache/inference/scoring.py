@@ -10,7 +10,7 @@ from transformers import Cache
 
 from ..alignment.tokens import encode
 from ..models.loading import LoadedModel
-from .batching import Batch
+from .batching import Batch, positions, right_pad
 
 
 def continuation_logits(batch: Batch, cache: Cache, answerer: LoadedModel, cont_ids: torch.Tensor,
@@ -48,3 +48,22 @@ def per_prompt(flat: list, continuations: Sequence[Sequence[str]]) -> list[list]
         out.append(flat[k:k + len(opts)])
         k += len(opts)
     return out
+
+
+def last_logits(batch: Batch, cache: Cache, answerer: LoadedModel) -> torch.Tensor:
+    """(B, V) float32 logits of the token after each prompt: the last prompt token read over its cache."""
+    out = answerer.model(input_ids=batch.ids[:, -1:], attention_mask=batch.mask,
+                         position_ids=positions(batch.mask)[:, -1:], past_key_values=cache)  # fmt: skip
+    return out.logits[:, -1].float()
+
+
+def score_options(batch: Batch, cache: Cache, answerer: LoadedModel, rows: list[list[int]],
+                  continuations: Sequence[Sequence[str]]) -> tuple[list[list[float]], list[list[bool]]]:  # fmt: skip
+    """Per prompt, each continuation's summed log-probability and greedy flag (`option_scores`): the prompt's
+    cache is copied for every option, so scoring k options costs one prefill, not k."""
+    owner = torch.tensor([i for i, opts in enumerate(continuations) for _ in opts], device=batch.ids.device)
+    cache.batch_select_indices(owner)
+    expanded = Batch(batch.ids[owner], batch.mask[owner], [])
+    ids, mask = right_pad(rows, 0, batch.ids.device)  # pad id is masked out, any valid id will do
+    flat, greedy = option_scores(continuation_logits(expanded, cache, answerer, ids, mask), ids, mask)
+    return per_prompt(flat, continuations), per_prompt(greedy, continuations)

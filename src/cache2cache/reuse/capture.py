@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from ..alignment.tokens import encode, render
+from ..caches.batched import left_pad_stack
 from ..caches.identity import identity_of
-from ..caches.prompt_cache import PromptCache, layer_inputs, left_pad_stack, load_caches, save_caches
+from ..caches.prompt_cache import PromptCache, layer_inputs, load_caches, save_caches
 from ..errors import C2CError
 from ..inference.batching import Prompt, left_pad, positions, to_messages
 from ..kv import new_cache

@@ -25,7 +25,7 @@ from ..errors import C2CError
 from ..evaluation.scoring import LETTERS, prompt_for
 from ..evaluation.tasks import Item, get_task
 from ..models.loading import LoadedModel, load_model
-from ..training.recipe import lr_at
+from ..training.schedule import lr_at
 from .capture import tokenize
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

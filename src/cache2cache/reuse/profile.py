@@ -145,7 +145,7 @@ def profile(b: LoadedModel, cap: Capture, budgets: list[float], gold: list[list[
         plans.append({"budget": budget, "plan": str(plan), "recomputed_layers": len(plan.layers),
                       "kl": kl(reference, logits),
                       "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean()),
-                      "accuracy": accuracy(logits), "build_s": build_s, "speedup_vs_full_prefill": full_s / build_s})  # fmt: skip
+                      "accuracy": accuracy(logits), "build_s": build_s, "speedup_vs_full_prefill": full_s / build_s})
     return {"model_a": cap.model, "model_b": b.name, "layers": n, "prompts": int(cap.ids.shape[0]),
             "search": search, "order": order, "greedy_kl": greedy_curve, "sensitivity_kl": sens,
             "full_prefill_s": full_s, "reference_accuracy": accuracy(reference), "plans": plans}  # fmt: skip

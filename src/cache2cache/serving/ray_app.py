@@ -197,7 +197,7 @@ def build(args: dict):
     sharer = SharerDeployment.options(**resources("sharer")).bind(args["sharer"], device,
                                                                    None if wire in (None, "none") else wire, key_file)
     receiver = ReceiverDeployment.options(**resources("receiver")).bind(args["receiver"], args["sharer"],
-                                                                         args["fuser"], device, key_file, unsigned)  # fmt: skip
+                                                                         args["fuser"], device, key_file, unsigned)
     names = {"receiver": load_skeleton(args["receiver"]).name, "sharer": load_skeleton(args["sharer"]).name}
     return OpenAIIngress.options(ray_actor_options={"num_cpus": 0}).bind(sharer, receiver, names,
                                                                          int(args.get("max_tokens", 512)))

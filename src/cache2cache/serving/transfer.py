@@ -131,7 +131,7 @@ def receive(server, data: bytes, status: int = 400) -> PromptCache:
     keys = server.config.cache_keys
     if keys is None and not server.config.allow_unsigned_caches:
         raise ApiError(403, "this server accepts no caches from other processes: start it with --cache-key-file "
-                            "(or, on a trusted network only, --allow-unsigned-caches)", kind="permission_error")  # fmt: skip
+                            "(or, on a trusted network only, --allow-unsigned-caches)", kind="permission_error")
     try:
         return PromptCache.from_bytes(data, key=keys, max_bytes=server.config.max_cache_bytes)
     except C2CError as e:

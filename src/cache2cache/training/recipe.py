@@ -41,21 +41,9 @@ from .examples import TrainBatch, TrainExample, build_examples, collate
 from .losses import LossSums, MicroBatchLoss
 from .mixture import load_mixture
 from .plots import plot_gates, plot_loss, read_metrics
+from .schedule import lr_at, temperature_at
 
 log = logging.getLogger(__name__)
-
-
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def temperature_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Gate temperature, annealed geometrically from temperature_start to temperature_end."""
-    return cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** (step / max(1, total - 1))
 
 
 class FuserTrainer:
@@ -279,7 +267,7 @@ class FuserTrainer:
                     (loss * self.world).backward()
                 mismatch = 0.0 if sums.mismatch is None else sums.mismatch.item()
                 loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct, mismatch,
-                                            sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
+                                            sums.mismatch_correct], dtype=torch.float64, device=self.device)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
             if not math.isfinite(float(grad_norm)):  # before the step: the weights stay as they were
                 raise C2CError(f"step {self.step + 1}: the gradient is not finite (loss {loss_total.tolist()}); "
@@ -297,7 +285,8 @@ class FuserTrainer:
             self.elapsed += dt
             self.tokens_seen += n_tokens
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                options = {"option_loss": rank_sum / n_groups, "option_acc": ranked_right / n_groups} if n_groups else {}
+                g = max(1, n_groups)  # no question groups: the option terms are not logged
+                options = {"option_loss": rank_sum / g, "option_acc": ranked_right / g} if n_groups else {}
                 if n_groups and cfg.mismatch_loss_weight:
                     options.update(mismatch_loss=mismatch_sum / n_groups, mismatch_acc=mismatch_right / n_groups)
                 self._log({"kind": "train", "step": self.step, "loss": train_loss, **options, "lr": lr,

@@ -96,7 +96,7 @@ def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: l
 
 
 def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
-               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:
     """The receiver's `BriefSpan` of `messages` with `brief`, and the sharer's reading aligned to its brief tokens
     (`sharer_reading`)."""
     r_span = BriefSpan.of(receiver, messages, brief, chat)

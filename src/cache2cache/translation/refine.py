@@ -66,7 +66,7 @@ def save_pairs(pairs: list[PassagePair], path: Path) -> None:
         if p.ids is not None:
             tensors[f"{j}.ids"] = torch.tensor(p.ids, dtype=torch.long)
         meta.append({"start": p.start, "layers": {n: len(getattr(p, n) or []) for n in
-                                                  ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})  # fmt: skip
+                                                  ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})
     write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
 
 

@@ -84,7 +84,9 @@ class TranslatorConfig:
             raise C2CError(f"translator config: value_windows needs one entry per receiver layer ({recv.num_layers})")
         for w in self.windows + (self.value_windows or []):
             if not isinstance(w, list) or not w or any(type(s) is not int or not 0 <= s < shar.num_layers for s in w):
-                raise C2CError(f"translator config: a window must list sharer layers 0-{shar.num_layers - 1}, got {w!r}")
+                raise C2CError(
+                    f"translator config: a window must list sharer layers 0-{shar.num_layers - 1}, got {w!r}"
+                )
         for name in ("key_features", "value_features"):
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
@@ -222,16 +224,27 @@ class Translator(nn.Module):
             f"- parameters: {self.num_parameters():,}\n"
             f"- features: keys <- {', '.join(cfg.key_features)}; values <- {', '.join(cfg.value_features)}\n"
             f"- sharer layers per receiver layer: keys {len(cfg.window(0))}, values {len(cfg.window(0, 'values'))}\n"
-            f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: {fit.get('text') or ', '.join(fit.get('sources', []))}"
+            f"- fitted on {fit.get('tokens', 0):,} receiver tokens of: "
+            f"{fit.get('text') or ', '.join(fit.get('sources', []))}"
             f" ({', '.join(f'{k}: {v} passages' for k, v in fit.get('passages', {}).items())}; never evaluation data)\n"
             f"- held-out R², mean over layers: keys {mean(0):.3f}, values {mean(1):.3f}\n"
-            + (f"- key maps refined against the receiver's attention on {fit['refined_keys']['passages']} passages\n"
-               if "refined_keys" in fit else "")
-            + (f"- value maps refined against the receiver's attention output on {fit['refined_values']['passages']} "
-               "passages\n" if "refined_values" in fit else "")
-            + (f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
-               f"passage, against its own reading) on {fit['distilled']['passages']} passages\n"
-               if "distilled" in fit else "")
+            + (
+                f"- key maps refined against the receiver's attention on {fit['refined_keys']['passages']} passages\n"
+                if "refined_keys" in fit
+                else ""
+            )
+            + (
+                f"- value maps refined against the receiver's attention output on {fit['refined_values']['passages']} "
+                "passages\n"
+                if "refined_values" in fit
+                else ""
+            )
+            + (
+                f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
+                f"passage, against its own reading) on {fit['distilled']['passages']} passages\n"
+                if "distilled" in fit
+                else ""
+            )
             + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
