@@ -25,7 +25,8 @@ import torch
 from cache2cache import __version__
 from cache2cache.atomic import write_json
 from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
+from cache2cache.serving.app import create_app, start_in_thread
+from cache2cache.serving.server import ServeConfig
 
 QUESTIONS = ["Why is the sky blue? Explain the physics briefly.", "How does a battery store energy?",
              "What causes the seasons on Earth?", "Why does ice float on water?"]  # fmt: skip

@@ -27,7 +27,8 @@ import torch
 from cache2cache import __version__
 from cache2cache.atomic import write_json
 from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
+from cache2cache.serving.app import create_app, start_in_thread
+from cache2cache.serving.server import ServeConfig
 
 TOPICS = ["the sky", "rain", "a volcano", "the moon", "bread", "a battery", "a rainbow", "the heart", "sound",
           "a magnet", "ice", "a seed", "wind", "salt", "a bridge", "glass"]  # fmt: skip

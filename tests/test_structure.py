@@ -28,7 +28,7 @@ FLOORS = [
 ]
 MAX_LINES = 300
 # Longer today, to be split; each may shrink but not grow, and no other module may join them.
-TOO_LONG = {"cache2cache.training.recipe": 353, "cache2cache.serving.app": 388}
+TOO_LONG = {"cache2cache.training.recipe": 353}
 
 
 def module_name(path: Path) -> str:

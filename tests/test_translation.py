@@ -17,12 +17,13 @@ from cache2cache.evaluation.runner import EvalConfig, Evaluator
 from cache2cache.evaluation.tasks import load_jsonl_task
 from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
+from cache2cache.translation.config import windows
 from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
 from cache2cache.translation.fit import accumulate, solve
 from cache2cache.translation.moments import FitState
 from cache2cache.translation.reading import prerope_kv, translate_brief
 from cache2cache.translation.text import parse_text_spec, passages
-from cache2cache.translation.translator import Translator, windows
+from cache2cache.translation.translator import Translator
 
 from .conftest import make_fuser, tiny
 
@@ -401,7 +402,8 @@ def test_with_a_store_the_sharer_reads_a_brief_once_for_every_translator(cross_t
 def test_the_server_answers_translated_requests_with_a_brief(cross_translator):
     import httpx
 
-    from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
+    from cache2cache.serving.app import create_app, start_in_thread
+    from cache2cache.serving.server import ServeConfig
 
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     running = start_in_thread(create_app(C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator]),

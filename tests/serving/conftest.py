@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from cache2cache import C2CModel
-from cache2cache.serving.app import ServeConfig, create_app, start_in_thread
+from cache2cache.serving.app import create_app, start_in_thread
+from cache2cache.serving.server import ServeConfig
 
 from ..conftest import make_fuser, tiny
 

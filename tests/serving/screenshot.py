@@ -37,8 +37,9 @@ def screenshot_playground(url: str, question: str, out: Path, timeout_s: float =
 
 
 def main() -> None:
-    from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
-    from .app import ServeConfig, create_app, start_in_thread
+    from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
+    from cache2cache.serving.app import create_app, start_in_thread
+    from cache2cache.serving.server import ServeConfig
 
     ap = argparse.ArgumentParser(description="Screenshot the playground answering one question (default pair).")
     ap.add_argument("--question", default="Why does ice float on water?")

@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from cache2cache.serving.app import ServeConfig, create_app
+from cache2cache.serving.app import create_app
+from cache2cache.serving.server import ServeConfig
 
 from .conftest import LiveServer, tiny_model
 from .screenshot import CHROMIUM, screenshot_playground

@@ -11,7 +11,8 @@ from openai import OpenAI
 
 from cache2cache import GenerateOptions
 from cache2cache.inference.answerers import answerer
-from cache2cache.serving.app import ServeConfig, create_app
+from cache2cache.serving.app import create_app
+from cache2cache.serving.server import ServeConfig
 
 from .conftest import LiveServer, tiny_model
 

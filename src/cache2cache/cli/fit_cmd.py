@@ -13,9 +13,9 @@ from rich.console import Console
 from ..atomic import check_writable_dir
 from ..errors import C2CError
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, check_device, default_device
+from ..translation.config import FEATURES
 from ..translation.recipe import DTYPES, FitRecipe
 from ..translation.text import DEFAULT_TEXT
-from ..translation.translator import FEATURES
 from .common import output_dir, output_file, positive_int
 
 

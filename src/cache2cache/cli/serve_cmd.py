@@ -64,7 +64,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import uvicorn
 
-    from ..serving.app import ServeConfig, create_app
+    from ..serving.app import create_app
+    from ..serving.server import ServeConfig
 
     if not 0 < args.port < 65536:
         raise C2CError(f"--port must be in 1-65535, got {args.port}")

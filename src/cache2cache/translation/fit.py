@@ -27,9 +27,10 @@ from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from ..plotting import pyplot
+from .config import FEATURES, TranslatorConfig, windows
 from .moments import FitState, Moments
 from .reading import embeddings, prerope_kv, read_brief
-from .translator import FEATURES, Translator, TranslatorConfig, gather_features, windows
+from .translator import Translator, gather_features
 
 HELD_OUT_EVERY = 10
 RIDGE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # times the mean feature variance (1 here)

@@ -21,11 +21,12 @@ import torch
 
 from ..errors import C2CError
 from ..models.loading import LoadedModel
+from .config import FEATURES
 from .distill import distill
 from .fit import accumulate, solve
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
-from .translator import FEATURES, Translator
+from .translator import Translator
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -15,8 +15,6 @@ the features, the fitting text and the held-out R² per layer) and model.safeten
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,8 +23,6 @@ from torch import nn
 from ..adapter_dir import (
     check_pair,
     fingerprint,
-    load_config,
-    read_config,
     read_weights,
     resolve_dir,
     shipped_names,
@@ -34,92 +30,13 @@ from ..adapter_dir import (
 )
 from ..caches.identity import ModelIdentity
 from ..errors import C2CError
-from ..kv import ModelGeometry
-from ..version import __version__
+from .config import TranslatorConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "translators"
-FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, sharer values, receiver embedding
 
 
 def shipped_translators() -> list[str]:
     return shipped_names(SHIPPED)
-
-
-def windows(n_receiver: int, n_sharer: int, width: int) -> list[list[int]]:
-    """Per receiver layer, the `width` sharer layers nearest its relative depth (clamped at both ends)."""
-    out = []
-    for r in range(n_receiver):
-        centre = round(r * (n_sharer - 1) / max(1, n_receiver - 1))
-        lo = min(max(centre - (width - 1) // 2, 0), max(0, n_sharer - width))
-        out.append(list(range(lo, min(lo + width, n_sharer))))
-    return out
-
-
-@dataclass
-class TranslatorConfig:
-    receiver: str
-    sharer: str
-    receiver_geometry: dict
-    sharer_geometry: dict
-    windows: list  # per receiver layer: the sharer layers its key map reads (and its value map, unless below)
-    key_features: list = field(default_factory=lambda: list(FEATURES))
-    value_features: list = field(default_factory=lambda: list(FEATURES))
-    receiver_hidden: int = 0  # the receiver's embedding width (0 when no map reads the embedding)
-    receiver_fingerprint: str = ""
-    sharer_fingerprint: str = ""
-    fit: dict = field(default_factory=dict)  # fitting text, tokens, ridge per layer, held-out R² per layer
-    value_windows: list | None = None  # per receiver layer: the sharer layers its value map reads (None: windows)
-    c2c_version: str = __version__
-
-    def __post_init__(self) -> None:
-        try:
-            recv = ModelGeometry.from_dict(self.receiver_geometry)
-            shar = ModelGeometry.from_dict(self.sharer_geometry)
-        except (KeyError, TypeError, ValueError) as e:
-            raise C2CError(f"translator config: not a model geometry ({type(e).__name__}: {e})") from None
-        if not isinstance(self.windows, list) or len(self.windows) != recv.num_layers:
-            raise C2CError(f"translator config: windows needs one entry per receiver layer ({recv.num_layers})")
-        if self.value_windows is not None and (not isinstance(self.value_windows, list)
-                                               or len(self.value_windows) != recv.num_layers):  # fmt: skip
-            raise C2CError(f"translator config: value_windows needs one entry per receiver layer ({recv.num_layers})")
-        for w in self.windows + (self.value_windows or []):
-            if not isinstance(w, list) or not w or any(type(s) is not int or not 0 <= s < shar.num_layers for s in w):
-                raise C2CError(
-                    f"translator config: a window must list sharer layers 0-{shar.num_layers - 1}, got {w!r}"
-                )
-        for name in ("key_features", "value_features"):
-            feats = getattr(self, name)
-            if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
-                raise C2CError(f"translator config: {name} must be a non-empty list from {FEATURES}, got {feats!r}")
-        uses_embedding = "embedding" in self.key_features + self.value_features
-        if uses_embedding and (type(self.receiver_hidden) is not int or self.receiver_hidden < 1):
-            raise C2CError("translator config: receiver_hidden must be the receiver's embedding width")
-
-    @property
-    def receiver_geo(self) -> ModelGeometry:
-        return ModelGeometry.from_dict(self.receiver_geometry)
-
-    @property
-    def sharer_geo(self) -> ModelGeometry:
-        return ModelGeometry.from_dict(self.sharer_geometry)
-
-    def window(self, r: int, maps: str = "keys") -> list[int]:
-        """The sharer layers receiver layer r's key (or value) map reads."""
-        return self.value_windows[r] if maps == "values" and self.value_windows is not None else self.windows[r]
-
-    def feature_dim(self, r: int, feats: list[str], maps: str = "keys") -> int:
-        shar = self.sharer_geo
-        dim = sum(shar.layers[s].kv_dim for s in self.window(r, maps)) * sum(f in feats for f in ("keys", "values"))
-        return dim + (self.receiver_hidden if "embedding" in feats else 0)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def load(cls, directory: Path) -> "TranslatorConfig":
-        if "windows" not in read_config(directory, "translator"):
-            raise C2CError(f"{directory} is not a translator (a fuser? use --fuser for fusers)")
-        return load_config(cls, directory, "translator", ("receiver_geometry", "sharer_geometry", "windows"))
 
 
 def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch.Tensor],
