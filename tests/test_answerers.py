@@ -52,7 +52,7 @@ def test_exact_notes_and_mode_errors():
     _, notes, _ = answerer(model, "t2t", note_tokens=5, exact_notes=True).prepare([Question("Hi")])
     fixed = model.generate([f"Hi\n\n{T2T_REQUEST}"], "sharer", GenerateOptions(max_new_tokens=5, min_new_tokens=5))
     assert notes == [fixed.results[0].text] and fixed.results[0].new_tokens == 5  # benchmarks: a fixed note length
-    assert set(ANSWER_MODES) == {"receiver", "sharer", "t2t", "c2c", "translated"}
+    assert set(ANSWER_MODES) == {"receiver", "sharer", "t2t", "t2t_blind", "c2c", "translated"}
     with pytest.raises(C2CError, match="unknown mode"):
         answerer(model, "telepathy")
     with pytest.raises(C2CError, match="needs a sharer"):

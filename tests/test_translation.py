@@ -15,7 +15,7 @@ from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
 from cache2cache.evaluation.runner import EvalConfig, Evaluator
 from cache2cache.evaluation.tasks import load_jsonl_task
-from cache2cache.inference.answerers import answerer
+from cache2cache.inference.answerers import NEUTRAL_BRIEF, Question, answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
 from cache2cache.translation.config import windows
 from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
@@ -174,6 +174,32 @@ def test_translated_modes_need_a_translator_and_a_batch_for_the_control(self_tra
         answerer(model, "translated_mismatched").logprobs([Briefed("q", "b b b")], [[" a"]])
     with pytest.raises(C2CError, match="batch_size"):
         EvalConfig("t", "all", ["translated_mismatched"], batch_size=1)
+
+
+def test_the_neutral_control_and_the_same_message_as_text(self_translator):
+    """neutral: every question gets the same neutral passage, translated, in its brief's place. t2t_blind: the
+    sharer reads only the brief (never the question) and writes notes; the receiver reads them where the brief
+    would be."""
+    m = tiny("tiny-llama")
+    model = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_translator])
+    qs = [Briefed("Which gate?", TEXTS[1][1]), Briefed("What rests?", TEXTS[2][1])]
+    opts = [[" gate", " fox"]] * 2
+    neutral = answerer(model, "neutral").logprobs(qs, opts).values
+    direct = answerer(model, "translated").logprobs([Briefed(q.prompt, NEUTRAL_BRIEF) for q in qs], opts).values
+    assert neutral == direct and neutral != answerer(model, "translated").logprobs(qs, opts).values
+    blind = answerer(model, "t2t_blind", note_tokens=4, exact_notes=True)
+    asked = [blind.request(Question(q)) for q in qs]
+    assert all(q.brief in a[0]["content"] and q.prompt not in a[0]["content"] for q, a in zip(qs, asked))
+    prompts, notes, cost = blind.prepare([Question(q) for q in qs])
+    written = model.generate(asked, "sharer", GenerateOptions(4, min_new_tokens=4)).results
+    assert notes == [w.text for w in written] and cost.total_s > 0
+    assert prompts == [with_brief([{"role": "user", "content": q.prompt}], n) for q, n in zip(qs, notes)]
+    out = blind.generate(qs, GenerateOptions(3))
+    assert out.mode == "t2t_blind" and out.timings.t2t_sharer_s > 0 and [r.notes for r in out.results] == notes
+    with pytest.raises(C2CError, match="needs one"):
+        blind.prepare([Question("no brief")])
+    with pytest.raises(C2CError, match="needs one"):
+        answerer(model, "neutral").logprobs(["no brief"], [[" a"]])
 
 
 def test_eval_runs_the_translated_modes_on_a_jsonl_task_with_briefs(cross_translator, tmp_path):

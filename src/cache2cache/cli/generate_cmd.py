@@ -93,11 +93,12 @@ def run(args) -> int:
     _, sharers, _ = model_names(args)
     if args.compare:  # translated only where there is a brief (without one it is the receiver alone)
         modes = [m for m in ANSWER_MODES if brief or not MODES[m].brief] if sharers else ["receiver"]
+        modes += ["receiver_brief"] if brief else []  # the upper bound: the receiver reads the brief itself
     else:
         modes = [args.mode]
     if MODES[args.mode].brief and not brief and not args.compare:
         raise C2CError(f"--mode {args.mode} answers from a translated brief: give --brief-file")
-    if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode == "t2t"):
+    if args.stream and (len(prompts) > 1 or args.json or args.compare or args.mode.startswith("t2t")):
         raise C2CError("--stream takes exactly one prompt, a mode other than t2t, and no --json/--compare")
     console = Console(stderr=True)
     model = build_from_args(args)
@@ -135,7 +136,9 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
     names = {"c2c": f"C2C ({model.receiver.name} <- {', '.join(s.name for s in model.sharers)})",
              "receiver": f"receiver alone ({model.receiver.name})",
              "t2t": "T2T (sharer writes notes, receiver reads them)",
+             "t2t_blind": "T2T blind (sharer writes notes on the brief alone, receiver reads them)",
              "translated": "translated (receiver reads the sharer's translated cache of the brief)",
+             "receiver_brief": "receiver reads the brief itself (the upper bound)",
              "sharer": f"sharer alone ({model.sharers[0].name})" if model.sharers else "sharer"}  # fmt: skip
     for i, prompt in enumerate(prompts):
         table = Table(title=f"prompt {i + 1}: {prompt[:100]}", title_justify="left", show_lines=True)

@@ -5,7 +5,9 @@ receiver answers with them in its prompt), c2c (the receiver answers from the fu
 mismatched (C2C with the sharer's cache of another question of the batch: a gain over the receiver that survives
 it is a prior the fuser adds, not communication); for items with a brief (read by the sharer only): translated (the
 receiver answers from the translated cache of the brief), its control translated_mismatched (another question's
-brief, translated) and receiver_brief (the receiver reads the brief itself: the upper bound).
+brief, translated), neutral (a neutral passage translated in the brief's place), t2t_blind (the same message as
+text: the sharer writes notes on the brief alone) and receiver_brief (the receiver reads the brief itself: the
+upper bound). inference/modes.py is the table.
 Outputs, each written atomically (and records.partial.jsonl while it runs, see progress.py): records.jsonl (one
 line per example and mode), summary.json (accuracy with a 95% Wilson interval, latency means, config,
 identities, versions, seed), results.md, accuracy.png, latency.png.
@@ -29,7 +31,7 @@ from ..atomic import write_json, write_text
 from ..errors import C2CError
 from ..inference.answerers import Question, Scores, answerer
 from ..inference.batching import GenerateOptions
-from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES
+from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES, MODES
 from ..inference.pipeline import C2CModel
 from ..version import __version__
 from .progress import Progress
@@ -90,10 +92,12 @@ def _prompt_hash(prompt) -> str:
 
 class Evaluator:
     def __init__(self, model: C2CModel, cfg: EvalConfig) -> None:
-        if any(m not in ("receiver", "receiver_brief") for m in cfg.modes) and not model.sharers:
-            raise C2CError("modes sharer, t2t, c2c, translated and the mismatched controls need a sharer")
-        if any(m.startswith("translated") for m in cfg.modes) and not model.translators:
-            raise C2CError("modes translated and translated_mismatched need a translator (--translator)")
+        need_sharer = [m for m in cfg.modes if MODES[m].sharer]
+        if need_sharer and not model.sharers:
+            raise C2CError(f"mode(s) {', '.join(need_sharer)} need a sharer")
+        need_translator = [m for m in cfg.modes if MODES[m].maps == "translators"]
+        if need_translator and not model.translators:
+            raise C2CError(f"mode(s) {', '.join(need_translator)} need a translator (--translator)")
         self.model, self.cfg = model, cfg
 
     def score_batch(self, items: list[Item], mode: str) -> list[dict]:
@@ -120,7 +124,7 @@ class Evaluator:
             preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
                      for r, it in zip(out.results, items)]  # fmt: skip
         notes = scores.notes
-        prompts = [q.answered_with(n) if n is not None else q.prompt for q, n in zip(questions, notes)]
+        prompts = [ans.final_prompt(q, n) for q, n in zip(questions, notes)]
         share = {k: v / len(items) for k, v in scores.timings.to_dict().items()}  # each example's share of the batch
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,

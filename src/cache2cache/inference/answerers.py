@@ -31,6 +31,8 @@ from .batching import (
 from .modes import MODES, get_mode
 from .pipeline import C2CModel
 
+BLIND_REQUEST = ("Write brief notes on the text above for another model that will be asked questions about it and "
+                 "will not see the text: keep the names, numbers, dates and facts it states.")
 T2T_REQUEST = ("Briefly explain the facts and reasoning needed to answer this question, for another model that "
                "will choose the answer.")
 
@@ -86,6 +88,10 @@ class Answerer:
         """The prompts the answering model reads, any notes written for them, and what writing them cost."""
         return [q.prompt for q in questions], [None] * len(questions), Timings()
 
+    def final_prompt(self, question: Question, notes: str | None) -> Prompt:
+        """What the answering model read for `question`, given the notes written for it (if any)."""
+        return question.answered_with(notes) if notes is not None else question.prompt
+
     def running(self) -> contextlib.AbstractContextManager:
         """Held while the model answers (the control mode changes what the pipeline fuses)."""
         return contextlib.nullcontext()
@@ -127,9 +133,35 @@ class TextToText(Answerer):
         self.notes = GenerateOptions(max_new_tokens=note_tokens, min_new_tokens=note_tokens if exact_notes else 0)
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
-        out = self.model.generate([q.request() for q in questions], "sharer", self.notes)
+        out = self.model.generate([self.request(q) for q in questions], "sharer", self.notes)
         notes = [r.text for r in out.results]
-        return [q.answered_with(n) for q, n in zip(questions, notes)], list(notes), out.timings
+        return [self.final_prompt(q, n) for q, n in zip(questions, notes)], list(notes), out.timings
+
+    def request(self, question: Question) -> Prompt:
+        return question.request()
+
+
+def _brief_of(question: Question) -> Briefed:
+    if not isinstance(question.prompt, Briefed) or not question.prompt.brief.strip():
+        raise C2CError("this mode answers questions about a brief: every question needs one")
+    return question.prompt
+
+
+class BlindNotes(TextToText):
+    """The same message as text: the sharer reads only the brief (never the question) and writes notes about it
+    within the token budget, as an agent hands over notes; the receiver reads the notes where the brief would be,
+    then the question. The text arm beside mode translated (same sender, same reading, same place)."""
+
+    def __init__(self, model: C2CModel, note_tokens: int = 64, exact_notes: bool = False) -> None:
+        super().__init__(model, note_tokens, exact_notes)
+        self.mode = "t2t_blind"
+
+    def request(self, question: Question) -> Prompt:
+        brief = _brief_of(question).brief
+        return [{"role": "user", "content": f"{brief.strip()}\n\n{BLIND_REQUEST}"}]
+
+    def final_prompt(self, question: Question, notes: str | None) -> Prompt:
+        return sharer_messages(Briefed(_brief_of(question).prompt, notes or " "))
 
 
 class Mismatched(Answerer):
@@ -161,6 +193,26 @@ class TranslatedMismatched(Answerer):
         return prompts, [None] * len(questions), Timings()
 
 
+NEUTRAL_BRIEF = ("This is a short passage of ordinary text. It is here so that something is written in this place, "
+                 "and it says nothing in particular about any subject. The sentences are plain and complete, and "
+                 "they are followed by a question.")
+
+
+class Neutral(Answerer):
+    """Mode translated where every question's brief is the same neutral passage, well formed and about nothing in
+    particular (placed where the brief would be): what any translated cache gives, whatever it says."""
+
+    def __init__(self, model: C2CModel) -> None:
+        super().__init__(model, "neutral")
+
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        prompts = [Briefed(_brief_of(q).prompt, NEUTRAL_BRIEF) for q in questions]
+        return prompts, [None] * len(questions), Timings()
+
+    def final_prompt(self, question: Question, notes: str | None) -> Prompt:
+        return Briefed(_brief_of(question).prompt, NEUTRAL_BRIEF)
+
+
 class ReceiverBrief(Answerer):
     """The receiver reads the brief itself, placed exactly where the translated cache of it would be."""
 
@@ -172,8 +224,8 @@ class ReceiverBrief(Answerer):
 
 
 ANSWERERS: dict[str, Callable[..., Answerer]] = {
-    "t2t": TextToText, "mismatched": Mismatched, "translated_mismatched": TranslatedMismatched,
-    "receiver_brief": ReceiverBrief,
+    "t2t": TextToText, "t2t_blind": BlindNotes, "mismatched": Mismatched,
+    "translated_mismatched": TranslatedMismatched, "neutral": Neutral, "receiver_brief": ReceiverBrief,
 }  # every other mode: the pipeline mode of that name over the prompts as given
 
 
@@ -184,6 +236,6 @@ def answerer(model: C2CModel, mode: str, note_tokens: int = 64, exact_notes: boo
         raise C2CError(f"mode {mode!r} needs a sharer")
     if spec.maps == "translators" and not model.translators:
         raise C2CError(f"mode {mode!r} needs a translator (--translator; fit one with `c2c fit`)")
-    if mode == "t2t":
-        return TextToText(model, note_tokens, exact_notes)
+    if mode in ("t2t", "t2t_blind"):
+        return ANSWERERS[mode](model, note_tokens, exact_notes)
     return ANSWERERS[mode](model) if mode in ANSWERERS else Answerer(model, mode)

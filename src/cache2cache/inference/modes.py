@@ -31,6 +31,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("receiver", "receiver", help="the receiver alone"),
     Mode("sharer", "sharer", sharer=True, help="the sharer alone, with its own chat template"),
     Mode("t2t", "receiver", sharer=True, help="text-to-text: the sharer writes notes, the receiver reads them"),
+    Mode("t2t_blind", "receiver", sharer=True, brief=True,
+         help="the same message as text: the sharer reads only the brief and writes notes; the receiver reads them"),
     Mode("c2c", "c2c", "fusers", sharer=True, help="the receiver answers from its cache with the sharers' fused in"),
     Mode("translated", "translated", "translators", sharer=True, brief=True,
          help="the receiver answers from its cache of the brief, written by the translators; it never reads it"),
@@ -38,6 +40,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          help="c2c fed another question's sharer cache: what a fuser adds whatever the sharer read"),
     Mode("translated_mismatched", "translated", "translators", control=True, sharer=True, batch_mates=True,
          brief=True, help="translated with another question's brief: what a translator gives whatever it read"),
+    Mode("neutral", "translated", "translators", control=True, sharer=True, brief=True,
+         help="translated with a neutral passage in the brief's place: what any translated cache gives"),
     Mode("receiver_brief", "receiver", control=True, brief=True,
          help="the receiver reads the brief itself, where the translated cache would be (the upper bound)"),
 )}  # fmt: skip
