@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
+from ..atomic import write_json
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -63,3 +65,18 @@ def plot_gates(gate_logits: dict[int, tuple[float, float]], n_layers: int, out: 
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def write_run(out_dir: Path, fuser, title: str, summary: dict, manifest: dict) -> None:
+    """A finished run's folder: the fuser, its data manifest, loss and gate plots, and `summary` (completed with
+    the last training loss and the open gates)."""
+    fuser.save_pretrained(out_dir / "fuser")
+    write_json(out_dir / "data_manifest.json", manifest)
+    metrics = read_metrics(out_dir / "metrics.jsonl")
+    train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+    summary["final_train_loss"] = train_losses[-1] if train_losses else None
+    plot_loss(metrics, out_dir / "loss.png", title)
+    gates = fuser.gate_logits()
+    plot_gates(gates, len(fuser.config.layer_map), out_dir / "gates.png", title)
+    summary["gates_open"] = sum(1 for k, v in gates.values() if k > 0 or v > 0)
+    write_json(out_dir / "summary.json", summary)

@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -28,19 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..alignment.layers import layer_map
-from ..atomic import write_json, write_text
+from ..atomic import write_text
 from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..fuser.model import Fuser
-from ..inference.factory import check_device, default_device, untrained_fuser
+from ..inference.factory import untrained_fuser
 from ..inference.pipeline import C2CModel
 from ..models.loading import load_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .examples import TrainBatch, TrainExample, build_examples, collate
+from .dataset import load_training_data
+from .distributed import all_reduce, join_process_group, my_micro_batches
+from .examples import TrainBatch, TrainExample, collate
 from .losses import LossSums, MicroBatchLoss
-from .mixture import load_mixture
-from .plots import plot_gates, plot_loss, read_metrics
+from .plots import read_metrics, write_run
 from .schedule import lr_at, temperature_at
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,7 @@ class FuserTrainer:
                 self._truncate_metrics(self.step)
 
     def _setup_distributed(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        device = check_device(self.cfg.device or default_device())
-        if self.world > 1:
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend)
-            if device.startswith("cuda"):
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        if self.cfg.batch_size % (self.world * self.cfg.micro_batch_size):
-            raise C2CError(f"batch_size {self.cfg.batch_size} must be a multiple of processes ({self.world}) x "
-                           f"micro_batch_size ({self.cfg.micro_batch_size})")  # fmt: skip
-        self.device = torch.device(device)
+        self.world, self.rank, self.device = join_process_group(self.cfg)
         self.is_main = self.rank == 0
 
     def _setup_model(self, ckpt: dict | None) -> None:
@@ -119,43 +108,18 @@ class FuserTrainer:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        parts = load_mixture(cfg.data)
-        # A run of max_steps needs only so many examples: tokenise and align those, not the whole corpus.
-        needed = cfg.val_size + cfg.max_steps * cfg.batch_size if cfg.max_steps else None
-        examples, self.data_reports = [], []
-        for k, (part, convs, report) in enumerate(parts):
-            order = torch.randperm(len(convs), generator=torch.Generator().manual_seed(cfg.seed + k)).tolist()
-            share = None if needed is None else max(1, round(part.weight * needed))
-            got, skipped = build_examples(self.model.aligners[0], [convs[i] for i in order], cfg.max_prompt_tokens,
-                                          cfg.max_response_tokens, needed=share, progress=self.is_main)  # fmt: skip
-            report.skipped.update(skipped)
-            report.used = len(got)
-            report.not_needed = len(convs) - len(got) - sum(skipped.values())
-            report.short = share - len(got) if share and len(parts) > 1 else 0  # proportions are off
-            examples += got
-            self.data_reports.append(report)
-        if len(parts) > 1:  # interleave the sources (one source keeps its own order, as runs always have)
-            mix = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-            examples = [examples[i] for i in mix]
-        self.data_parts = [part for part, _, _ in parts]
-        summary = "; ".join(r.summary() for r in self.data_reports)
-        if len(examples) <= cfg.val_size:
-            raise C2CError(f"only {len(examples)} usable examples for val_size {cfg.val_size} ({summary})")
-        self.val = examples[: cfg.val_size]
-        self.train_set = examples[cfg.val_size:]
+        self.data = load_training_data(cfg, self.model.aligners[0], self.is_main)
+        self.val, self.train_set, self.data_reports = self.data.val, self.data.train, self.data.reports
         self.steps_per_epoch = len(self.train_set) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise C2CError(f"{len(self.train_set)} training examples are fewer than one batch ({cfg.batch_size})")
         self.total_steps = cfg.max_steps or self.steps_per_epoch
         if self.is_main:
-            log.info("%s", summary)
+            log.info("%s", self.data.summary())
 
     def data_manifest(self) -> dict:
         """Exactly what this run trains on: each source, its weight and what happened to its records."""
-        return {"spec": self.cfg.data, "seed": self.cfg.seed, "val_size": self.cfg.val_size,
-                "train_examples": len(self.train_set),
-                "sources": [{"weight": round(p.weight, 6), **r.to_dict()}
-                            for p, r in zip(self.data_parts, self.data_reports)]}  # fmt: skip
+        return self.data.manifest(self.cfg)
 
     def _setup_optimizer(self, ckpt: dict | None) -> None:
         separate_gates = self.cfg.gate_lr_mult != 1  # a group of their own only then: older checkpoints have two
@@ -184,15 +148,6 @@ class FuserTrainer:
         start = pos * self.cfg.batch_size
         return [self.train_set[i] for i in order[start:start + self.cfg.batch_size]]
 
-    def _my_micro_batches(self, batch: list[TrainExample]) -> list[tuple[int, list[TrainExample]]]:
-        """This process's share of the global batch, as (global micro-batch index, examples). The batch is
-        sorted by sharer prompt length first, so micro-batches pad less; the step's gradient is unchanged."""
-        batch = sorted(batch, key=lambda e: (len(e.prompt.sharer_ids), len(e.prompt.receiver_ids)))
-        mbs = self.cfg.micro_batch_size
-        micro = [batch[i:i + mbs] for i in range(0, len(batch), mbs)]
-        per_rank = len(micro) // self.world
-        return [(self.rank * per_rank + j, micro[self.rank * per_rank + j]) for j in range(per_rank)]
-
     # ---- the loss ----------------------------------------------------------------------------------------
 
     def _autocast(self):
@@ -207,11 +162,6 @@ class FuserTrainer:
         """Gradient accumulation: DDP communicates once per step, in the backward of the last micro-batch."""
         return contextlib.nullcontext() if last or self.world == 1 else self.model.fusers[0].no_sync()
 
-    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t
-
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Validation cross-entropy per trained token and, where the held-out set has multiple-choice examples,
@@ -224,7 +174,7 @@ class FuserTrainer:
             sums = self.loss_sum(tb)
             total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups),
                                    sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
-        self._all_reduce(total)
+        all_reduce(total, self.world)
         self.fuser.train()
         out = {"val_loss": float(total[0] / total[1])}
         if total[3]:
@@ -253,7 +203,7 @@ class FuserTrainer:
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
             # ce, ranking, ranked right, mismatch term, ranked right with another question's sharer cache
             loss_total = torch.zeros(5, dtype=torch.float64, device=self.device)
-            micro = self._my_micro_batches(batch)
+            micro = my_micro_batches(batch, self.cfg.micro_batch_size, self.world, self.rank)
             for j, (global_micro, examples) in enumerate(micro):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
                 with self._sync_gradients(last=j == len(micro) - 1):
@@ -275,7 +225,7 @@ class FuserTrainer:
                                "the data)")  # fmt: skip
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            ce_sum, rank_sum, ranked_right, mismatch_sum, mismatch_right = self._all_reduce(loss_total).tolist()
+            ce_sum, rank_sum, ranked_right, mismatch_sum, mismatch_right = all_reduce(loss_total, self.world).tolist()
             train_loss = ce_sum / n_targets
             if not (math.isfinite(train_loss) and math.isfinite(rank_sum)):
                 raise C2CError(f"step {self.step + 1}: the loss is not finite ({train_loss}); stopped, the last good "
@@ -330,16 +280,8 @@ class FuserTrainer:
                    "fuser_dir": str(self.out_dir / "fuser")}  # fmt: skip
         if self.is_main:
             self.fuser.eval()
-            self.fuser.save_pretrained(self.out_dir / "fuser")
-            write_json(self.out_dir / "data_manifest.json", self.data_manifest())
-            metrics = read_metrics(self.out_dir / "metrics.jsonl")
-            title = f"{self.cfg.receiver} <- {self.cfg.sharer}"
-            train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
-            summary["final_train_loss"] = train_losses[-1] if train_losses else None
-            plot_loss(metrics, self.out_dir / "loss.png", title)
-            plot_gates(self.fuser.gate_logits(), len(self.fuser.config.layer_map), self.out_dir / "gates.png", title)
-            summary["gates_open"] = sum(1 for k, v in self.fuser.gate_logits().values() if k > 0 or v > 0)
-            write_json(self.out_dir / "summary.json", summary)
+            write_run(self.out_dir, self.fuser, f"{self.cfg.receiver} <- {self.cfg.sharer}", summary,
+                      self.data_manifest())  # fmt: skip
         return summary
 
     def cleanup(self) -> None:
