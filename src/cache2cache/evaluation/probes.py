@@ -138,12 +138,25 @@ def sciq_span_item(r: Record, i: int) -> Item:
     return Item(f"sciq_span/{i}", r["question"], choices, choices.index(gold), brief=r["support"])
 
 
+def exact_answers(to_item: Callable[[Record, int], Item], name: str) -> Callable[[Record, int], Item]:
+    """The same items as generation questions: no options, the gold span to be stated exactly (`stated`), so only
+    copying what the brief says scores, not recognising it among options."""
+    def exact_item(r: Record, i: int) -> Item:
+        item = to_item(r, i)
+        return replace(item, id=f"{name}/{i}", choices=[], answer=item.choices[item.answer], exact=True)
+
+    return exact_item
+
+
 PROBES: dict[str, tuple[str, Callable[[Record, int], Item]]] = {
     "sciq_brief": ("sciq/none/validation", sciq_brief_item),
     "boolq_brief": ("boolq/none/validation", boolq_brief_item),
     "passage_cloze": ("boolq/none/validation", boolq_cloze_item),
     "sciq_cloze": ("sciq/none/validation", sciq_cloze_item),
     "sciq_span": ("sciq/none/validation", sciq_span_item),
+    "passage_exact": ("boolq/none/validation", exact_answers(boolq_cloze_item, "passage_exact")),
+    "sciq_cloze_exact": ("sciq/none/validation", exact_answers(sciq_cloze_item, "sciq_cloze_exact")),
+    "sciq_span_exact": ("sciq/none/validation", exact_answers(sciq_span_item, "sciq_span_exact")),
 }
 
 
@@ -188,5 +201,10 @@ register(Task("sciq_cloze", "mc", ("heldout",), _loader("sciq_cloze"),
               "probe: a SciQ support paragraph read by the sharer only; fill a blanked term from 4 of its own"))
 register(Task("sciq_span", "mc", ("heldout",), _loader("sciq_span"),
               "probe: SciQ, the support paragraph read by the sharer only; the wrong options are other terms of it"))
+for _name, _what in (("passage_exact", "a blanked name/number/date/word of a BoolQ (Wikipedia) passage"),
+                     ("sciq_cloze_exact", "a blanked term of a SciQ support paragraph"),
+                     ("sciq_span_exact", "the answer to a SciQ question, a term of its support paragraph")):
+    register(Task(_name, "gen", ("heldout",), _loader(_name),
+                  f"probe: {_what}, the passage read by the sharer only; generated, scored by exact match"))
 register(Task("sciq_two_briefs", "mc", ("heldout",), _two_briefs,
               "probe: sciq_brief with two documents, its own paragraph and another's, one per sender"))  # fmt: skip

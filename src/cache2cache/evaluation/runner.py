@@ -43,7 +43,8 @@ from .scoring import (
     pick_letter,
     posed,
     prompt_for,
-    t2t_prompt,  # fmt: skip
+    stated,
+    t2t_prompt,
     wilson_interval,
 )
 from .tasks import Item, get_task
@@ -121,7 +122,8 @@ class Evaluator:
             out = ans.generate(questions, GenerateOptions(max_new_tokens=cfg.gen_tokens))
             scores = Scores([], out.timings, [r.notes for r in out.results])
             outputs = [r.text for r in out.results]
-            preds = [extract_letter(r.text, len(it.choices)) if it.choices else extract_number(r.text)
+            preds = [extract_letter(r.text, len(it.choices)) if it.choices else
+                     stated(r.text, str(it.answer)) if it.exact else extract_number(r.text)
                      for r, it in zip(out.results, items)]  # fmt: skip
         notes = scores.notes
         prompts = [ans.final_prompt(q, n) for q, n in zip(questions, notes)]

@@ -5,7 +5,8 @@ Methods:
   "The correct answer is" and the logits of the option letters at the next position decide.
 - cloze: option log-likelihood after "Question: ...\\nAnswer:", normalised per character (needed for base
   models, which do not follow the lettered format).
-- generate: free generation, then answer extraction (the first option letter, or GSM8K's final number).
+- generate: free generation, then answer extraction (the first option letter, GSM8K's final number, or for a
+  span answer whether the first line states it: `stated`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def question_block(item: Item, notes: str | None = None) -> str:
         parts.append(f"Notes from another model:\n{notes.strip()}")
     if item.choices:
         parts.append("Answer with the letter of the correct option.")
+    elif item.exact:
+        parts.append("Answer with the exact word or words: a name, number, date or term, nothing else.")
     else:
         parts.append("Solve the problem step by step, then finish with 'The answer is N'.")
     return "\n\n".join(parts)
@@ -102,6 +105,17 @@ def extract_number(text: str) -> str | None:
         return None
     value = numbers[-1].rstrip(".")
     return value[:-2] if value.endswith(".0") else value
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def stated(text: str, gold: str) -> str:
+    """Exact match for span answers: `gold` when the answer's first line states it (its words, in order, as whole
+    words; case and punctuation aside), else that first line (kept in the record for auditing)."""
+    first = next((line for line in text.strip().splitlines() if line.strip()), "")
+    return gold if f" {_words(gold)} " in f" {_words(first)} " and _words(gold) else first.strip()
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -32,6 +32,7 @@ class Item:
     subject: str = ""
     brief: str = ""  # read by the sharers only, before the question (evaluation/probes.py)
     parts: tuple[str, ...] = ()  # a brief of several senders' documents (part j read by sharer j; brief joins them)
+    exact: bool = False  # a generation item whose gold is a span of the brief, scored by exact match (`stated`)
 
 
 @dataclass(frozen=True)
