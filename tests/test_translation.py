@@ -196,10 +196,9 @@ def test_the_neutral_control_and_the_same_message_as_text(self_translator):
     assert prompts == [with_brief([{"role": "user", "content": q.prompt}], n) for q, n in zip(qs, notes)]
     out = blind.generate(qs, GenerateOptions(3))
     assert out.mode == "t2t_blind" and out.timings.t2t_sharer_s > 0 and [r.notes for r in out.results] == notes
-    with pytest.raises(C2CError, match="needs one"):
-        blind.prepare([Question("no brief")])
-    with pytest.raises(C2CError, match="needs one"):
-        answerer(model, "neutral").logprobs(["no brief"], [[" a"]])
+    alone = answerer(model, "receiver").logprobs(["no brief"], [[" a"]]).values  # no brief, no message
+    assert blind.prepare([Question("no brief")])[:2] == (["no brief"], [None])
+    assert answerer(model, "neutral").logprobs(["no brief"], [[" a"]]).values == alone
 
 
 def test_eval_runs_the_translated_modes_on_a_jsonl_task_with_briefs(cross_translator, tmp_path):

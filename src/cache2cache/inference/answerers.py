@@ -141,10 +141,10 @@ class TextToText(Answerer):
         return question.request()
 
 
-def _brief_of(question: Question) -> Briefed:
-    if not isinstance(question.prompt, Briefed) or not question.prompt.brief.strip():
-        raise C2CError("this mode answers questions about a brief: every question needs one")
-    return question.prompt
+def _briefed(question: Question) -> Briefed | None:
+    """The question's prompt if it has a brief (a row without one gets no message: the receiver alone)."""
+    p = question.prompt
+    return p if isinstance(p, Briefed) and p.brief.strip() else None
 
 
 class BlindNotes(TextToText):
@@ -156,12 +156,25 @@ class BlindNotes(TextToText):
         super().__init__(model, note_tokens, exact_notes)
         self.mode = "t2t_blind"
 
+    def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
+        rows = [i for i, q in enumerate(questions) if _briefed(q)]
+        notes: list[str | None] = [None] * len(questions)
+        cost = Timings()
+        if rows:
+            out = self.model.generate([self.request(questions[i]) for i in rows], "sharer", self.notes)
+            for i, r in zip(rows, out.results):
+                notes[i] = r.text
+            cost = out.timings
+        return [self.final_prompt(q, n) for q, n in zip(questions, notes)], notes, cost
+
     def request(self, question: Question) -> Prompt:
-        brief = _brief_of(question).brief
-        return [{"role": "user", "content": f"{brief.strip()}\n\n{BLIND_REQUEST}"}]
+        return [{"role": "user", "content": f"{_briefed(question).brief.strip()}\n\n{BLIND_REQUEST}"}]
 
     def final_prompt(self, question: Question, notes: str | None) -> Prompt:
-        return sharer_messages(Briefed(_brief_of(question).prompt, notes or " "))
+        briefed = _briefed(question)
+        if briefed is None or notes is None:
+            return question.prompt
+        return sharer_messages(Briefed(briefed.prompt, notes or " "))
 
 
 class Mismatched(Answerer):
@@ -206,11 +219,11 @@ class Neutral(Answerer):
         super().__init__(model, "neutral")
 
     def prepare(self, questions: list[Question]) -> tuple[list[Prompt], list[str | None], Timings]:
-        prompts = [Briefed(_brief_of(q).prompt, NEUTRAL_BRIEF) for q in questions]
-        return prompts, [None] * len(questions), Timings()
+        return [self.final_prompt(q, None) for q in questions], [None] * len(questions), Timings()
 
     def final_prompt(self, question: Question, notes: str | None) -> Prompt:
-        return Briefed(_brief_of(question).prompt, NEUTRAL_BRIEF)
+        briefed = _briefed(question)
+        return Briefed(briefed.prompt, NEUTRAL_BRIEF) if briefed else question.prompt
 
 
 class ReceiverBrief(Answerer):
