@@ -17,14 +17,14 @@ def join_process_group(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """(world size, rank, this process's device), the process group joined when there are several."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if cfg.batch_size % (world * cfg.micro_batch_size):
+        raise C2CError(f"batch_size {cfg.batch_size} must be a multiple of processes ({world}) x "
+                       f"micro_batch_size ({cfg.micro_batch_size})")  # fmt: skip
     device = check_device(cfg.device or default_device())
     if world > 1:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if cfg.batch_size % (world * cfg.micro_batch_size):
-        raise C2CError(f"batch_size {cfg.batch_size} must be a multiple of processes ({world}) x "
-                       f"micro_batch_size ({cfg.micro_batch_size})")  # fmt: skip
     return world, rank, torch.device(device)
 
 

@@ -52,6 +52,7 @@ class FuserTrainer:
     def __init__(self, cfg: TrainConfig, resume: Path | None = None) -> None:
         self.cfg, self.resume = cfg.with_absolute_paths(), resume  # saved as such: resumable from anywhere
         self.out_dir = Path(cfg.out_dir).expanduser()
+        self.world, self.rank, self.is_main = 1, 0, True  # until setup() joins a process group
         self.step = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
