@@ -230,7 +230,7 @@ def test_exact_answer_probes_are_generated_and_scored_by_what_the_answer_states(
     finally:
         probes._sciq_lexicon.cache_clear()
     assert item.exact and item.choices == [] and item.answer == "chlorophyll" and item.brief == support
-    assert "exact word" in prompt_for(item, "generate")[0]["content"]
+    assert prompt_for(item, "generate")[0]["content"].endswith("Answer in a few words.")
     assert stated("Chlorophyll, the green pigment.", "chlorophyll") == "chlorophyll"
     assert stated("4\nthen 412", "412") == "4"  # only the first line counts, and "4" is not 412
     assert stated("Mara Ilvesson", "Mara Ilves") == "Mara Ilvesson"  # whole words

@@ -40,6 +40,10 @@ def test_generate_json_has_texts_counts_and_timings(capsys):
     # T2T's receiver reads the question plus the sharer's notes: a longer prompt than the receiver alone
     assert all(t["prompt_tokens"] > r["prompt_tokens"] for t, r in zip(t2t["results"], out["receiver"]["results"]))
     assert data["fusers"] == [{"path": None, "untrained": True}]
+    # Bytes that crossed for the two prompts: none alone; t2t's notes; c2c the sharer's cache of both prompts
+    notes = sum(len(r["notes"].encode()) for r in t2t["results"])
+    assert out["receiver"]["wire_bytes"] == out["sharer"]["wire_bytes"] == 0 and t2t["wire_bytes"] == notes > 0
+    assert c2c["wire_bytes"] > notes
 
 
 def test_generate_with_a_saved_fuser_and_two_sharers(capsys, tmp_path):

@@ -13,17 +13,18 @@ from cache2cache import C2CModel
 from cache2cache.alignment.tokens import encode, render, with_brief
 from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
-from cache2cache.evaluation.runner import EvalConfig, Evaluator
+from cache2cache.evaluation.runner import EvalConfig, Evaluator, summarise
 from cache2cache.evaluation.tasks import load_jsonl_task
 from cache2cache.inference.answerers import NEUTRAL_BRIEF, Question, answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
-from cache2cache.translation.config import windows
+from cache2cache.kv import ModelGeometry
+from cache2cache.translation.config import FEATURES, windows
 from cache2cache.translation.features import BriefSpan, align_spans, rotary, rotate, unrotate
-from cache2cache.translation.fit import accumulate, solve
+from cache2cache.translation.fit import _indices, accumulate, full_config, layout_of, passage_pair, solve
 from cache2cache.translation.moments import FitState
 from cache2cache.translation.reading import prerope_kv, translate_brief
 from cache2cache.translation.text import parse_text_spec, passages
-from cache2cache.translation.translator import Translator
+from cache2cache.translation.translator import Translator, gather_features
 
 from .conftest import make_fuser, tiny
 
@@ -124,6 +125,20 @@ def test_feature_subsets_solve_from_the_same_moments(cross_translator, tmp_path)
     assert fit["tokens"] == state.tokens and len(fit["r2"]) == len(fit["ridge"]) == 4  # tiny-llama's layers
 
 
+def test_every_feature_subset_reads_its_own_columns_of_the_full_moments():
+    """The sub-block a solve takes (fit._indices) holds exactly the features a translator gathers at use time,
+    "previous" included: the receiver's embedding one token back, zeros for the message's first token."""
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    pair = passage_pair(r, s, TEXTS[0][1])
+    full = full_config(layout_of(r, s, 3))
+    every = gather_features(list(FEATURES), full.windows[1], pair.s_keys, pair.s_values, pair.embedding)
+    for feats in (["keys"], ["values", "embedding"], ["previous"], ["keys", "previous"], list(FEATURES)):
+        own = gather_features(feats, full.windows[1], pair.s_keys, pair.s_values, pair.embedding)
+        torch.testing.assert_close(every[:, _indices(full, 1, feats, full.windows[1])], own)
+    prev = gather_features(["previous"], [0], pair.s_keys, pair.s_values, pair.embedding)
+    assert prev[0].abs().sum() == 0 and torch.equal(prev[1:], pair.embedding[:-1].float())
+
+
 def test_save_load_round_trip_and_refusals(cross_translator, tmp_path):
     path = cross_translator.save_pretrained(tmp_path / "tr")
     loaded = Translator.from_pretrained(path)
@@ -202,16 +217,29 @@ def test_the_neutral_control_and_the_same_message_as_text(self_translator):
 
 
 def test_eval_runs_the_translated_modes_on_a_jsonl_task_with_briefs(cross_translator, tmp_path):
-    rows = [{"question": f"Which gate is number {i}?", "choices": [str(i * 7), str(i * 7 + 1)], "answer": 0,
-             "brief": TEXTS[i][1]} for i in range(5)]  # fmt: skip
+    rows = [{"id": f"q{i}", "question": f"Which gate is number {i}?", "choices": [str(i * 7), str(i * 7 + 1)],
+             "answer": 0, "brief": TEXTS[i][1]} for i in range(5)]  # fmt: skip
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     model = C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator])
-    modes = ["receiver", "translated", "translated_mismatched", "receiver_brief"]
-    cfg = EvalConfig(f"jsonl:{path}", "all", modes, method="cloze", batch_size=2)
+    modes = ["receiver", "translated", "translated_mismatched", "receiver_brief", "t2t_blind", "c2c"]
+    cfg = EvalConfig(f"jsonl:{path}", "all", modes, method="cloze", batch_size=2, t2t_tokens=4)
     records = Evaluator(model, cfg).run(load_jsonl_task(path))
-    assert sorted({x["mode"] for x in records}) == sorted(modes) and len(records) == 20
+    assert sorted({x["mode"] for x in records}) == sorted(modes) and len(records) == 30
+    # What crossed: nothing for the receiver alone; the brief's receiver tokens x every layer's K and V (float32)
+    # for its translated cache; the brief's or the notes' UTF-8 for the text arms; the sharer's cache for c2c.
+    per_token = sum(2 * g.kv_dim for g in ModelGeometry.from_config(r.model.config).layers) * 4
+    sent = {(x["mode"], x["id"]): x["wire_bytes"] for x in records}
+    notes = {x["id"]: x["notes"] for x in records if x["mode"] == "t2t_blind"}
+    for i, row in enumerate(rows):
+        tokens = len(r.tokenizer(row["brief"], add_special_tokens=False)["input_ids"])
+        key = f"q{i}"
+        assert sent["receiver", key] == 0 and sent["translated", key] == tokens * per_token
+        assert sent["receiver_brief", key] == len(row["brief"].encode()) and sent["c2c", key] > 0
+        assert sent["t2t_blind", key] == len(notes[key].encode()) > 0
+    summary = summarise(records, cfg, {})
+    assert summary["modes"]["translated"]["wire_bytes_mean"] > summary["modes"]["receiver_brief"]["wire_bytes_mean"]
 
 
 def test_text_sources_are_checked_and_never_evaluation_data(tmp_path):

@@ -299,6 +299,9 @@ def test_bench_measures_every_mode_and_writes_json_and_a_plot(tmp_path, capsys):
     # T2T pays for the sharer's 16 note tokens before the receiver starts; C2C does not
     assert lat["t2t"]["parts_median_s"]["t2t_sharer_s"] > 0 and lat["c2c"]["parts_median_s"]["t2t_sharer_s"] == 0
     assert lat["t2t"]["ttft_s"] > lat["c2c"]["ttft_s"]
+    # What crossed: nothing alone; t2t's notes as text; c2c the sharer's cache of the prompt (far more bytes)
+    assert lat["receiver"]["wire_bytes"] == lat["sharer"]["wire_bytes"] == 0
+    assert 0 < lat["t2t"]["wire_bytes"] < lat["c2c"]["wire_bytes"]
     assert set(result["throughput_tok_s"]) == {"receiver", "c2c"}
     assert all(v > 0 for per_bs in result["throughput_tok_s"].values() for v in per_bs.values())
 

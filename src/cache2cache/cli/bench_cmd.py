@@ -16,6 +16,7 @@ from ..errors import C2CError
 from ..evaluation.bench import BenchConfig, check_batch_fits, environment, latency, ratios, throughput
 from ..evaluation.tasks import get_task
 from ..inference.modes import BENCH_MODES
+from ..inference.wire import human_bytes
 from .common import add_model_args, build_from_args, output_file, positive_int
 
 
@@ -91,14 +92,16 @@ def run(args) -> int:
 
 def _print(result: dict, out: Path) -> None:
     table = Table(title=f"latency, batch 1, median of {result['config']['repeats']} (s) -> {out}", title_justify="left")
-    cols = ("mode", "TTFT", "end-to-end", "T2T sharer", "sharer prefill", "fuse", "prefill", "decode", "peak MB")
+    cols = ("mode", "TTFT", "end-to-end", "T2T sharer", "sharer prefill", "fuse", "prefill", "decode", "peak MB",
+            "sent")
     for c in cols:
         table.add_column(c, justify="left" if c == "mode" else "right")
     for mode, m in result["latency"].items():
         p = m["parts_median_s"]
         table.add_row(mode, f"{m['ttft_s']:.3f}", f"{m['e2e_s']:.3f}", f"{p['t2t_sharer_s']:.3f}",
                       f"{p['sharer_prefill_s']:.3f}", f"{p['fuse_s']:.4f}", f"{p['receiver_prefill_s']:.3f}",
-                      f"{p['decode_s']:.3f}", f"{m['peak_memory_mb']:.0f}")  # fmt: skip
+                      f"{p['decode_s']:.3f}", f"{m['peak_memory_mb']:.0f}",
+                      human_bytes(m.get("wire_bytes", 0)))  # fmt: skip
     console = Console()
     console.print(table)
     for mode, per_bs in result["throughput_tok_s"].items():

@@ -16,6 +16,7 @@ from ..evaluation.runner import EvalConfig, Evaluator, paired_line, select_items
 from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
 from ..inference.modes import EVAL_MODES, modes_help
+from ..inference.wire import human_bytes
 from .common import add_model_args, build_from_args, layer_list, model_names, output_dir, positive_int
 
 
@@ -102,10 +103,10 @@ def run(args) -> int:
         return 0
     table = Table(title=f"{cfg.task} / {cfg.split} ({cfg.method}), {len(items)} items -> {out}", title_justify="left",
                   caption="\n".join(paired_line(p) for p in summary["paired"]) or None)  # fmt: skip
-    for col in ("mode", "accuracy", "95% CI", "latency/example (s)"):
+    for col in ("mode", "accuracy", "95% CI", "latency/example (s)", "sent/example"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, m in summary["modes"].items():
         table.add_row(mode, f"{m['accuracy']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
-                      f"{m['latency_s_mean']['total_s']:.3f}")  # fmt: skip
+                      f"{m['latency_s_mean']['total_s']:.3f}", human_bytes(m["wire_bytes_mean"]))  # fmt: skip
     Console().print(table)
     return 0

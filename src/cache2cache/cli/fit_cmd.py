@@ -76,7 +76,8 @@ def register(sub) -> None:
     p.add_argument("--value-window", type=positive_int, default=None,
                    help="solve the value maps from the central N (default: as --use-window)")
     p.add_argument("--key-features", type=feature_list, default=None,
-                   help=f"what the key maps read, from {', '.join(FEATURES)} (default keys,embedding)")
+                   help=f"what the key maps read, from {', '.join(FEATURES)} (default keys,embedding; previous is "
+                        "the receiver's embedding of the token before, what its copying heads key on)")  # fmt: skip
     p.add_argument("--value-features", type=feature_list, default=None,
                    help="what the value maps read (default values,embedding)")
     p.add_argument("--refine", type=int, default=None, metavar="N",

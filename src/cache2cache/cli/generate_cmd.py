@@ -14,6 +14,7 @@ from ..inference.answerers import answerer
 from ..inference.batching import Briefed, GenerateOptions, GenerationOutput
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.modes import ANSWER_MODES, MODES
+from ..inference.wire import human_bytes
 from .common import add_model_args, build_from_args, input_file, model_names, number, positive_int
 
 
@@ -112,10 +113,12 @@ def run(args) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
-    outputs = []
+    outputs, sent = [], []
     for mode in modes:
         with console.status(f"generating ({mode}, {len(prompts)} prompt(s))..."):
-            outputs.append(answerer(model, mode, args.t2t_tokens).generate(asked, options))
+            ans = answerer(model, mode, args.t2t_tokens)
+            outputs.append(ans.generate(asked, options))
+        sent.append(sum(ans.sent(q, r.notes) for q, r in zip(asked, outputs[-1].results)))
     if args.json:
         print(json.dumps({
             "receiver": model.receiver.name,
@@ -124,14 +127,14 @@ def run(args) -> int:
             "fuser_parameters": [f.num_parameters() for f in model.fusers],
             "prompts": prompts,
             "brief_chars": len(brief),
-            "outputs": [o.to_dict() for o in outputs],
+            "outputs": [{**o.to_dict(), "wire_bytes": b} for o, b in zip(outputs, sent)],
         }, indent=2, ensure_ascii=False))  # fmt: skip
     else:
-        _print(prompts, outputs, model)
+        _print(prompts, outputs, sent, model)
     return 0
 
 
-def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
+def _print(prompts: list[str], outputs: list[GenerationOutput], sent: list[int], model) -> None:
     console = Console()
     names = {"c2c": f"C2C ({model.receiver.name} <- {', '.join(s.name for s in model.sharers)})",
              "receiver": f"receiver alone ({model.receiver.name})",
@@ -150,10 +153,10 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], model) -> None:
             table.add_row(names[out.mode], r.text.strip(), f"{r.prompt_tokens}+{r.new_tokens}")
         console.print(table)
     timing = Table(title="timings for the whole batch (seconds)", title_justify="left")
-    for col in ("mode", "T2T notes", "sharer prefill", "fuse", "answerer prefill", "decode", "total"):
+    for col in ("mode", "T2T notes", "sharer prefill", "fuse", "answerer prefill", "decode", "total", "sent"):
         timing.add_column(col, justify="right" if col != "mode" else "left")
-    for out in outputs:
+    for out, b in zip(outputs, sent):
         t = out.timings
         phases = (t.t2t_sharer_s, t.sharer_prefill_s, t.fuse_s, t.receiver_prefill_s, t.decode_s, t.total_s)
-        timing.add_row(out.mode, *(f"{v:.3f}" for v in phases))
+        timing.add_row(out.mode, *(f"{v:.3f}" for v in phases), human_bytes(b))
     console.print(timing)

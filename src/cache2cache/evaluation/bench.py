@@ -91,10 +91,12 @@ def run_once(model: C2CModel, item: Item, mode: str, cfg: BenchConfig) -> dict:
                         lambda notes: [{"role": "user", "content": question_block(item, notes)}])  # fmt: skip
     first_token = FirstTokenClock(device)
     start = clock(device)
-    out = answerer(model, mode, cfg.t2t_tokens, exact_notes=True).generate([question], options, streamer=first_token)
+    ans = answerer(model, mode, cfg.t2t_tokens, exact_notes=True)
+    out = ans.generate([question], options, streamer=first_token)
     end = clock(device)
+    sent = ans.sent(question, out.results[0].notes)
     return {"ttft_s": first_token.first - start, "e2e_s": end - start, "parts": out.timings.to_dict(),
-            "new_tokens": out.results[0].new_tokens}  # fmt: skip
+            "new_tokens": out.results[0].new_tokens, "wire_bytes": sent}  # fmt: skip
 
 
 def latency(model: C2CModel, items: list[Item], cfg: BenchConfig, progress=None) -> dict:
@@ -110,6 +112,7 @@ def latency(model: C2CModel, items: list[Item], cfg: BenchConfig, progress=None)
             "e2e_s": statistics.median(r["e2e_s"] for r in runs),
             "parts_median_s": {k: statistics.median(r["parts"][k] for r in runs) for k in keys},
             "runs": len(runs),
+            "wire_bytes": statistics.median(r["wire_bytes"] for r in runs),
             "peak_memory_mb": _peak_memory_mb(model.receiver.device),
         }  # fmt: skip
         if progress:

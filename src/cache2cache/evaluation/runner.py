@@ -33,6 +33,7 @@ from ..inference.answerers import Question, Scores, answerer
 from ..inference.batching import GenerateOptions
 from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES, MODES
 from ..inference.pipeline import C2CModel
+from ..inference.wire import human_bytes
 from ..version import __version__
 from .progress import Progress
 from .scoring import (
@@ -128,10 +129,13 @@ class Evaluator:
         notes = scores.notes
         prompts = [ans.final_prompt(q, n) for q, n in zip(questions, notes)]
         share = {k: v / len(items) for k, v in scores.timings.to_dict().items()}  # each example's share of the batch
+        sent = [ans.sent(q, n) for q, n in zip(questions, notes)]
         return [{"task": cfg.task, "split": cfg.split, "mode": mode, "id": it.id, "subject": it.subject,
                  "prompt_hash": _prompt_hash(p), "prediction": pred, "gold": it.answer,
-                 "correct": pred == it.answer, "notes": n, "output": o, "scores": sc, "latency_s": share}
-                for it, p, pred, n, o, sc in zip(items, prompts, preds, notes, outputs, option_scores)]  # fmt: skip
+                 "correct": pred == it.answer, "notes": n, "output": o, "scores": sc, "latency_s": share,
+                 "wire_bytes": b}
+                for it, p, pred, n, o, sc, b in zip(items, prompts, preds, notes, outputs, option_scores, sent)
+                ]  # fmt: skip
 
     def run(self, items: list[Item], progress: Progress | None = None) -> list[dict]:
         """Every mode on every item, batch by batch; with `progress`, batches an interrupted run already scored
@@ -190,8 +194,9 @@ def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
         correct = sum(r["correct"] for r in rows)
         lo, hi = wilson_interval(correct, len(rows))
         latency = {k: sum(r["latency_s"][k] for r in rows) / len(rows) for k in rows[0]["latency_s"]}
+        sent = sum(r.get("wire_bytes", 0) for r in rows) / len(rows)  # records of older runs have none
         per_mode[mode] = {"accuracy": correct / len(rows), "ci95": [lo, hi], "n": len(rows), "correct": correct,
-                          "latency_s_mean": latency}  # fmt: skip
+                          "latency_s_mean": latency, "wire_bytes_mean": sent}  # fmt: skip
     return {"task": cfg.task, "split": cfg.split, "method": cfg.method, "config": asdict(cfg), "modes": per_mode,
             "paired": paired(records, cfg.modes),
             "models": identities, "seed": cfg.seed, "created": datetime.now(timezone.utc).isoformat(),
@@ -202,11 +207,15 @@ def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
 
 def markdown(summary: dict) -> str:
     lines = [f"### {summary['task']} / {summary['split']} ({summary['method']})", "",
-             "| mode | accuracy | 95% CI | n | mean latency per example (s) |", "|---|---:|---|---:|---:|"]
+             "| mode | accuracy | 95% CI | n | mean latency per example (s) | sender's time (s) | "
+             "receiver to first token (s) | sent (bytes) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for mode, m in summary["modes"].items():
         lo, hi = m["ci95"]
-        lines.append(f"| {mode} | {m['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {m['n']} | "
-                     f"{m['latency_s_mean']['total_s']:.3f} |")  # fmt: skip
+        t = m["latency_s_mean"]
+        sender = t["t2t_sharer_s"] + t["sharer_prefill_s"]
+        lines.append(f"| {mode} | {m['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] | {m['n']} | {t['total_s']:.3f} | "
+                     f"{sender:.3f} | {t['fuse_s'] + t['receiver_prefill_s']:.3f} | "
+                     f"{human_bytes(m.get('wire_bytes_mean', 0))} |")  # fmt: skip
     if summary["paired"]:
         lines += ["", "Paired on the same questions:", ""] + [f"- {paired_line(p)}" for p in summary["paired"]]
     return "\n".join(lines) + "\n"

@@ -38,8 +38,8 @@ def question_block(item: Item, notes: str | None = None) -> str:
         parts.append(f"Notes from another model:\n{notes.strip()}")
     if item.choices:
         parts.append("Answer with the letter of the correct option.")
-    elif item.exact:
-        parts.append("Answer with the exact word or words: a name, number, date or term, nothing else.")
+    elif item.exact:  # naming the kinds of answer ("a name, number...") made the 135M receiver answer with them
+        parts.append("Answer in a few words.")
     else:
         parts.append("Solve the problem step by step, then finish with 'The answer is N'.")
     return "\n\n".join(parts)

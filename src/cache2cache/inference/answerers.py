@@ -30,6 +30,7 @@ from .batching import (
 )
 from .modes import MODES, get_mode
 from .pipeline import C2CModel
+from .wire import wire_bytes
 
 BLIND_REQUEST = ("Write brief notes on the text above for another model that will be asked questions about it and "
                  "will not see the text: keep the names, numbers, dates and facts it states.")
@@ -91,6 +92,11 @@ class Answerer:
     def final_prompt(self, question: Question, notes: str | None) -> Prompt:
         """What the answering model read for `question`, given the notes written for it (if any)."""
         return question.answered_with(notes) if notes is not None else question.prompt
+
+    def sent(self, question: Question | Prompt, notes: str | None) -> int:
+        """Bytes that crossed to the receiver to answer `question` (wire.py)."""
+        q = _questions([question])[0]
+        return wire_bytes(self.model, self.mode, q.prompt, self.final_prompt(q, notes), notes)
 
     def running(self) -> contextlib.AbstractContextManager:
         """Held while the model answers (the control mode changes what the pipeline fuses)."""

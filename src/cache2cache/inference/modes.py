@@ -24,25 +24,29 @@ class Mode:
     sharer: bool = False  # needs a sharer
     batch_mates: bool = False  # needs another question in the same batch (its message is this one's)
     brief: bool = False  # answers a question about a brief only the sharer reads
+    wire: str = ""  # what crosses to the receiver: "", "text", "receiver_cache" or "sharer_cache" (wire.py)
     help: str = ""
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("receiver", "receiver", help="the receiver alone"),
     Mode("sharer", "sharer", sharer=True, help="the sharer alone, with its own chat template"),
-    Mode("t2t", "receiver", sharer=True, help="text-to-text: the sharer writes notes, the receiver reads them"),
-    Mode("t2t_blind", "receiver", sharer=True, brief=True,
+    Mode("t2t", "receiver", sharer=True, wire="text",
+         help="text-to-text: the sharer writes notes, the receiver reads them"),
+    Mode("t2t_blind", "receiver", sharer=True, brief=True, wire="text",
          help="the same message as text: the sharer reads only the brief and writes notes; the receiver reads them"),
-    Mode("c2c", "c2c", "fusers", sharer=True, help="the receiver answers from its cache with the sharers' fused in"),
-    Mode("translated", "translated", "translators", sharer=True, brief=True,
+    Mode("c2c", "c2c", "fusers", sharer=True, wire="sharer_cache",
+         help="the receiver answers from its cache with the sharers' fused in"),
+    Mode("translated", "translated", "translators", sharer=True, brief=True, wire="receiver_cache",
          help="the receiver answers from its cache of the brief, written by the translators; it never reads it"),
-    Mode("mismatched", "c2c", "fusers", control=True, sharer=True, batch_mates=True,
+    Mode("mismatched", "c2c", "fusers", control=True, sharer=True, batch_mates=True, wire="sharer_cache",
          help="c2c fed another question's sharer cache: what a fuser adds whatever the sharer read"),
     Mode("translated_mismatched", "translated", "translators", control=True, sharer=True, batch_mates=True,
-         brief=True, help="translated with another question's brief: what a translator gives whatever it read"),
-    Mode("neutral", "translated", "translators", control=True, sharer=True, brief=True,
+         brief=True, wire="receiver_cache",
+         help="translated with another question's brief: what a translator gives whatever it read"),
+    Mode("neutral", "translated", "translators", control=True, sharer=True, brief=True, wire="receiver_cache",
          help="translated with a neutral passage in the brief's place: what any translated cache gives"),
-    Mode("receiver_brief", "receiver", control=True, brief=True,
+    Mode("receiver_brief", "receiver", control=True, brief=True, wire="text",
          help="the receiver reads the brief itself, where the translated cache would be (the upper bound)"),
 )}  # fmt: skip
 

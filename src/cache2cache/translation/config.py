@@ -13,7 +13,10 @@ from ..errors import C2CError
 from ..kv import ModelGeometry
 from ..version import __version__
 
-FEATURES = ("keys", "values", "embedding")  # what a map may read: sharer keys, sharer values, receiver embedding
+# What a map may read: the sharer's keys and values, the receiver's embedding of the token and of the token before it
+# ("previous": what the keys of the receiver's previous-token and induction heads carry, so copying can find it).
+FEATURES = ("keys", "values", "embedding", "previous")
+TOKEN_FEATURES = ("embedding", "previous")  # read from the receiver's embedding of the brief's tokens
 
 
 def windows(n_receiver: int, n_sharer: int, width: int) -> list[list[int]]:
@@ -62,7 +65,7 @@ class TranslatorConfig:
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
                 raise C2CError(f"translator config: {name} must be a non-empty list from {FEATURES}, got {feats!r}")
-        uses_embedding = "embedding" in self.key_features + self.value_features
+        uses_embedding = any(f in TOKEN_FEATURES for f in self.key_features + self.value_features)
         if uses_embedding and (type(self.receiver_hidden) is not int or self.receiver_hidden < 1):
             raise C2CError("translator config: receiver_hidden must be the receiver's embedding width")
 
@@ -81,7 +84,7 @@ class TranslatorConfig:
     def feature_dim(self, r: int, feats: list[str], maps: str = "keys") -> int:
         shar = self.sharer_geo
         dim = sum(shar.layers[s].kv_dim for s in self.window(r, maps)) * sum(f in feats for f in ("keys", "values"))
-        return dim + (self.receiver_hidden if "embedding" in feats else 0)
+        return dim + self.receiver_hidden * sum(f in feats for f in TOKEN_FEATURES)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

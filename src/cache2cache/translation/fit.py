@@ -27,7 +27,7 @@ from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from ..plotting import pyplot
-from .config import FEATURES, TranslatorConfig, windows
+from .config import FEATURES, TOKEN_FEATURES, TranslatorConfig, windows
 from .moments import FitState, Moments
 from .reading import embeddings, prerope_kv, read_brief
 from .translator import Translator, gather_features
@@ -96,6 +96,9 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
         if state.layout != layout:
             raise C2CError(f"{state_path} holds statistics for other models or another layer window; "
                            "use another --stats file or delete it")  # fmt: skip
+        if state.fit[0].sx.numel() != cfg.feature_dim(0, cfg.key_features):
+            raise C2CError(f"{state_path} holds statistics of fewer features (an older c2c's, without "
+                           "'previous'); use another --stats file or delete it")  # fmt: skip
     else:
         dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
         state = FitState(layout, [Moments.zeros(f, o) for f, o in dims], [Moments.zeros(f, o) for f, o in dims])
@@ -129,7 +132,7 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
 
 def _indices(full: TranslatorConfig, r: int, feats: list[str], window: list[int]) -> torch.Tensor:
     """Positions of `feats` of the sharer layers `window` (a subset of layer r's full window) inside layer r's
-    full feature vector (keys of the full window, its values, the embedding)."""
+    full feature vector (keys of the full window, its values, the embedding, the previous token's)."""
     shar = full.sharer_geo
     offsets, at = {}, 0
     for s in full.windows[r]:
@@ -140,8 +143,10 @@ def _indices(full: TranslatorConfig, r: int, feats: list[str], window: list[int]
     for kind, base in (("keys", 0), ("values", kv)):
         if kind in feats:
             cols += [torch.arange(base + offsets[s], base + offsets[s] + shar.layers[s].kv_dim) for s in window]
-    if "embedding" in feats:
-        cols.append(torch.arange(2 * kv, 2 * kv + full.receiver_hidden))
+    h = full.receiver_hidden
+    for j, name in enumerate(TOKEN_FEATURES):
+        if name in feats:
+            cols.append(torch.arange(2 * kv + j * h, 2 * kv + (j + 1) * h))
     return torch.cat(cols)
 
 

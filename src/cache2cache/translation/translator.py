@@ -6,7 +6,7 @@ the aligned sharer token to the receiver's pre-RoPE keys and its values of that 
 
     features   the sharer's pre-RoPE keys and/or values at a window of sharer layers of about the same relative
                depth, and optionally the receiver's own input embedding of the token (its identity: which token
-               is there, which the sharer's deep states describe only loosely)
+               is there, which the sharer's deep states describe only loosely) and of the token before it
     keys       rotated at the receiver's positions after the map
 
 Saved like a fuser (PEFT-style): a directory with config.json (both models' names, fingerprints and KV geometry,
@@ -30,7 +30,7 @@ from ..adapter_dir import (
 )
 from ..caches.identity import ModelIdentity
 from ..errors import C2CError
-from .config import TranslatorConfig
+from .config import TOKEN_FEATURES, TranslatorConfig
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "translators"
 
@@ -41,16 +41,19 @@ def shipped_translators() -> list[str]:
 
 def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch.Tensor],
                     sharer_values: list[torch.Tensor], embedding: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-    """(T, F): the chosen features of T tokens, in a fixed order (keys of the window, values, embedding)."""
+    """(T, F): the chosen features of T tokens, in a fixed order (keys of the window, values, embedding, previous).
+    "previous" is the embedding one token back within the message (zeros for its first token)."""
     parts = []
     if "keys" in feats:
         parts += [sharer_keys[s] for s in window]
     if "values" in feats:
         parts += [sharer_values[s] for s in window]
+    if any(f in TOKEN_FEATURES for f in feats) and embedding is None:
+        raise C2CError("this translator reads the receiver's embedding of the token ids: pass them")
     if "embedding" in feats:
-        if embedding is None:
-            raise C2CError("this translator reads the receiver's embedding of the token ids: pass them")
         parts.append(embedding)
+    if "previous" in feats:
+        parts.append(torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]]))
     return torch.cat([p.float() for p in parts], dim=-1)
 
 
@@ -70,7 +73,7 @@ class Translator(nn.Module):
 
     @property
     def uses_embedding(self) -> bool:
-        return "embedding" in self.config.key_features + self.config.value_features
+        return any(f in TOKEN_FEATURES for f in self.config.key_features + self.config.value_features)
 
     kind = "translator"
     writes_unread = True  # writes the positions of a brief the receiver never read (maps.py)
