@@ -12,7 +12,7 @@ from cache2cache import C2CModel
 from cache2cache.alignment.tokens import TokenAligner, encode, render, with_brief
 from cache2cache.errors import C2CError
 from cache2cache.evaluation import probes
-from cache2cache.evaluation.runner import EvalConfig, Evaluator
+from cache2cache.evaluation.runner import EvalConfig, Evaluator, select_items
 from cache2cache.evaluation.scoring import posed, prompt_for, stated, t2t_prompt
 from cache2cache.evaluation.tasks import get_task, load_jsonl_task
 from cache2cache.inference.batching import Briefed
@@ -240,3 +240,18 @@ def test_exact_answer_probes_are_generated_and_scored_by_what_the_answer_states(
     records = Evaluator(model, cfg).score_batch([item], "receiver_brief")
     assert records[0]["prediction"] == stated(records[0]["output"], "chlorophyll")
     assert records[0]["correct"] == (records[0]["prediction"] == "chlorophyll")
+    assert stated("They counted 2640 birds.", "2,640") == "2,640"  # a thousands separator is not a word break
+
+
+def test_a_jsonl_question_without_choices_is_asked_exactly(tmp_path):
+    """The bundled field reports: an answer string and no choices make an exact item (method generate only)."""
+    items = load_jsonl_task(Path(__file__).resolve().parents[1] / "examples" / "field_reports.jsonl")
+    assert len(items) == 15 and all(it.exact and not it.choices and it.answer in it.brief for it in items)
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"question": "Who?", "answer": "Ada", "brief": "Ada wrote it."}) + "\n"
+                    + json.dumps({"question": "Who?", "answer": ""}) + "\n")  # fmt: skip
+    with pytest.raises(C2CError, match=r"mixed.jsonl:2: malformed"):
+        load_jsonl_task(path)
+    path.write_text(json.dumps({"question": "Who?", "answer": "Ada", "brief": "Ada wrote it."}) + "\n")
+    with pytest.raises(C2CError, match="use --method generate"):
+        select_items(EvalConfig(f"jsonl:{path}", "all", ["receiver"], method="cloze"))

@@ -81,6 +81,8 @@ def select_items(cfg: EvalConfig) -> list[Item]:
     if task.kind == "gen" and cfg.method != "generate":
         raise C2CError(f"task {cfg.task} is scored by generation: use --method generate")
     items = task.load(cfg.split, cfg.subjects or None)
+    if cfg.method != "generate" and any(not it.choices for it in items):
+        raise C2CError(f"task {cfg.task} has questions without choices (answered exactly): use --method generate")
     if cfg.limit:
         items = random.Random(cfg.seed).sample(items, min(cfg.limit, len(items)))  # spread over subjects
     return items

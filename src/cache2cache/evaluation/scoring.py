@@ -108,7 +108,8 @@ def extract_number(text: str) -> str | None:
 
 
 def _words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    """Lower-case words and numbers, punctuation dropped; a thousands separator does not split a number."""
+    return " ".join(re.findall(r"[a-z0-9]+", re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())))
 
 
 def stated(text: str, gold: str) -> str:

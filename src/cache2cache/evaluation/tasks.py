@@ -115,8 +115,9 @@ def _load_gsm8k(split: str, subjects: list[str] | None) -> list[Item]:
 # ---- user tasks ---------------------------------------------------------------------------------------------
 
 def load_jsonl_task(path: Path) -> list[Item]:
-    """Read {"question", "choices", "answer"} records (and an optional "brief", text only the sharer reads);
-    any malformed line is an error naming the line."""
+    """Read {"question", "choices", "answer"} records (and an optional "brief", text only the sharer reads); a
+    record without "choices" whose answer is a string asks for that answer exactly (method generate, `stated`).
+    Any malformed line is an error naming the line."""
     if not path.is_file():
         raise C2CError(f"task file not found: {path}")
     items = []
@@ -126,9 +127,16 @@ def load_jsonl_task(path: Path) -> list[Item]:
                 continue
             try:
                 rec = json.loads(line)
-                question, choices, answer = rec["question"], rec["choices"], rec["answer"]
+                question, choices, answer = rec["question"], rec.get("choices"), rec["answer"]
+                if choices is None and isinstance(question, str) and isinstance(answer, str) and answer.strip():
+                    if not isinstance(rec.get("brief", ""), str):
+                        raise ValueError("brief must be a string")
+                    items.append(Item(str(rec.get("id", n)), question, [], answer.strip(), brief=rec.get("brief", ""),
+                                      exact=True))  # fmt: skip
+                    continue
                 if not isinstance(question, str) or not isinstance(choices, list) or len(choices) < 2:
-                    raise ValueError("need a question string and at least two choices")
+                    raise ValueError("need a question string and at least two choices (or no choices and an "
+                                     "answer string, asked exactly)")
                 if isinstance(answer, str) and len(answer) == 1 and answer.isalpha():
                     answer = ord(answer.upper()) - ord("A")
                 if not isinstance(answer, int) or not 0 <= answer < len(choices):
