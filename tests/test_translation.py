@@ -179,6 +179,26 @@ def test_translated_mode_batches_like_single_rows_and_self_translation_matches_r
     assert [t.text for t in texts] == [t.text for t in ref]
 
 
+def test_own_layers_turn_a_translated_brief_into_the_receiver_reading_it_itself(cross_translator):
+    """The fidelity knob: with all its layers its own, the receiver's translated brief *is* its reading of it; with
+    m, the first m layers are exactly its own (computed running only those) and the rest as translated."""
+    r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
+    n = r.model.config.num_hidden_layers
+    qs, opts = [Briefed("Which gate?", TEXTS[1][1]), Briefed("Hi", TEXTS[9][1])], [[" gate", " fox"]] * 2
+    by = {m: C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], own_layers=m) for m in (0, 2, n)}
+    full = answerer(by[n], "translated").logprobs(qs, opts).values
+    upper = answerer(by[0], "receiver_brief").logprobs(qs, opts).values
+    assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(full, upper))
+    head = {m: model.heads.head(to_messages(QUESTION), TEXTS[1][1]) for m, model in by.items()}
+    own = PromptCache.empty(r).extend(r, head[0].token_ids)
+    for i in range(n):
+        mixed, mine = (head[2].keys[i], own.keys[i]) if i < 2 else (head[2].keys[i], head[0].keys[i])
+        torch.testing.assert_close(mixed, mine)
+    assert head[2].meta["own_layers"] == 2 and by[2].heads.space() != by[0].heads.space()
+    with pytest.raises(C2CError, match="own layers must be 0-"):
+        C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], own_layers=n + 1)
+
+
 def test_translated_modes_need_a_translator_and_a_batch_for_the_control(self_translator):
     m = tiny("tiny-llama")
     bare = C2CModel(m, [m], [make_fuser(m, m)])

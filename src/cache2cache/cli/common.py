@@ -108,6 +108,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="fitted translator directory (`c2c fit`) for the first --sharer (repeat for the next "
                         "ones: several senders' brief parts, e.g. task sciq_two_briefs): enables mode translated "
                         "(default: the shipped translator of the default pair)")  # fmt: skip
+    p.add_argument("--own-layers", type=int, default=0, metavar="M",
+                   help="translated briefs: the receiver computes its own first M layers over the brief (M/L of "
+                        "reading it itself), the translator the rest: the fidelity knob (default 0)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -142,5 +145,6 @@ def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
+                     own_layers=args.own_layers,
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

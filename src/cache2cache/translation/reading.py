@@ -113,13 +113,41 @@ def translate_brief(translator: Translator, receiver: LoadedModel, sharer: Loade
     return translate_parts([(translator, sharer)], receiver, messages, [brief], chat, store)
 
 
+class _Stop(Exception):
+    """Raised after the last layer a partial forward needs: the layers above it never run."""
+
+
+@torch.no_grad()
+def lower_layers(model: LoadedModel, ids: list[int], m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model's own cache keys (rotated) and values of `ids` at its first `m` layers, each (kv_heads, T, d),
+    computed by running only those layers (m / L of a prefill's layer work)."""
+    cache = new_cache(model.model.config, keep_full_history=True)
+    layers = decoder_layers(model.model)
+
+    def stop(*_) -> None:
+        raise _Stop
+
+    hook = layers[m - 1].register_forward_hook(stop) if m < len(layers) else None
+    try:
+        model.model.model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
+                          position_ids=torch.arange(len(ids), device=model.device)[None])  # fmt: skip
+    except _Stop:
+        pass
+    finally:
+        if hook is not None:
+            hook.remove()
+    return [cache.layers[i].keys[0] for i in range(m)], [cache.layers[i].values[0] for i in range(m)]
+
+
 @torch.no_grad()
 def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: LoadedModel, messages: Messages,
-                    parts: list[str], chat: bool = True, store: PrefixStore | None = None
+                    parts: list[str], chat: bool = True, store: PrefixStore | None = None, own_layers: int = 0
                     ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
     """As `translate_brief`, for a brief of several parts (joined by a blank line), part j read by sender j
     alone and written by its translator: several senders' documents in one receiver cache, each at the
-    receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first."""
+    receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first.
+    With `own_layers` m, the receiver computes its own first m layers over the brief (the fidelity knob: m / L
+    of its own reading's cost) and the translators write only the layers above."""
     parts = [part.strip() for part in parts]
     if len(parts) != len(senders) or not all(parts):
         raise C2CError(f"give one non-empty brief part per sender ({len(senders)}), got {len(parts)}")
@@ -148,7 +176,9 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         cos, sin = rotary(receiver, i, pos)
         keys.append(torch.cat([prefix.keys[i], rotate(k, cos, sin).to(prefix.keys[i].dtype)], dim=1))
         values.append(torch.cat([prefix.values[i], v.to(prefix.values[i].dtype)], dim=1))
+    if own_layers:
+        keys[:own_layers], values[:own_layers] = lower_layers(receiver, r_span.ids[:r_span.end], own_layers)
     meta = {"translated_from": ",".join(sharer.name for _, sharer in senders),
-            "brief_tokens": [r_span.start, r_span.end]}  # fmt: skip
+            "brief_tokens": [r_span.start, r_span.end], "own_layers": own_layers}  # fmt: skip
     cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat, meta)
     return cache, r_span
