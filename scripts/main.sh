@@ -7,15 +7,17 @@
 #     plus "translated" (the receiver never reads the report, it answers from its own cache of it written by the
 #     shipped translator from the sharer's reading), "t2t_blind" (the same message as text: the sharer writes notes
 #     on the report alone, the receiver reads them) and the receiver reading the report itself;
-#  3. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
+#  3. five more reports of the kind (examples/field_reports.jsonl, 15 facts: counts, names, times, measures), each
+#     answer scored by whether it states the fact, translated beside its controls and the receiver reading them;
+#  4. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
 #     receiver alone, from the translated paragraph, from another question's translated paragraph and from a
 #     neutral translated passage (the controls: a gain they share is not communication) and by the receiver reading
 #     the paragraph itself (the upper bound);
-#  4. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
+#  5. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
 #     on the 100 seeded ARC-Easy validation questions that docs/RESULTS.md reports.
-# Tables 3 and 4 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
-# 35 minutes on 2 CPU cores (a fresh clone took 33 to the end of table 3, 2026-12-02); C2C_MAIN_LIMIT=20 takes
-# about 12. The full tables, with T2T, are in docs/RESULTS.md.
+# Tables 4 and 5 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
+# 37 minutes on 2 CPU cores (a fresh clone took 33 to the end of the SciQ table on 2026-12-02, before table 3 was
+# added; table 3 adds about 2); C2C_MAIN_LIMIT=20 takes about 14. The full tables, with T2T, are in docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,6 +25,8 @@ bash scripts/setup.sh
 .venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
 .venv/bin/c2c generate --compare --brief-file examples/brief.txt --prompt-file examples/brief_questions.txt \
   --max-new-tokens 24 "$@"
+.venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 \
+  --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/field_reports --overwrite
 .venv/bin/c2c eval --task sciq_brief --split heldout --limit "${C2C_MAIN_LIMIT:-100}" --method cloze \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/sciq_brief --overwrite
 exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-100}" \
