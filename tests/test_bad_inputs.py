@@ -185,6 +185,7 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("generate brief file missing", ["generate", *T, "--prompt", "x", "--brief-file", f"{d}/nope.txt"]),
         ("train resume under a file", ["train", "--resume", f"{d}/empty.txt/run"]),
         # translators (session 8)
+        ("generate own layers out of range", ["generate", *T, "--prompt", "x", "--own-layers", "99"]),
         ("fit on evaluation text", ["fit", *T, "--text", "mmlu"]),
         ("fit unknown text", ["fit", *T, "--text", "novels"]),
         ("fit bad passage count", ["fit", *T, "--text", "sciq:-3"]),
