@@ -1,7 +1,7 @@
 """Evaluation: tasks (benchmarks and probes), scoring, the runner with its paired tests, benchmarks, lm-eval.
 
-Importing the package registers every task (tasks.py's benchmarks, then probes.py's probes), so a task name
-resolves however the package is entered.
+Importing the package registers every task (tasks.py's benchmarks, probes.py's probes, then the held-out fifths
+of question_sets.py), so a task name resolves however the package is entered.
 """
 
-from . import probes, tasks  # noqa: F401
+from . import probes, question_sets, tasks  # noqa: F401

@@ -67,6 +67,13 @@ class TrainConfig:
     # cache, over a question's options. It makes answer priors that ignore the sharer cost what they gain, so the
     # fuser has to carry what the sharer read (0 = off; costs two more receiver passes per micro-batch).
     mismatch_loss_weight: float = 0.0
+    # Distillation toward the sharer: weight of KL(sharer || fused receiver) at every continuation token (response
+    # tokens, every option's tokens), the sharer's distribution kept as its top-k log-probabilities plus one bin
+    # for the rest (training/losses.py topk_kl). A dense target that carries what the sharer knows; needs a sharer
+    # with the receiver's vocabulary (e.g. Qwen2.5-Coder-0.5B <- 1.5B). ce_loss_weight 0 trains on it alone.
+    sharer_kl_weight: float = 0.0
+    sharer_kl_top_k: int = 64
+    ce_loss_weight: float = 1.0
     temperature_start: float = 1.0  # Gumbel-sigmoid gate temperature, annealed geometrically ...
     temperature_end: float = 0.05  # ... to this at the last step
     autocast_bf16: bool = True  # bf16 autocast for the fuser where the device supports it
@@ -86,7 +93,7 @@ class TrainConfig:
         if not self.grad_clip > 0 or self.weight_decay < 0:
             raise C2CError(f"need grad_clip > 0 and weight_decay >= 0 (got {self.grad_clip}, {self.weight_decay})")
         positive = ("batch_size", "micro_batch_size", "max_prompt_tokens", "max_response_tokens", "log_every",
-                    "eval_every", "save_every", "keep_last")  # fmt: skip
+                    "eval_every", "save_every", "keep_last", "sharer_kl_top_k")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise C2CError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -97,8 +104,9 @@ class TrainConfig:
             raise C2CError(f"gate_lr_mult must be > 0, got {self.gate_lr_mult}")
         if self.lr <= 0 or not 0 < self.temperature_end <= self.temperature_start:
             raise C2CError("need lr > 0 and 0 < temperature_end <= temperature_start")
-        if not (self.option_loss_weight >= 0 and self.mismatch_loss_weight >= 0 and self.option_temperature > 0):
-            raise C2CError("need option_loss_weight >= 0, mismatch_loss_weight >= 0 and option_temperature > 0")
+        weights = ("option_loss_weight", "mismatch_loss_weight", "sharer_kl_weight", "ce_loss_weight")
+        if not (all(getattr(self, w) >= 0 for w in weights) and self.option_temperature > 0):
+            raise C2CError(f"need {', '.join(weights)} >= 0 and option_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise C2CError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

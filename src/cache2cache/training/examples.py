@@ -29,6 +29,11 @@ class TrainExample:
         """Continuation rows this example adds to a batch: one per option, or the response alone."""
         return len(self.option_ids) or 1
 
+    @property
+    def continuation_tokens(self) -> int:
+        """Tokens this example's continuation rows hold (every option's, or the response's)."""
+        return sum(len(o) for o in self.option_ids) or len(self.response_ids)
+
 
 @dataclass
 class TrainBatch:

@@ -1,13 +1,16 @@
 """The losses of one training micro-batch, computed by the receiver from a cache fused with gradients.
 
 Cross-entropy on responses and gold options; option ranking (softmax over a question's per-character option
-log-likelihoods, what cloze scoring compares, against the gold one); and the mismatch term (the receiver fused
-with another question's sharer cache must keep its own option distribution). Separate from the recipe so that
-the loop (recipe.py) reads as a loop and each term can be tested on its own.
+log-likelihoods, what cloze scoring compares, against the gold one); the mismatch term (the receiver fused
+with another question's sharer cache must keep its own option distribution); and distillation toward the
+sharer (at every continuation token the fused receiver must predict what the sharer predicts, a dense target
+that carries what the sharer knows and the receiver does not, so a prior cannot meet it). Separate from the
+recipe so that the loop (recipe.py) reads as a loop and each term can be tested on its own.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -34,6 +37,39 @@ class LossSums:
     correct: int
     mismatch: torch.Tensor | None = None
     mismatch_correct: int = 0
+    sharer_kl: torch.Tensor | None = None  # summed over every continuation token (`sharer_kl_weight`)
+
+    def objective(self, cfg: TrainConfig, n_targets: int, n_groups: int, n_continued: int) -> torch.Tensor:
+        """What backward() takes: each term over its count in the whole step (trained tokens, questions,
+        continuation tokens), so micro-batches and processes add up to the step's mean."""
+        loss = cfg.ce_loss_weight * self.ce / n_targets
+        if self.sharer_kl is not None:
+            loss = loss + cfg.sharer_kl_weight * self.sharer_kl / n_continued
+        if n_groups and cfg.option_loss_weight:
+            loss = loss + cfg.option_loss_weight * self.rank / n_groups
+        if self.mismatch is not None:
+            loss = loss + cfg.mismatch_loss_weight * self.mismatch / n_groups
+        return loss
+
+    def logged(self) -> list[float]:
+        """ce, ranking, ranked right, mismatch term, ranked right mismatched, sharer KL: summed per step."""
+        return [self.ce.item(), self.rank.item(), self.correct, 0.0 if self.mismatch is None else self.mismatch.item(),
+                self.mismatch_correct, 0.0 if self.sharer_kl is None else self.sharer_kl.item()]  # fmt: skip
+
+
+def topk_kl(student_logits: torch.Tensor, top_logp: torch.Tensor, top_ids: torch.Tensor, mask: torch.Tensor
+            ) -> torch.Tensor:  # fmt: skip
+    """KL(teacher || student) summed over the tokens `mask` marks, with the teacher given as its top-k
+    log-probabilities (..., k) and their token ids: the exact KL of both distributions coarsened to k + 1 bins
+    (the teacher's k tokens and the rest of the vocabulary), so k = V is the full KL and a small k keeps what a
+    recording of the teacher stores."""
+    keep = mask.bool()
+    student = student_logits[keep].float().log_softmax(-1)  # (T, V)
+    t = top_logp[keep].float()
+    s = student.gather(-1, top_ids[keep])
+    rest_t = (1 - t.exp().sum(-1)).clamp(1e-8, 1.0)
+    rest_s = (1 - s.exp().sum(-1)).clamp(1e-8, 1.0)
+    return ((t.exp() * (t - s)).sum(-1) + rest_t * (rest_t.log() - rest_s.log())).sum()
 
 
 class MicroBatchLoss:
@@ -56,6 +92,19 @@ class MicroBatchLoss:
                       ) -> torch.Tensor:  # fmt: skip
         """Per-row summed log-likelihood of each continuation from `cache` (fused first when sharer caches are
         given, with gradients to the fuser)."""
+        return self.row_scores(tb, self.continuation_logits(tb, cache, prompt, sharer_caches))
+
+    @staticmethod
+    def row_scores(tb: TrainBatch, logits: torch.Tensor) -> torch.Tensor:
+        """(N,) summed log-likelihood of each continuation row under (N, R, V) logits."""
+        n, r = tb.response_ids.shape
+        logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
+        return (logp.view(n, r) * tb.response_mask).sum(-1)
+
+    def continuation_logits(self, tb: TrainBatch, cache, prompt: Batch | None = None,
+                            sharer_caches: list | None = None) -> torch.Tensor:  # fmt: skip
+        """(N, R, V) receiver logits over each continuation row from `cache`, fused first when sharer caches are
+        given (with gradients to the fuser)."""
         m, p = self.model, prompt or tb.prompt
         with self._autocast():
             if sharer_caches is not None:
@@ -63,10 +112,23 @@ class MicroBatchLoss:
             if tb.owner.numel() != p.ids.shape[0]:
                 cache.batch_select_indices(tb.owner)
             rows = Batch(p.ids[tb.owner], p.mask[tb.owner], [])
-            logits = continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
-        n, r = tb.response_ids.shape
-        logp = -F.cross_entropy(logits.float().flatten(0, 1), tb.response_ids.flatten(), reduction="none")
-        return (logp.view(n, r) * tb.response_mask).sum(-1)
+            return continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
+
+    @torch.no_grad()
+    def sharer_targets(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sharer's own next-token distribution at every continuation token, as its top-k log-probabilities
+        and their ids, (N, R, k) each. The sharer has read the prompt already (for fusion): a copy of that cache,
+        cut before the last prompt token, reads the continuations, so the target costs only their tokens. Needs
+        the receiver's vocabulary (checked at setup: the continuation ids are read by both models)."""
+        m = self.model
+        s_ids, s_mask, _ = tb.prompt.sharers[0]
+        cache = copy.deepcopy(sharer_caches[0])
+        cache.crop(-1)  # the last prompt token is read again with the continuations
+        cache.batch_select_indices(tb.owner)
+        rows = Batch(s_ids[tb.owner], s_mask[tb.owner], [])
+        logits = continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask)
+        top = logits.float().log_softmax(-1).topk(min(self.cfg.sharer_kl_top_k, logits.shape[-1]), dim=-1)
+        return top.values, top.indices
 
     def mismatch_loss(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, int]:
         """The term that makes a prior useless: fused with *another* question's sharer cache (rows rotated, see
@@ -93,7 +155,10 @@ class MicroBatchLoss:
         them: cross-entropy on responses and gold options, and the option-ranking loss: the softmax over a
         question's options of their per-character log-likelihoods (what cloze scoring compares) against the
         gold one. Ranking teaches the fuser to carry which answer is right, not only what answers look like."""
-        per_row = self.option_scores(tb, cache, sharer_caches=sharer_caches)
+        target = self.sharer_targets(tb, sharer_caches) if self.cfg.sharer_kl_weight else None
+        logits = self.continuation_logits(tb, cache, sharer_caches=sharer_caches)
+        per_row = self.row_scores(tb, logits)
+        kl = topk_kl(logits, *target, tb.response_mask) if target is not None else None
         ce = -(per_row * tb.trained).sum()
         rank, correct = torch.zeros((), device=ce.device), 0
         scores = per_row / tb.option_chars / self.cfg.option_temperature
@@ -102,5 +167,5 @@ class MicroBatchLoss:
             rank = rank - s.log_softmax(-1)[gold]
             correct += int(s.argmax()) == gold
         if self.cfg.mismatch_loss_weight and tb.groups and tb.prompt.ids.shape[0] > 1:
-            return LossSums(ce, rank, correct, *self.mismatch_loss(tb, sharer_caches))
-        return LossSums(ce, rank, correct)
+            return LossSums(ce, rank, correct, *self.mismatch_loss(tb, sharer_caches), sharer_kl=kl)
+        return LossSums(ce, rank, correct, sharer_kl=kl)

