@@ -589,3 +589,24 @@ def test_distilling_lowers_the_held_out_kl_and_is_kept_in_the_fit_report(tmp_pat
     assert not any(p.requires_grad for p in t.parameters())  # back to a frozen map
     t.save_pretrained(tmp_path / "distilled")
     assert Translator.from_pretrained(tmp_path / "distilled").config.fit["distilled"]["steps"] == 30
+
+
+def test_distilling_toward_the_sharer_matches_its_reading_and_refuses_another_vocabulary(tmp_path):
+    from cache2cache.translation.distill import distill, distill_loss, teacher_logprobs
+    from cache2cache.translation.refine import record
+
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")  # one tokenizer: the sharer reads the receiver's ids
+    t = solve(accumulate(r, s, TEXTS[:16], tmp_path / "s.safetensors"), progress=False)
+    pairs = record(r, s, TEXTS[16:])
+    held = [(p, len(p.embedding)) for p in pairs[:4]]
+    before = sum(float(distill_loss(t, r, p, c, teacher_logprobs(s, p, c))) for p, c in held)
+    report = distill(t, r, pairs[4:], pairs[:4], steps=30, lr=1e-4, check_every=10, teacher=s)
+    after = sum(float(distill_loss(t, r, p, c, teacher_logprobs(s, p, c))) for p, c in held)
+    assert after < before and report.best_step > 0
+    assert t.config.fit["distilled"]["teacher"] == "tiny-llama-b"
+    with pytest.raises(C2CError, match="tokenizer"):
+        distill(t, r, pairs[4:], pairs[:4], steps=1, teacher=tiny("tiny-qwen2"))
+    from cache2cache.translation.recipe import FitRecipe
+
+    with pytest.raises(C2CError, match="distill_target"):
+        FitRecipe(distill_target="teacher")

@@ -95,6 +95,9 @@ def register(sub) -> None:
                    help="last, train every map together on the same passages, end to end: the receiver reading a "
                         "passage translated up to a random cut must predict the rest as after reading it itself "
                         "(KL through the receiver, never the sharer; 0: off)")  # fmt: skip
+    p.add_argument("--distill-target", choices=("receiver", "sharer"), default=None,
+                   help="whose reading of the whole passage the distillation matches: the receiver's own "
+                        "(default) or the sharer's (what it understood; needs the receiver's tokenizer)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,

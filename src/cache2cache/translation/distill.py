@@ -11,7 +11,9 @@ trained so that its next-token distributions there match the receiver's own read
 maps: a backward pass through the 135M receiver only, never through the sharer, whose reading is recorded once.
 
 This is issue 25's dense target (the receiver's own reading of the continuation) applied to translation: no
-labels, any text.
+labels, any text. With `teacher` the sharer (same vocabulary and template, e.g. Qwen2.5-Coder-0.5B <- 1.5B), the
+target becomes the sharer's own continuation of the passage: what it understood, not only what the text says
+(issue 33), and the translated cache may then carry more than the receiver's own reading.
 """
 
 from __future__ import annotations
@@ -76,36 +78,50 @@ def student_logits(translator: Translator, receiver: LoadedModel, pair: PassageP
 
 
 @torch.no_grad()
-def teacher_logprobs(receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
-    """(L - s0, V) log-probabilities of the receiver's own reading of the whole prompt at the positions the
-    student reads."""
-    ids = torch.tensor([pair.ids], device=receiver.device)
-    return receiver.model(input_ids=ids).logits[0, pair.start + cut:].float().log_softmax(-1)
+def teacher_logprobs(teacher: LoadedModel, pair: PassagePair, cut: int, vocab: int | None = None) -> torch.Tensor:
+    """(L - s0, V) log-probabilities of the teacher's reading of the whole prompt (the receiver's token ids) at
+    the positions the student reads, over the first `vocab` logits (the receiver's, where padding differs)."""
+    ids = torch.tensor([pair.ids], device=teacher.device)
+    return teacher.model(input_ids=ids).logits[0, pair.start + cut:, :vocab].float().log_softmax(-1)
+
+
+def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
+    """A teacher other than the receiver must read the receiver's token ids as the same text."""
+    same = receiver.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
+    if teacher is not receiver and not (same and receiver.tokenizer.chat_template == teacher.tokenizer.chat_template):
+        raise C2CError(f"distilling toward {teacher.name} needs the receiver's tokenizer and chat template "
+                       f"({receiver.name} differs; cross-tokenizer distillation is not built)")  # fmt: skip
 
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
                  teacher: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean over the tokens the student reads of KL(teacher || student)."""
-    teacher = teacher_logprobs(receiver, pair, cut) if teacher is None else teacher
-    student = student_logits(translator, receiver, pair, cut).float().log_softmax(-1)
+    """Mean over the tokens the student reads of KL(teacher || student); the receiver's own reading by default."""
+    student = student_logits(translator, receiver, pair, cut).float()
+    if teacher is None:
+        teacher = teacher_logprobs(receiver, pair, cut, student.shape[-1])
+    student = student[:, :teacher.shape[-1]].log_softmax(-1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
 def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
-            steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25
-            ) -> DistillReport:  # fmt: skip
+            steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25,
+            teacher: LoadedModel | None = None) -> DistillReport:  # fmt: skip
     """Adam on every key and value map together (from where they are) to lower `distill_loss` on `train` at random
     cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
-    the best weights are kept. `lr` is relative to each map's mean absolute weight. Records the report in the
+    the best weights are kept. `lr` is relative to each map's mean absolute weight. `teacher` (default: the
+    receiver) is the model whose reading of the whole passage the student must match. Records the report in the
     translator's fit under `distilled`."""
     if not train or not held:
         raise C2CError("distillation needs training and held-out passages")
+    teacher = teacher or receiver
+    check_teacher(receiver, teacher)
+    vocab = receiver.model.get_output_embeddings().weight.shape[0]
     rng = random.Random(seed)
     params = [p for lin in (*translator.keys, *translator.values) for p in lin.parameters()]
     scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
     opt = torch.optim.Adam(params, lr=lr * scale)
     checks = [(p, cut_of(p, f)) for p in held for f in HELD_CUTS]
-    teachers = [teacher_logprobs(receiver, p, c) for p, c in checks]
+    teachers = [teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
 
     def held_loss() -> float:
         with torch.no_grad():
@@ -121,7 +137,8 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
             opt.zero_grad()
             for pair in rng.sample(train, min(batch, len(train))):
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
-                (distill_loss(translator, receiver, pair, cut) / batch).backward()
+                target = None if teacher is receiver else teacher_logprobs(teacher, pair, cut, vocab)
+                (distill_loss(translator, receiver, pair, cut, target) / batch).backward()
             opt.step()
             if step % check_every == 0 or step == steps:
                 now = held_loss()
@@ -134,5 +151,6 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
         for p, kept in zip(params, best_state):
             p.copy_(kept)
     report = DistillReport(before, best, best_step, steps)
-    translator.config.fit["distilled"] = {**report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held)}
+    translator.config.fit["distilled"] = {**report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held),
+                                          "teacher": teacher.name}  # fmt: skip
     return report

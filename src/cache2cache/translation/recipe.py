@@ -59,6 +59,7 @@ class FitRecipe:
     distill: int = 0  # steps of end-to-end distillation (0: off)
     distill_lr: float = 3e-5
     distill_batch: int = 4
+    distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
     dtype: str = "float32"  # of the saved weights
     chat: bool = True
 
@@ -74,6 +75,8 @@ class FitRecipe:
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
                 raise C2CError(f"recipe: {name} must be a list from {', '.join(FEATURES)}, got {feats!r}")
+        if self.distill_target not in ("receiver", "sharer"):
+            raise C2CError(f"recipe: distill_target must be receiver or sharer, got {self.distill_target!r}")
         if self.dtype not in DTYPES:
             raise C2CError(f"recipe: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
@@ -143,8 +146,9 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
         steps.append(("refined_values", lambda: refine_values(translator, receiver, train, kept_out,
                                                               recipe.refine_steps, recipe.refine_lr)))  # fmt: skip
     if recipe.distill:
+        teacher = sharer if recipe.distill_target == "sharer" else receiver
         steps.append(("distilled", lambda: distill(translator, receiver, train, kept_out, recipe.distill,
-                                                   recipe.distill_lr, recipe.distill_batch)))  # fmt: skip
+                                                   recipe.distill_lr, recipe.distill_batch, teacher=teacher)))
     for kind, step in steps:
         step()
         translator.config.fit[kind]["text"] = where
