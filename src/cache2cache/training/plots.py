@@ -29,15 +29,19 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss(metrics: list[dict], out: Path, title: str) -> None:
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("kind") == "train"]
-    val = [(m["step"], m["val_loss"]) for m in metrics if m.get("kind") == "val"]
+    """Cross-entropy per response token, train and validation; with distillation toward the sharer, its KL per
+    continuation token beside them (the same unit)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train (per response token)", lw=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=2)
+    curves = [("train", "loss", "train cross-entropy (per response token)", "-"),
+              ("val", "val_loss", "validation cross-entropy", "o-"),
+              ("train", "sharer_kl", "train KL from the sharer (per continuation token)", "-"),
+              ("val", "val_sharer_kl", "validation KL from the sharer", "s-")]  # fmt: skip
+    for kind, key, label, style in curves:
+        points = [(m["step"], m[key]) for m in metrics if m.get("kind") == kind and key in m]
+        if points:
+            ax.plot(*zip(*points), style, label=label, lw=1 if kind == "train" else 2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("nats/token")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
