@@ -69,8 +69,9 @@ class TrainConfig:
     mismatch_loss_weight: float = 0.0
     # Distillation toward the sharer: weight of KL(sharer || fused receiver) at every continuation token (response
     # tokens, every option's tokens), the sharer's distribution kept as its top-k log-probabilities plus one bin
-    # for the rest (training/losses.py topk_kl). A dense target that carries what the sharer knows; needs a sharer
-    # with the receiver's vocabulary (e.g. Qwen2.5-Coder-0.5B <- 1.5B). ce_loss_weight 0 trains on it alone.
+    # for the rest (training/losses.py topk_kl). A dense target that carries what the sharer knows; exact with one
+    # vocabulary (e.g. Qwen2.5-Coder-0.5B <- 1.5B), across tokenizers over the token strings both hold, where both
+    # start a token at the same character (training/targets.py). ce_loss_weight 0 trains on it alone.
     sharer_kl_weight: float = 0.0
     sharer_kl_top_k: int = 64
     ce_loss_weight: float = 1.0

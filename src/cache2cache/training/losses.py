@@ -11,18 +11,24 @@ recipe so that the loop (recipe.py) reads as a loop and each term can be tested 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 
-from ..inference.batching import Batch
+from ..errors import C2CError
+from ..inference.batching import Batch, right_pad
 from ..inference.controls import rotate_sharers
 from ..inference.pipeline import C2CModel
 from ..inference.scoring import continuation_logits
 from .config import TrainConfig
 from .examples import TrainBatch
+from .targets import VocabBridge, sharer_rows
+
+log = logging.getLogger(__name__)
+MIN_COVERAGE = 0.5  # of the receiver's token strings in the sharer's vocabulary, for distillation across tokenizers
 
 
 @dataclass
@@ -78,6 +84,14 @@ class MicroBatchLoss:
 
     def __init__(self, model: C2CModel, cfg: TrainConfig, autocast: Callable[[], ContextManager]) -> None:
         self.model, self.cfg, self._autocast = model, cfg, autocast
+        self.bridge = VocabBridge.between(model.receiver.tokenizer, model.sharers[0].tokenizer) \
+            if cfg.sharer_kl_weight else None
+        if self.bridge is not None and self.bridge.coverage < MIN_COVERAGE:
+            raise C2CError(f"sharer_kl_weight: only {self.bridge.coverage:.0%} of the receiver's token strings are in "
+                           f"the sharer's vocabulary (need {MIN_COVERAGE:.0%}): the distributions cannot be compared")
+        if self.bridge is not None and not self.bridge.identical:
+            log.info("distilling the sharer over the %.1f%% of the receiver's token strings it shares",
+                     100 * self.bridge.coverage)  # fmt: skip
 
     def __call__(self, tb: TrainBatch) -> LossSums:
         return self.response_loss(tb, *self.prefill(tb))
@@ -115,20 +129,41 @@ class MicroBatchLoss:
             return continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
 
     @torch.no_grad()
-    def sharer_targets(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sharer's own next-token distribution at every continuation token, as its top-k log-probabilities
-        and their ids, (N, R, k) each. The sharer has read the prompt already (for fusion): a copy of that cache,
-        cut before the last prompt token, reads the continuations, so the target costs only their tokens. Needs
-        the receiver's vocabulary (checked at setup: the continuation ids are read by both models)."""
-        m = self.model
+    def sharer_targets(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sharer's own next-token distribution at the continuation tokens, as its top-k log-probabilities
+        (N, R, k), their places in the bridge's shared tokens (all tokens when the vocabularies are one) and the
+        (N, R) mask of positions that have a target (targets.py: across tokenizers, where both models start a
+        token at the same character). The sharer has read the prompt already (for fusion): a copy of that cache,
+        cut before the last prompt token, reads the continuations, so the target costs only their tokens."""
+        m, bridge, device = self.model, self.bridge, tb.response_ids.device
         s_ids, s_mask, _ = tb.prompt.sharers[0]
         cache = copy.deepcopy(sharer_caches[0])
         cache.crop(-1)  # the last prompt token is read again with the continuations
         cache.batch_select_indices(tb.owner)
         rows = Batch(s_ids[tb.owner], s_mask[tb.owner], [])
-        logits = continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask)
-        top = logits.float().log_softmax(-1).topk(min(self.cfg.sharer_kl_top_k, logits.shape[-1]), dim=-1)
-        return top.values, top.indices
+        if bridge.identical:
+            logits = continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask)
+            logp, mask = logits[..., :bridge.receiver_size].float().log_softmax(-1), tb.response_mask
+        else:
+            texts = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
+            read = sharer_rows(m.receiver.tokenizer, m.sharers[0].tokenizer, texts, tb.response_ids.shape[1])
+            ids, ids_mask = right_pad(read.ids, 0, device)
+            logits = continuation_logits(rows, cache, m.sharers[0], ids, ids_mask)
+            at = read.at.to(device)
+            picked = logits.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1]))
+            logp = picked[..., bridge.sharer_ids.to(device)].float().log_softmax(-1)
+            mask = tb.response_mask * (at >= 0)
+        top = logp.topk(min(self.cfg.sharer_kl_top_k, logp.shape[-1]), dim=-1)
+        return top.values, top.indices, mask
+
+    def sharer_kl(self, logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                  ) -> torch.Tensor:  # fmt: skip
+        """KL from the sharer's targets to the receiver's (N, R, V) logits, over the tokens both vocabularies hold
+        (renormalised) where the vocabularies differ."""
+        top, ids, mask = target
+        if not self.bridge.identical:
+            logits = logits[..., self.bridge.receiver_ids.to(logits.device)]
+        return topk_kl(logits[..., :self.bridge.receiver_size], top, ids, mask)
 
     def mismatch_loss(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, int]:
         """The term that makes a prior useless: fused with *another* question's sharer cache (rows rotated, see
@@ -158,7 +193,7 @@ class MicroBatchLoss:
         target = self.sharer_targets(tb, sharer_caches) if self.cfg.sharer_kl_weight else None
         logits = self.continuation_logits(tb, cache, sharer_caches=sharer_caches)
         per_row = self.row_scores(tb, logits)
-        kl = topk_kl(logits, *target, tb.response_mask) if target is not None else None
+        kl = self.sharer_kl(logits, target) if target is not None else None
         ce = -(per_row * tb.trained).sum()
         rank, correct = torch.zeros((), device=ce.device), 0
         scores = per_row / tb.option_chars / self.cfg.option_temperature
