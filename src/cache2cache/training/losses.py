@@ -145,8 +145,8 @@ class MicroBatchLoss:
             logits = continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask)
             logp, mask = logits[..., :bridge.receiver_size].float().log_softmax(-1), tb.response_mask
         else:
-            texts = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
-            read = sharer_rows(m.receiver.tokenizer, m.sharers[0].tokenizer, texts, tb.response_ids.shape[1])
+            row_ids = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
+            read = sharer_rows(m.receiver.tokenizer, m.sharers[0].tokenizer, row_ids, tb.response_ids.shape[1])
             ids, ids_mask = right_pad(read.ids, 0, device)
             logits = continuation_logits(rows, cache, m.sharers[0], ids, ids_mask)
             at = read.at.to(device)
