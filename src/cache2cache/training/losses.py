@@ -129,30 +129,35 @@ class MicroBatchLoss:
             return continuation_logits(rows, cache, m.receiver, tb.response_ids, tb.response_mask)
 
     @torch.no_grad()
-    def sharer_targets(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The sharer's own next-token distribution at the continuation tokens, as its top-k log-probabilities
-        (N, R, k), their places in the bridge's shared tokens (all tokens when the vocabularies are one) and the
-        (N, R) mask of positions that have a target (targets.py: across tokenizers, where both models start a
-        token at the same character). The sharer has read the prompt already (for fusion): a copy of that cache,
-        cut before the last prompt token, reads the continuations, so the target costs only their tokens."""
-        m, bridge, device = self.model, self.bridge, tb.response_ids.device
+    def sharer_logits(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sharer's own next-token logits (N, R, V_sharer) at the receiver's continuation positions and the
+        (N, R) mask of positions that have them (targets.py: across tokenizers, where both models start a token
+        at the same character). The sharer has read the prompt already (for fusion): a copy of that cache, cut
+        before the last prompt token, reads the continuations, so the target costs only their tokens."""
+        m, device = self.model, tb.response_ids.device
         s_ids, s_mask, _ = tb.prompt.sharers[0]
         cache = copy.deepcopy(sharer_caches[0])
         cache.crop(-1)  # the last prompt token is read again with the continuations
         cache.batch_select_indices(tb.owner)
         rows = Batch(s_ids[tb.owner], s_mask[tb.owner], [])
-        if bridge.identical:
-            logits = continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask)
-            logp, mask = logits[..., :bridge.receiver_size].float().log_softmax(-1), tb.response_mask
-        else:
-            row_ids = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
-            read = sharer_rows(m.receiver.tokenizer, m.sharers[0].tokenizer, row_ids, tb.response_ids.shape[1])
-            ids, ids_mask = right_pad(read.ids, 0, device)
-            logits = continuation_logits(rows, cache, m.sharers[0], ids, ids_mask)
-            at = read.at.to(device)
-            picked = logits.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1]))
-            logp = picked[..., bridge.sharer_ids.to(device)].float().log_softmax(-1)
-            mask = tb.response_mask * (at >= 0)
+        if self.bridge.identical:
+            return continuation_logits(rows, cache, m.sharers[0], tb.response_ids, tb.response_mask), tb.response_mask
+        row_ids = [r[:n].tolist() for r, n in zip(tb.response_ids, tb.response_mask.sum(-1).tolist())]
+        read = sharer_rows(m.receiver.tokenizer, m.sharers[0].tokenizer, row_ids, tb.response_ids.shape[1])
+        ids, ids_mask = right_pad(read.ids, 0, device)
+        logits = continuation_logits(rows, cache, m.sharers[0], ids, ids_mask)
+        at = read.at.to(device)
+        picked = logits.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, logits.shape[-1]))
+        return picked, tb.response_mask * (at >= 0)
+
+    def sharer_targets(self, tb: TrainBatch, sharer_caches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`sharer_logits` as a target: top-k log-probabilities (N, R, k) over the tokens both vocabularies hold
+        (renormalised; all of the receiver's when the vocabularies are one), their places among those tokens, and
+        the mask."""
+        logits, mask = self.sharer_logits(tb, sharer_caches)
+        bridge = self.bridge
+        cols = slice(None, bridge.receiver_size) if bridge.identical else bridge.sharer_ids.to(logits.device)
+        logp = logits[..., cols].float().log_softmax(-1)
         top = logp.topk(min(self.cfg.sharer_kl_top_k, logp.shape[-1]), dim=-1)
         return top.values, top.indices, mask
 

@@ -173,9 +173,8 @@ class FuserTrainer:
         for i in range(0, len(mine), self.cfg.micro_batch_size):
             tb = collate(self.model, mine[i:i + self.cfg.micro_batch_size])
             sums = self.loss_sum(tb)
-            kl = 0.0 if sums.sharer_kl is None else sums.sharer_kl.item()
             total += torch.tensor([sums.ce.item(), tb.num_targets, sums.correct, len(tb.groups),
-                                   sums.mismatch_correct, kl, tb.response_mask.sum().item()],
+                                   sums.mismatch_correct, sums.logged()[-1], tb.response_mask.sum().item()],
                                   dtype=torch.float64, device=self.device)  # fmt: skip
         all_reduce(total, self.world)
         self.fuser.train()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..alignment.tokens import same_tokenization
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
@@ -87,8 +88,7 @@ def teacher_logprobs(teacher: LoadedModel, pair: PassagePair, cut: int, vocab: i
 
 def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
     """A teacher other than the receiver must read the receiver's token ids as the same text."""
-    same = receiver.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
-    if teacher is not receiver and not (same and receiver.tokenizer.chat_template == teacher.tokenizer.chat_template):
+    if teacher is not receiver and not same_tokenization(receiver.tokenizer, teacher.tokenizer):
         raise C2CError(f"distilling toward {teacher.name} needs the receiver's tokenizer and chat template "
                        f"({receiver.name} differs; cross-tokenizer distillation is not built)")  # fmt: skip
 

@@ -22,7 +22,7 @@ import torch
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
-from .distill import distill
+from .distill import check_teacher, distill
 from .fit import accumulate, solve
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
@@ -116,6 +116,9 @@ class FitRecipe:
 
 def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, stats: Path) -> Translator:
     """Every step of `recipe` on the loaded pair; the translator, not yet saved."""
+    teacher = sharer if recipe.distill_target == "sharer" else receiver
+    if recipe.distill:
+        check_teacher(receiver, teacher)  # before an hour of fitting, not after
     chat = recipe.chat
     texts = [] if recipe.start_from and recipe.refine_text else passages(recipe.text, recipe.max_chars)
     picked, apart = recipe.refinement_texts(texts)
@@ -146,7 +149,6 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
         steps.append(("refined_values", lambda: refine_values(translator, receiver, train, kept_out,
                                                               recipe.refine_steps, recipe.refine_lr)))  # fmt: skip
     if recipe.distill:
-        teacher = sharer if recipe.distill_target == "sharer" else receiver
         steps.append(("distilled", lambda: distill(translator, receiver, train, kept_out, recipe.distill,
                                                    recipe.distill_lr, recipe.distill_batch, teacher=teacher)))
     for kind, step in steps:
