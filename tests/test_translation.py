@@ -23,6 +23,7 @@ from cache2cache.translation.features import BriefSpan, align_spans, rotary, rot
 from cache2cache.translation.fit import _indices, accumulate, full_config, layout_of, passage_pair, solve
 from cache2cache.translation.moments import FitState
 from cache2cache.translation.reading import prerope_kv, translate_brief
+from cache2cache.translation.recompute import Recompute
 from cache2cache.translation.text import parse_text_spec, passages
 from cache2cache.translation.translator import Translator, gather_features
 
@@ -185,7 +186,8 @@ def test_own_layers_turn_a_translated_brief_into_the_receiver_reading_it_itself(
     r, s = tiny("tiny-llama"), tiny("tiny-qwen2")
     n = r.model.config.num_hidden_layers
     qs, opts = [Briefed("Which gate?", TEXTS[1][1]), Briefed("Hi", TEXTS[9][1])], [[" gate", " fox"]] * 2
-    by = {m: C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], own_layers=m) for m in (0, 2, n)}
+    by = {m: C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], recompute=Recompute(m))
+          for m in (0, 2, n)}  # fmt: skip
     full = answerer(by[n], "translated").logprobs(qs, opts).values
     upper = answerer(by[0], "receiver_brief").logprobs(qs, opts).values
     assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(full, upper))
@@ -196,7 +198,7 @@ def test_own_layers_turn_a_translated_brief_into_the_receiver_reading_it_itself(
         torch.testing.assert_close(mixed, mine)
     assert head[2].meta["own_layers"] == 2 and by[2].heads.space() != by[0].heads.space()
     with pytest.raises(C2CError, match="own layers must be 0-"):
-        C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], own_layers=n + 1)
+        C2CModel(r, [s], [make_fuser(r, s)], translators=[cross_translator], recompute=Recompute(n + 1))
 
 
 def test_translated_modes_need_a_translator_and_a_batch_for_the_control(self_translator):

@@ -12,6 +12,7 @@ from ..alignment.tokens import STRATEGIES
 from ..fuser.config import PRESETS
 from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, DEFAULT_TRANSLATOR, build
 from ..inference.pipeline import C2CModel
+from ..translation.recompute import Recompute
 
 
 def positive_int(text: str) -> int:
@@ -111,6 +112,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--own-layers", type=int, default=0, metavar="M",
                    help="translated briefs: the receiver computes its own first M layers over the brief (M/L of "
                         "reading it itself), the translator the rest: the fidelity knob (default 0)")  # fmt: skip
+    p.add_argument("--own-from", type=int, default=0, metavar="M",
+                   help="translated briefs: the receiver computes its own layers M..L-1 over the brief ((L-M)/L of "
+                        "reading it), from the state entering layer M that the translator's entry map writes "
+                        "(`c2c fit --from DIR --entry-layers M`): the knob from the top (default 0: off)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -145,6 +150,6 @@ def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
-                     own_layers=args.own_layers,
+                     recompute=Recompute(args.own_layers, args.own_from),
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

@@ -26,6 +26,16 @@ def feature_list(text: str) -> list[str]:
     return feats
 
 
+def layer_list(text: str) -> list[int]:
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        layers = []
+    if not layers or any(m < 1 for m in layers):
+        raise argparse.ArgumentTypeError(f"expected a comma list of layers >= 1, e.g. 21,24, got {text!r}")
+    return layers
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "fit",
@@ -51,6 +61,7 @@ def register(sub) -> None:
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
             "  c2c fit --recipe configs/translator_default.toml     # the shipped translator's recipe (slow)\n"
             "  c2c fit --from runs/translators/tiny --refine 8 --distill 50   # continue a saved translator\n"
+            "  c2c fit --from DIR --refine 0 --entry-layers 21,24 --text sciq:100,boolq:100   # the knob from the top\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
@@ -98,6 +109,10 @@ def register(sub) -> None:
     p.add_argument("--distill-target", choices=("receiver", "sharer"), default=None,
                    help="whose reading of the whole passage the distillation matches: the receiver's own "
                         "(default) or the sharer's (what it understood; needs the receiver's tokenizer)")
+    p.add_argument("--entry-layers", type=layer_list, default=None, metavar="M,M",
+                   help="also fit maps of the receiver's hidden state entering these layers, on --text: what "
+                        "`--own-from M` (the knob from the top: the receiver recomputes its layers M..L-1 over a "
+                        "translated brief) reads; with --from DIR --refine 0, added to a saved translator")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
@@ -146,6 +161,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    if "entries" in fit:
+        print(f"entry maps for layers {fit['entries']['layers']}: held-out R² {fit['entries']['r2']}", file=sys.stderr)
     r2 = fit.get("r2") or []
     print(f"translator -> {out}: {report['parameters']:,} parameters "
           f"({report['parameters'] / report['receiver_parameters']:.1%} of the receiver), {fit['tokens']:,} tokens, "

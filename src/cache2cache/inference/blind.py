@@ -25,6 +25,7 @@ from ..kv import new_cache
 from ..models.loading import LoadedModel
 from ..translation.features import BriefSpan
 from ..translation.reading import translate_parts
+from ..translation.recompute import Recompute
 from ..translation.translator import Translator
 from .batching import Batch, BlindMessage, Briefed, Prompt, check_length, left_pad, to_messages
 
@@ -36,12 +37,10 @@ class BlindHeads:
     store under the translators' fingerprints, and laid out as the head block of a batch."""
 
     def __init__(self, receiver: LoadedModel, sharers: Sequence[LoadedModel], translators: Sequence[Translator],
-                 chat: bool, store: PrefixStore | None, own_layers: int = 0) -> None:  # fmt: skip
+                 chat: bool, store: PrefixStore | None, recompute: Recompute = Recompute()) -> None:  # fmt: skip
         self.receiver, self.sharers, self.translators, self.chat = receiver, list(sharers), list(translators), chat
-        n = receiver.model.config.get_text_config().num_hidden_layers
-        if type(own_layers) is not int or not 0 <= own_layers <= n:
-            raise C2CError(f"own layers must be 0-{n} ({receiver.name}'s layers), got {own_layers!r}")
-        self.own_layers = own_layers  # the receiver computes its first m layers of a brief itself (translate_parts)
+        recompute.check(receiver, self.translators)
+        self.recompute = recompute  # the layers of a brief the receiver computes itself (translation/recompute.py)
         self.shared = store  # the model's prefix store: the sharers' readings go there too
         self.store = store if store is not None else PrefixStore(HEADS_BYTES)  # where written heads are kept
         self._fingerprints: dict[int, str] = {}  # per translator, its weights' hash (hashed on first use)
@@ -77,8 +76,7 @@ class BlindHeads:
         """The store namespace of heads written by the first `senders` translators: named by their fingerprints,
         apart from the receiver's own caches of the same tokens (a host that imports written heads files them
         here, see serving/transfer.py)."""
-        own = f"+own:{self.own_layers}" if self.own_layers else ""
-        return "+translated:" + ",".join(self.fingerprint(j) for j in range(senders)) + own
+        return "+translated:" + ",".join(self.fingerprint(j) for j in range(senders)) + self.recompute.space()
 
     def fingerprint(self, j: int = 0) -> str:
         if j not in self._fingerprints:  # tens of milliseconds per translator
@@ -103,7 +101,7 @@ class BlindHeads:
                            "fetched from the host that has them")  # fmt: skip
         pairs = list(zip(self.translators, self.sharers))[:senders]
         cache = translate_parts(pairs, self.receiver, messages, list(parts) or [brief], self.chat, self.shared,
-                                self.own_layers)[0]  # fmt: skip
+                                self.recompute)[0]  # fmt: skip
         if cache.token_ids != ids:
             raise C2CError("the brief's parts do not join to the brief")
         cache.meta["translator"] = ",".join(self.fingerprint(j) for j in range(senders))

@@ -14,6 +14,7 @@ from ..fuser.model import Fuser
 from ..kv import ModelGeometry
 from ..models.catalog import ASSETS
 from ..models.loading import LoadedModel, load_model, load_skeleton
+from ..translation.recompute import Recompute
 from ..translation.translator import Translator
 from .pipeline import C2CModel
 
@@ -68,14 +69,14 @@ def build(
     chat: bool = True,
     skeleton_sharers: bool = False,
     translators: Sequence[str | Path] = (),
-    own_layers: int = 0,
+    recompute: Recompute = Recompute(),
     **untrained_kwargs,
 ) -> C2CModel:
     """Load the models and fusers. With no fuser paths an untrained fuser is made per sharer (a warning says so);
     with fuser paths there must be exactly one per sharer, in the same order. `skeleton_sharers` loads the
     sharers without weights, for a process that receives their caches from elsewhere. `translators` (at most
-    one per sharer, in order) enable mode "translated"; `own_layers` of a translated brief the receiver computes
-    itself (C2CModel)."""
+    one per sharer, in order) enable mode "translated"; `recompute`: the layers of a translated brief the receiver
+    computes itself (translation/recompute.py)."""
     if fusers and len(fusers) != len(sharers):
         raise C2CError(f"give one --fuser per --sharer (got {len(sharers)} sharer(s), {len(fusers)} fuser(s))")
     device = check_device(device or default_device())
@@ -91,4 +92,4 @@ def build(
     if not loaded_fusers and ss and not (skeleton_sharers and loaded_translators):
         log.warning("no fuser given: using an untrained fuser per sharer (it leaves the receiver's answers unchanged)")
         loaded_fusers = [untrained_fuser(r, s, **untrained_kwargs).to(device) for s in ss]
-    return C2CModel(r, ss, loaded_fusers, chat=chat, translators=loaded_translators, own_layers=own_layers)
+    return C2CModel(r, ss, loaded_fusers, chat=chat, translators=loaded_translators, recompute=recompute)

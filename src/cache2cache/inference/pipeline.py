@@ -29,6 +29,7 @@ from ..fuser.model import Fuser
 from ..kv import ModelGeometry, new_cache
 from ..maps import CacheMap, check_map
 from ..models.loading import LoadedModel
+from ..translation.recompute import Recompute
 from ..translation.translator import Translator
 from .batching import (
     Batch,
@@ -65,7 +66,7 @@ class C2CModel:
 
     def __init__(self, receiver: LoadedModel, sharers: Sequence[LoadedModel] = (), fusers: Sequence[Fuser] = (),
                  chat: bool = True, store: PrefixStore | None = None, translators: Sequence[Translator] = (),
-                 own_layers: int = 0) -> None:  # fmt: skip
+                 recompute: Recompute = Recompute()) -> None:  # fmt: skip
         if (fusers and len(fusers) != len(sharers)) or (sharers and not fusers and not translators):
             raise C2CError(f"need one fuser per sharer: got {len(sharers)} sharer(s) and {len(fusers)} fuser(s)")
         if len(translators) > len(sharers):
@@ -84,7 +85,7 @@ class C2CModel:
                 cmap.to(receiver.device).eval()
         self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, f.config.token_alignment)
                          for s, f in zip(self.sharers, self.fusers)]  # fmt: skip
-        self.own_layers = own_layers  # translated briefs: the receiver's own first layers (blind.BlindHeads)
+        self.recompute = recompute  # translated briefs: the layers the receiver computes itself (blind.BlindHeads)
         self.store = store
         self._fusion_enabled = True
         self._mismatched = False
@@ -97,7 +98,7 @@ class C2CModel:
     def store(self, store: PrefixStore | None) -> None:
         """Where prefixes, fused prefixes and written heads are kept (a server sets one after construction)."""
         self._store = store
-        self.heads = BlindHeads(self.receiver, self.sharers, self.translators, self.chat, store, self.own_layers)
+        self.heads = BlindHeads(self.receiver, self.sharers, self.translators, self.chat, store, self.recompute)
         self.prefixes = FusedPrefixes(store, self.receiver, self.sharers, self.fusers) if store is not None else None
 
     fusers = property(lambda self: self.maps["fusers"], doc="the sharers' fusers, in order")

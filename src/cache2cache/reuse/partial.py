@@ -4,24 +4,22 @@ For a plan of contiguous groups [start, end), B runs its own layers start..end-1
 (from B's own embeddings when start is 0) and keeps the KV they produce; every other layer keeps A's KV. The
 plan "recompute everything" ([0, L)) is exactly B's own prefill; the empty plan reuses A's cache as it is.
 
-B's layers outside the group are replaced by identities in a view of its decoder that shares the weights, so
-the model's own forward builds the masks and rotary embeddings (sliding windows included), no
-architecture-specific code is needed here, and the shared model is never modified.
+B's layers outside the group are replaced by identities in a view of its decoder that shares the weights
+(models/layer_view.py): no architecture-specific code here, and the shared model is never modified.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers import Cache
 
 from ..errors import C2CError
 from ..inference.batching import GenerateOptions, clock, positions
 from ..kv import ModelGeometry, new_cache
-from ..models.loading import LoadedModel, decoder_layers
+from ..models.layer_view import only_layers
+from ..models.loading import LoadedModel
 from .capture import Capture
 
 
@@ -69,38 +67,6 @@ class RecomputePlan:
         return ",".join(f"{s}-{e - 1}" for s, e in self.groups) or "none"
 
 
-class _Skip(nn.Module):
-    """Stands in for a decoder layer that must not run: hands the hidden states on untouched."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-class _Fed(nn.Module):
-    """The group's first layer, reading A's E-cache instead of the hidden states that reach it (all skipped)."""
-
-    def __init__(self, layer: nn.Module, hidden: torch.Tensor) -> None:
-        super().__init__()
-        self.layer, self.hidden = layer, hidden
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return self.layer(self.hidden, *args, **kwargs)
-
-
-def _only_layers(model: nn.Module, start: int, end: int, hidden: torch.Tensor | None) -> nn.Module:
-    """A view of `model`'s decoder (the module holding `layers`) that runs only layers start..end-1, fed `hidden`
-    at `start` when given. The view shares every weight and changes nothing in `model`, so other threads (a
-    server's requests) can use the same model meanwhile."""
-    layers = decoder_layers(model)
-    view = copy.copy(model.model)
-    view._modules = dict(view._modules)  # the view's own submodule table; the modules themselves are shared
-    run = [layer if start <= i < end else _Skip() for i, layer in enumerate(layers)]
-    if hidden is not None:
-        run[start] = _Fed(layers[start], hidden)
-    view.layers = nn.ModuleList(run)
-    return view
-
-
 GroupKV = dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -120,7 +86,7 @@ def build_cache(b: LoadedModel, cap: Capture, plan: RecomputePlan, memo: GroupKV
         if kv is None:
             scratch = new_cache(b.model.config, keep_full_history=True)
             hidden = None if start == 0 else cap.hidden[start].to(b.device, b.model.dtype)
-            _only_layers(b.model, start, end, hidden)(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+            only_layers(b.model, start, end, hidden)(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                                       past_key_values=scratch, use_cache=True)  # fmt: skip
             kv = [(scratch.layers[i].keys, scratch.layers[i].values) for i in range(start, end)]
             if memo is not None:

@@ -43,6 +43,10 @@ class TranslatorConfig:
     sharer_fingerprint: str = ""
     fit: dict = field(default_factory=dict)  # fitting text, tokens, ridge per layer, held-out R² per layer
     value_windows: list | None = None  # per receiver layer: the sharer layers its value map reads (None: windows)
+    # The knob from the top (recompute.py): receiver layers m whose entering hidden state a map writes, from the
+    # sharer's state entering the layer of the same relative depth and the token's (and previous token's) embedding
+    entry_layers: list = field(default_factory=list)
+    sharer_hidden: int = 0  # the sharer's hidden size (what the entry maps read)
     c2c_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -65,7 +69,15 @@ class TranslatorConfig:
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
                 raise C2CError(f"translator config: {name} must be a non-empty list from {FEATURES}, got {feats!r}")
+        n = recv.num_layers
+        if not isinstance(self.entry_layers, list) or any(type(m) is not int or not 0 < m < n
+                                                           for m in self.entry_layers):  # fmt: skip
+            raise C2CError(f"translator config: entry_layers must list receiver layers 1-{n - 1}, "
+                           f"got {self.entry_layers!r}")  # fmt: skip
+        if self.entry_layers and (type(self.sharer_hidden) is not int or self.sharer_hidden < 1):
+            raise C2CError("translator config: entry maps need sharer_hidden, the sharer's hidden size")
         uses_embedding = any(f in TOKEN_FEATURES for f in self.key_features + self.value_features)
+        uses_embedding = uses_embedding or bool(self.entry_layers)
         if uses_embedding and (type(self.receiver_hidden) is not int or self.receiver_hidden < 1):
             raise C2CError("translator config: receiver_hidden must be the receiver's embedding width")
 
@@ -86,8 +98,20 @@ class TranslatorConfig:
         dim = sum(shar.layers[s].kv_dim for s in self.window(r, maps)) * sum(f in feats for f in ("keys", "values"))
         return dim + self.receiver_hidden * sum(f in feats for f in TOKEN_FEATURES)
 
+    def entry_sharer_layer(self, m: int) -> int:
+        """The sharer layer whose entering state receiver layer m's entry map reads: the same relative depth."""
+        n_s = self.sharer_geo.num_layers
+        return min(round(m * n_s / self.receiver_geo.num_layers), n_s - 1)
+
+    def entry_dim(self) -> int:
+        """What an entry map reads: the sharer's state, the receiver's embedding of the token and of the one before."""
+        return self.sharer_hidden + 2 * self.receiver_hidden
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        d = asdict(self)
+        if not self.entry_layers:  # a translator without entry maps keeps the config (and fingerprint) it had
+            del d["entry_layers"], d["sharer_hidden"]
+        return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, directory: Path) -> "TranslatorConfig":

@@ -81,43 +81,33 @@ def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat:
                        [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids))  # fmt: skip
 
 
-def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
-               width: int = 3, chat: bool = True, every_s: float = 120.0,
-               keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = ()
-               ) -> FitState:  # fmt: skip
-    """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path`, resuming from
-    what it holds (it must describe the same models and window), checkpointing every `every_s` seconds. The
-    passages whose index is in `kept` are read with the receiver's queries too and handed to `keep` (the
-    refinement's pairs: the models read each passage once)."""
-    layout = layout_of(receiver, sharer, width)
-    cfg = full_config(layout)
+def stream_moments(texts: list[tuple[str, str]], state_path: Path, layout: dict, dims: list[tuple[int, int]],
+                   read: Callable[[int, str], list[tuple[torch.Tensor, torch.Tensor]]], every_s: float = 120.0,
+                   desc: str = "fit") -> FitState:  # fmt: skip
+    """Stream `texts` ((source, passage) pairs) into the moments at `state_path`, one (features, targets) block
+    per map as `read(index, passage)` returns them (of sizes `dims`), resuming from what the file holds (it must
+    describe the same `layout`) and checkpointing every `every_s` seconds; every tenth passage is held out."""
     if state_path.is_file():
         state = FitState.load(state_path)
         if state.layout != layout:
             raise C2CError(f"{state_path} holds statistics for other models or another layer window; "
                            "use another --stats file or delete it")  # fmt: skip
-        if state.fit[0].sx.numel() != cfg.feature_dim(0, cfg.key_features):
-            raise C2CError(f"{state_path} holds statistics of fewer features (an older c2c's, without "
-                           "'previous'); use another --stats file or delete it")  # fmt: skip
+        if [(m.sx.numel(), m.sy.numel()) for m in state.fit] != dims:
+            raise C2CError(f"{state_path} holds statistics of other features (an older c2c's?); use another "
+                           "--stats file or delete it")  # fmt: skip
     else:
-        dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
         state = FitState(layout, [Moments.zeros(f, o) for f, o in dims], [Moments.zeros(f, o) for f, o in dims])
     last_save = time.monotonic()
     start = time.monotonic()
     base_seconds = state.seconds
-    todo = texts[state.done:]
-    with tqdm(total=len(texts), initial=state.done, desc="fit", unit="passage", dynamic_ncols=True) as bar:
-        for source, passage in todo:
-            index = state.done
-            pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept)
-            if keep is not None and index in kept:
-                keep(index, pair)
+    with tqdm(total=len(texts), initial=state.done, desc=desc, unit="passage", dynamic_ncols=True) as bar:
+        for source, passage in texts[state.done:]:
+            blocks = read(state.done, passage)
             into = state.held if state.done % HELD_OUT_EVERY == 0 else state.fit
-            for r in range(len(cfg.windows)):
-                x = gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding)
-                into[r].add(x, pair.targets(r))
+            for moments, (x, y) in zip(into, blocks):
+                moments.add(x, y)
             state.done += 1
-            state.tokens += len(pair.embedding)
+            state.tokens += blocks[0][0].shape[0]
             state.sources[source] = state.sources.get(source, 0) + 1
             bar.update(1)
             bar.set_postfix(tokens=state.tokens)
@@ -128,6 +118,28 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
     state.seconds = base_seconds + time.monotonic() - start
     state.save(state_path)
     return state
+
+
+def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
+               width: int = 3, chat: bool = True, every_s: float = 120.0,
+               keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = ()
+               ) -> FitState:  # fmt: skip
+    """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path` (stream_moments:
+    resumable), per receiver layer every feature of FEATURES against its keys and values. The passages whose
+    index is in `kept` are read with the receiver's queries too and handed to `keep` (the refinement's pairs: the
+    models read each passage once)."""
+    layout = layout_of(receiver, sharer, width)
+    cfg = full_config(layout)
+    dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
+
+    def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept)
+        if keep is not None and index in kept:
+            keep(index, pair)
+        return [(gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding),
+                 pair.targets(r)) for r in range(len(cfg.windows))]  # fmt: skip
+
+    return stream_moments(texts, state_path, layout, dims, read, every_s)
 
 
 def _indices(full: TranslatorConfig, r: int, feats: list[str], window: list[int]) -> torch.Tensor:
@@ -161,7 +173,7 @@ def sub_windows(full: list[list[int]], n_sharer: int, width: int | None) -> list
     return narrow
 
 
-def _ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice
+def ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice
            ) -> tuple[torch.Tensor, torch.Tensor, float, float]:  # fmt: skip
     """Standardised ridge on features `cols` for targets `outs`: (weight (F, O), bias (O), ridge, held-out R²),
     the ridge strength chosen on `held`, then refitted on both."""
@@ -216,7 +228,7 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
     cfg = TranslatorConfig(**layout, key_features=list(key_features or FEATURES),
                            value_features=list(value_features or FEATURES))  # fmt: skip
     translator = Translator(cfg)
-    ridge, r2 = [], []
+    strengths, r2 = [], []
     layers = list(enumerate(cfg.receiver_geo.layers))
     for r, g in tqdm(layers, desc="solve", unit="layer", disable=not progress, dynamic_ncols=True):
         per = []
@@ -224,18 +236,18 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
                                         (translator.values, cfg.value_features, slice(g.kv_dim, 2 * g.kv_dim),
                                          "values")):  # fmt: skip
             cols = _indices(full, r, feats, cfg.window(r, kind))
-            w, b, lam, score = _ridge(state.fit[r], state.held[r], cols, outs)
+            w, b, lam, score = ridge(state.fit[r], state.held[r], cols, outs)
             maps[r].weight.copy_(w.T.float())
             maps[r].bias.copy_(b.float())
             per.append((lam, score))
-        ridge.append([per[0][0], per[1][0]])
+        strengths.append([per[0][0], per[1][0]])
         r2.append([per[0][1], per[1][1]])
     cfg.fit = {
         "sources": sorted(state.sources),
         "passages": dict(state.sources),
         "tokens": state.tokens,
         "held_out_every": HELD_OUT_EVERY,
-        "ridge": ridge,
+        "ridge": strengths,
         "r2": r2,
         "seconds": round(state.seconds, 1),
     }

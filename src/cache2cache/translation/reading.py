@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 
 from ..alignment.tokens import PART_SEPARATOR, Messages
-from ..caches.prompt_cache import PromptCache
+from ..caches.prompt_cache import PromptCache, layer_inputs
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans, rotary, rotate, unrotate
+from .recompute import Recompute, lower_layers, upper_layers
 from .translator import Translator
 
 
@@ -77,22 +78,29 @@ def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: list[tuple[int, int]],
-                   device: torch.device, chat: bool = True, store: PrefixStore | None = None
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+                   device: torch.device, chat: bool = True, store: PrefixStore | None = None, state: int | None = None
+                   ) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
     """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Per sharer layer, the
     pre-RoPE keys and values (T, kv) of the sharer token aligned to each of T receiver tokens, given as character
-    `spans` of `brief`, on `device`. With a `store`, the sharer's reading comes from it (and goes into it):
-    another translator of the same brief does not make the sharer read it again."""
+    `spans` of `brief`, on `device`; with `state` s, also the hidden state (T, hidden) entering sharer layer s
+    there (the same forward). With a `store`, the sharer's reading comes from it (and goes into it): another
+    translator of the same brief does not make the sharer read it again (not when a state is asked for)."""
     s_span = BriefSpan.of(sharer, messages, brief, chat)
     if s_span.end > sharer.max_length:
         raise C2CError(f"the brief's {s_span.end} tokens exceed {sharer.name}'s context of {sharer.max_length}")
-    if store is not None:
-        read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
-        s_keys, s_values = prerope_of(sharer, read.keys, read.values)
-    else:
-        s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
     index = torch.tensor([s_span.start + j for j in align_spans(spans, s_span.spans)], device=sharer.device)
-    return [k[index].to(device) for k in s_keys], [v[index].to(device) for v in s_values]
+    states = layer_inputs(sharer) if state is not None else None
+    try:
+        if store is not None and states is None:
+            read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
+            s_keys, s_values = prerope_of(sharer, read.keys, read.values)
+        else:
+            s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
+    finally:
+        if states is not None:
+            states.close()
+    out = [k[index].to(device) for k in s_keys], [v[index].to(device) for v in s_values]
+    return out if states is None else (*out, states.states[state][0, index].float().to(device))
 
 
 def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
@@ -113,41 +121,15 @@ def translate_brief(translator: Translator, receiver: LoadedModel, sharer: Loade
     return translate_parts([(translator, sharer)], receiver, messages, [brief], chat, store)
 
 
-class _Stop(Exception):
-    """Raised after the last layer a partial forward needs: the layers above it never run."""
-
-
-@torch.no_grad()
-def lower_layers(model: LoadedModel, ids: list[int], m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The model's own cache keys (rotated) and values of `ids` at its first `m` layers, each (kv_heads, T, d),
-    computed by running only those layers (m / L of a prefill's layer work)."""
-    cache = new_cache(model.model.config, keep_full_history=True)
-    layers = decoder_layers(model.model)
-
-    def stop(*_) -> None:
-        raise _Stop
-
-    hook = layers[m - 1].register_forward_hook(stop) if m < len(layers) else None
-    try:
-        model.model.model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
-                          position_ids=torch.arange(len(ids), device=model.device)[None])  # fmt: skip
-    except _Stop:
-        pass
-    finally:
-        if hook is not None:
-            hook.remove()
-    return [cache.layers[i].keys[0] for i in range(m)], [cache.layers[i].values[0] for i in range(m)]
-
-
 @torch.no_grad()
 def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: LoadedModel, messages: Messages,
-                    parts: list[str], chat: bool = True, store: PrefixStore | None = None, own_layers: int = 0
-                    ) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
+                    parts: list[str], chat: bool = True, store: PrefixStore | None = None,
+                    recompute: Recompute = Recompute()) -> tuple[PromptCache, BriefSpan]:  # fmt: skip
     """As `translate_brief`, for a brief of several parts (joined by a blank line), part j read by sender j
     alone and written by its translator: several senders' documents in one receiver cache, each at the
     receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first.
-    With `own_layers` m, the receiver computes its own first m layers over the brief (the fidelity knob: m / L
-    of its own reading's cost) and the translators write only the layers above."""
+    `recompute` is the fidelity knob (recompute.py): the receiver's own first layers over the brief, and/or its
+    own layers from m on, run from the hidden state the translators' entry maps write."""
     parts = [part.strip() for part in parts]
     if len(parts) != len(senders) or not all(parts):
         raise C2CError(f"give one non-empty brief part per sender ({len(senders)}), got {len(parts)}")
@@ -159,14 +141,20 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
     n = r_span.end - r_span.start
     k_pre = [torch.zeros(h, n, d, device=receiver.device) for h, d in geo]
     v_new = [torch.zeros(h, n, d, device=receiver.device) for h, d in geo]
+    entry = recompute.own_from
+    states = torch.zeros(n, emb.shape[-1], device=receiver.device) if entry else None
     for j, (translator, sharer) in enumerate(senders):
         mine = [t for t, o in enumerate(owner) if o == j]
         if not mine:
             raise C2CError(f"brief part {j + 1} has no tokens of its own in {receiver.name}'s reading")
         spans = [(max(s - starts[j], 0), min(e - starts[j], len(parts[j]))) for s, e in
                  (r_span.spans[t] for t in mine)]  # fmt: skip
-        s_keys, s_values = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store)
+        read = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store,
+                              translator.config.entry_sharer_layer(entry) if entry else None)  # fmt: skip
+        s_keys, s_values = read[:2]
         idx = torch.tensor(mine, device=receiver.device)
+        if entry:
+            states[idx] = translator.entry_state(entry, read[2], emb[idx])
         for i, (k, v) in enumerate(translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None)):
             k_pre[i][:, idx], v_new[i][:, idx] = k, v
     prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])
@@ -176,9 +164,12 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         cos, sin = rotary(receiver, i, pos)
         keys.append(torch.cat([prefix.keys[i], rotate(k, cos, sin).to(prefix.keys[i].dtype)], dim=1))
         values.append(torch.cat([prefix.values[i], v.to(prefix.values[i].dtype)], dim=1))
-    if own_layers:
-        keys[:own_layers], values[:own_layers] = lower_layers(receiver, r_span.ids[:r_span.end], own_layers)
+    if recompute.own_first:
+        m = recompute.own_first
+        keys[:m], values[:m] = lower_layers(receiver, r_span.ids[:r_span.end], m)
+    if entry:
+        keys[entry:], values[entry:] = upper_layers(receiver, prefix, r_span.brief_ids, states, entry)
     meta = {"translated_from": ",".join(sharer.name for _, sharer in senders),
-            "brief_tokens": [r_span.start, r_span.end], "own_layers": own_layers}  # fmt: skip
+            "brief_tokens": [r_span.start, r_span.end], **recompute.meta()}  # fmt: skip
     cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat, meta)
     return cache, r_span

@@ -7,6 +7,8 @@ Steps, each optional after the first:
     refine     the key maps against the receiver's attention on `refine` passages (refine.py)
     values     (`refine_values`) the value maps against its attention output on the same passages
     distill    (`distill` steps) every map end to end on the same passages (distill.py)
+    entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text` (entries.py): what
+               `--own-from M`, the knob from the top, reads
 The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
 `refine_text`, the `refine_skip`-th on of that text (read apart). A fifth of them is held out.
 """
@@ -23,6 +25,7 @@ from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
 from .distill import check_teacher, distill
+from .entries import fit_entries
 from .fit import accumulate, solve
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
@@ -60,6 +63,7 @@ class FitRecipe:
     distill_lr: float = 3e-5
     distill_batch: int = 4
     distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
+    entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     dtype: str = "float32"  # of the saved weights
     chat: bool = True
 
@@ -77,6 +81,8 @@ class FitRecipe:
                 raise C2CError(f"recipe: {name} must be a list from {', '.join(FEATURES)}, got {feats!r}")
         if self.distill_target not in ("receiver", "sharer"):
             raise C2CError(f"recipe: distill_target must be receiver or sharer, got {self.distill_target!r}")
+        if not isinstance(self.entry_layers, list) or any(type(m) is not int or m < 1 for m in self.entry_layers):
+            raise C2CError(f"recipe: entry_layers must be a list of receiver layers >= 1, got {self.entry_layers!r}")
         if self.dtype not in DTYPES:
             raise C2CError(f"recipe: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
@@ -139,8 +145,18 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     else:
         ordered = record(receiver, sharer, apart, chat=chat) if apart else []
         where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
-    if not ordered:
-        return translator
+    if ordered:
+        refine_all(recipe, translator, receiver, teacher, ordered, where)
+    if recipe.entry_layers:
+        translator = fit_entries(translator, receiver, sharer, texts or passages(recipe.text, recipe.max_chars),
+                                 recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
+                                 f"{recipe.text} (passages cut to {recipe.max_chars} characters)")  # fmt: skip
+    return translator
+
+
+def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel, teacher: LoadedModel,
+               ordered: list, where: str) -> None:
+    """The refinements and the distillation, in order, on the recorded passages (a fifth held out)."""
     held = max(1, len(ordered) // 5)
     train, kept_out = ordered[held:], ordered[:held]
     steps = [("refined_keys", lambda: refine_keys(translator, receiver, train, kept_out, recipe.refine_steps,
@@ -154,4 +170,3 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     for kind, step in steps:
         step()
         translator.config.fit[kind]["text"] = where
-    return translator

@@ -57,6 +57,13 @@ def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch
     return torch.cat([p.float() for p in parts], dim=-1)
 
 
+def entry_features(sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """(T, F) what an entry map reads: the sharer's state, the receiver's embedding of the token and of the one
+    before it (zeros for the message's first token)."""
+    previous = torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]])
+    return torch.cat([sharer_state.float(), embedding.float(), previous.float()], -1)
+
+
 class Translator(nn.Module):
     """Per receiver layer, an affine map for keys (`k{r}`) and one for values (`v{r}`)."""
 
@@ -69,6 +76,8 @@ class Translator(nn.Module):
                                   for r, g in enumerate(recv.layers))  # fmt: skip
         self.values = nn.ModuleList(nn.Linear(config.feature_dim(r, config.value_features, "values"), g.kv_dim)
                                     for r, g in enumerate(recv.layers))  # fmt: skip
+        self.entries = nn.ModuleDict({str(m): nn.Linear(config.entry_dim(), config.receiver_hidden)
+                                      for m in config.entry_layers})  # fmt: skip
         self.requires_grad_(False)
 
     @property
@@ -108,6 +117,16 @@ class Translator(nn.Module):
             shape = (-1, g.kv_heads, g.head_dim)
             out.append((k.view(shape).transpose(0, 1), v.view(shape).transpose(0, 1)))
         return out
+
+    def entry_state(self, m: int, sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """(T, receiver hidden) float32: the receiver's hidden state entering layer m over T brief tokens, from the
+        sharer's state entering layer `config.entry_sharer_layer(m)` of the aligned tokens (T, sharer hidden) and
+        the receiver's (T, hidden) embedding of the tokens (recompute.py: the knob from the top)."""
+        if str(m) not in self.entries:
+            have = ", ".join(map(str, self.config.entry_layers)) or "none"
+            raise C2CError(f"this translator has no map of the state entering receiver layer {m} (it has: {have}); "
+                           "fit one with `c2c fit --from DIR --entry-layers M`")  # fmt: skip
+        return self.entries[str(m)](entry_features(sharer_state, embedding))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -163,6 +182,12 @@ class Translator(nn.Module):
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
                 f"passage, against its own reading) on {fit['distilled']['passages']} passages\n"
                 if "distilled" in fit
+                else ""
+            )
+            + (
+                f"- entry maps (the receiver recomputes its layers from m on, `--recompute-from m`) for layers "
+                f"{', '.join(map(str, cfg.entry_layers))}, held-out R² {fit['entries']['r2']}\n"
+                if cfg.entry_layers and "entries" in fit
                 else ""
             )
             + f"- written by cache2cache {cfg.c2c_version}\n\n"

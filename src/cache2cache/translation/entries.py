@@ -1,0 +1,78 @@
+"""Entry maps: the receiver's hidden state entering layer m, written from the sharer's reading of a brief.
+
+What the knob from the top needs (recompute.py: the receiver runs its layers m..L-1 over a brief from this state).
+Fitted like the key and value maps (fit.py): both models read each passage as a brief, in their own templates;
+per entry layer m, streaming moments of the features (the sharer's state entering its layer of the same relative
+depth, the receiver's embedding of the token and of the token before) against the receiver's own state entering
+layer m; then standardised ridge, its strength chosen on every tenth passage, the held-out R² recorded. The moments
+are checkpointed, so a killed fit resumes; the translator's key and value maps are kept as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..caches.prompt_cache import layer_inputs
+from ..errors import C2CError
+from ..models.loading import LoadedModel, decoder_layers
+from .features import BriefSpan, align_spans
+from .fit import FIT_QUESTION, ridge, stream_moments
+from .reading import embeddings
+from .translator import Translator, entry_features
+
+
+@torch.no_grad()
+def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> list[torch.Tensor]:
+    """(T, hidden) float32 per layer in `layers`: the hidden state entering that decoder layer over `ids`."""
+    got = layer_inputs(model)
+    try:
+        model.model.model(input_ids=torch.tensor([ids], device=model.device), use_cache=False)
+    finally:
+        got.close()
+    return [got.states[m][0].float().cpu() for m in layers]
+
+
+def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]],
+                layers: list[int], stats: Path, chat: bool = True, text: str = "") -> Translator:
+    """A copy of `translator` with entry maps for receiver `layers`, fitted on `texts` ((source, passage) pairs;
+    `text` names them in the config), the moments kept at `stats`."""
+    n = len(decoder_layers(receiver.model))
+    layers = sorted(set(layers))
+    if not layers or any(not 0 < m < n for m in layers):
+        raise C2CError(f"entry layers must be receiver layers 1-{n - 1}, got {layers}")
+    cfg = replace(translator.config, entry_layers=layers, fit=dict(translator.config.fit),
+                  sharer_hidden=sharer.model.config.get_text_config().hidden_size)  # fmt: skip
+    s_layers = [cfg.entry_sharer_layer(m) for m in layers]
+    layout = {"kind": "entries", "receiver": cfg.receiver, "sharer": cfg.sharer,
+              "receiver_fingerprint": cfg.receiver_fingerprint, "sharer_fingerprint": cfg.sharer_fingerprint,
+              "entry_layers": layers, "windows": [[s] for s in s_layers]}  # fmt: skip
+    messages = [{"role": "user", "content": FIT_QUESTION}]
+
+    def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
+        mine = entering_states(receiver, r_span.ids[:r_span.end], layers)
+        theirs = entering_states(sharer, s_span.ids[:s_span.end], s_layers)
+        index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
+        emb = embeddings(receiver, r_span.brief_ids).cpu()
+        return [(entry_features(s[index], emb), r[r_span.start:r_span.end]) for s, r in zip(theirs, mine)]
+
+    dims = [(cfg.entry_dim(), cfg.receiver_hidden)] * len(layers)
+    state = stream_moments(texts, stats, layout, dims, read, desc="entry maps")
+    out = Translator(cfg)
+    out.load_state_dict(translator.state_dict(), strict=False)  # the key and value maps as they were
+    r2, strength = [], []
+    for i, m in enumerate(layers):
+        cols = torch.arange(cfg.entry_dim())
+        w, b, lam, score = ridge(state.fit[i], state.held[i], cols, slice(0, cfg.receiver_hidden))
+        out.entries[str(m)].weight.copy_(w.T.float())
+        out.entries[str(m)].bias.copy_(b.float())
+        r2.append(round(score, 4))
+        strength.append(lam)
+    out.config.fit["entries"] = {"layers": layers, "sharer_layers": s_layers, "r2": r2, "ridge": strength,
+                                 "passages": dict(state.sources), "tokens": state.tokens, "text": text,
+                                 "seconds": round(state.seconds, 1)}  # fmt: skip
+    out.source = translator.source
+    return out.to(receiver.device).eval()

@@ -1,0 +1,90 @@
+"""The fidelity knob from the top: entry maps (the receiver's state entering layer m, written from the sharer's
+reading) and the receiver recomputing its layers m..L-1 over a translated brief from that state."""
+
+import pytest
+import torch
+
+from cache2cache import C2CModel
+from cache2cache.caches.prompt_cache import PromptCache
+from cache2cache.errors import C2CError
+from cache2cache.inference.answerers import answerer
+from cache2cache.inference.batching import Briefed, to_messages
+from cache2cache.translation.entries import entering_states, fit_entries
+from cache2cache.translation.features import BriefSpan
+from cache2cache.translation.fit import accumulate, solve
+from cache2cache.translation.reading import translate_brief, translate_parts
+from cache2cache.translation.recompute import Recompute, upper_layers
+from cache2cache.translation.translator import Translator
+
+from .conftest import make_fuser, tiny
+from .test_translation import QUESTION, TEXTS
+
+
+@pytest.fixture(scope="module")
+def self_entries(tmp_path_factory) -> Translator:
+    """tiny-llama translated into itself, with entry maps for layers 1 and 2: the sharer's state entering a layer
+    of the same depth is the receiver's own, so the fitted maps are (nearly) the identity."""
+    m, d = tiny("tiny-llama"), tmp_path_factory.mktemp("fit")
+    t = solve(accumulate(m, m, TEXTS, d / "s.safetensors", width=1), ["keys", "values"], ["keys", "values"],
+              progress=False)  # fmt: skip
+    return fit_entries(t, m, m, TEXTS, [1, 2], d / "e.safetensors", text="test passages")
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_upper_layers_from_the_models_own_entering_state_are_its_own_cache(name):
+    """Fed the state its own prefill has there, the recomputed layers m..L-1 are exactly its prefill's (sliding
+    windows included), the template prefix read from its cache."""
+    m = tiny(name)
+    span = BriefSpan.of(m, QUESTION, TEXTS[4][1])
+    own = PromptCache.empty(m).extend(m, span.ids[:span.end])
+    n = len(own.keys)
+    for layer in (1, n - 1):
+        state = entering_states(m, span.ids[:span.end], [layer])[0][span.start:]
+        prefix = PromptCache.empty(m).extend(m, span.ids[:span.start])
+        keys, values = upper_layers(m, prefix, span.brief_ids, state, layer)
+        assert len(keys) == n - layer
+        for i, (k, v) in enumerate(zip(keys, values), start=layer):
+            torch.testing.assert_close(k, own.keys[i], atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(v, own.values[i], atol=2e-5, rtol=1e-4)
+
+
+def test_entry_maps_fit_save_load_and_make_a_self_translation_the_receivers_reading(self_entries, tmp_path):
+    m = tiny("tiny-llama")
+    fit = self_entries.config.fit["entries"]
+    assert fit["layers"] == [1, 2] and fit["sharer_layers"] == [1, 2] and min(fit["r2"]) > 0.99
+    assert fit["passages"] == {"t": len(TEXTS)} and fit["text"] == "test passages"
+    self_entries.save_pretrained(tmp_path / "t")
+    again = Translator.from_pretrained(tmp_path / "t")
+    assert again.config.entry_layers == [1, 2] and again.fingerprint() == self_entries.fingerprint()
+    plain, span = translate_brief(self_entries, m, m, QUESTION, TEXTS[5][1])
+    top = translate_parts([(again, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=2))[0]
+    own = PromptCache.empty(m).extend(m, span.ids[:span.end])
+    assert top.meta["own_from"] == 2
+    for i in range(len(own.keys)):
+        want = plain if i < 2 else own  # below m as translated; from m on the receiver's own computation
+        torch.testing.assert_close(top.keys[i], want.keys[i], atol=0.05 * float(own.keys[i].abs().max()), rtol=0)
+        torch.testing.assert_close(top.values[i], want.values[i], atol=0.05 * float(own.values[i].abs().max()),
+                                   rtol=0)  # fmt: skip
+        if i < 2:
+            torch.testing.assert_close(top.keys[i], plain.keys[i])  # exactly the translator's, untouched
+
+
+def test_own_from_through_the_pipeline_and_its_refusals(self_entries, tmp_path):
+    m, r, s = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-qwen2")
+    model = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=Recompute(own_from=1))
+    plain = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries])
+    qs, opts = [Briefed("Which gate?", TEXTS[1][1]), Briefed("Hi", TEXTS[9][1])], [[" gate", " fox"]] * 2
+    top = answerer(model, "translated").logprobs(qs, opts).values
+    reading = answerer(model, "receiver_brief").logprobs(qs, opts).values
+    assert all(a == pytest.approx(b, abs=0.05) for a, b in zip(top, reading))
+    assert model.heads.space() != plain.heads.space()  # heads written with the knob are stored apart
+    assert model.heads.head(to_messages(QUESTION), TEXTS[1][1]).meta["own_from"] == 1
+    with pytest.raises(C2CError, match="no entry map for layer 3"):
+        C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=Recompute(own_from=2 + 1))
+    cross = solve(accumulate(r, s, TEXTS[:10], tmp_path / "s.safetensors"), progress=False)  # no entry maps
+    with pytest.raises(C2CError, match="no entry map"):
+        C2CModel(r, [s], [make_fuser(r, s)], translators=[cross], recompute=Recompute(own_from=1))
+    with pytest.raises(C2CError, match="overlap"):
+        C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=Recompute(2, 1))
+    with pytest.raises(C2CError, match="entry layers must be"):
+        fit_entries(self_entries, m, m, TEXTS[:2], [0], None)
