@@ -186,6 +186,9 @@ def _cases(w: Path) -> list[tuple[str, list[str]]]:
         ("train resume under a file", ["train", "--resume", f"{d}/empty.txt/run"]),
         # translators (session 8)
         ("generate own layers out of range", ["generate", *T, "--prompt", "x", "--own-layers", "99"]),
+        ("generate own-from out of range", ["generate", *T, "--prompt", "x", "--own-from", "99"]),
+        ("fit entry layers not numbers", ["fit", *T, "--text", "sciq:2", "--entry-layers", "a,b"]),
+        ("fit entry layer too deep", ["fit", *T, "--text", "sciq:2", "--refine", "0", "--entry-layers", "99"]),
         ("fit on evaluation text", ["fit", *T, "--text", "mmlu"]),
         ("fit unknown text", ["fit", *T, "--text", "novels"]),
         ("fit bad passage count", ["fit", *T, "--text", "sciq:-3"]),

@@ -79,6 +79,9 @@ def run(args) -> int:
     header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer,
               "fusers": [str(f) for f in args.fuser], "close_gates": args.close_gates, "dtype": args.dtype,
               "chat": not args.no_chat}  # fmt: skip
+    knob = {"own_layers": args.own_layers, "own_from": args.own_from}
+    if args.translator or any(knob.values()):  # (older headers had neither: their runs still continue)
+        header |= {"translators": [str(t) for t in args.translator], **knob}
     out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after
     # the receiver alone never runs a sharer: with a trained fuser to describe it, load the sharer's tokenizer and
     # config, not gigabytes of weights
@@ -94,7 +97,9 @@ def run(args) -> int:
     identities = {"receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
                   "fusers": [f.source or "untrained" for f in model.fusers], "closed_gates": args.close_gates,
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
-                             "sharers": [str(s.model.dtype) for s in model.sharers]}}  # fmt: skip
+                             "sharers": [str(s.model.dtype) for s in model.sharers]},
+                  "translators": [t.source or "fitted in memory" for t in model.translators],
+                  "recompute": model.recompute.meta()}  # fmt: skip
     summary = summarise(records, cfg, identities)
     write_results(out, records, summary)
     progress.finish()

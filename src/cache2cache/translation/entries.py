@@ -35,14 +35,19 @@ def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> li
     return [got.states[m][0].float().cpu() for m in layers]
 
 
+def check_entry_layers(receiver: LoadedModel, layers: list[int]) -> list[int]:
+    """`layers`, sorted and unique, or C2CError unless each is a receiver layer above the first."""
+    n = len(decoder_layers(receiver.model))
+    if not layers or any(type(m) is not int or not 0 < m < n for m in layers):
+        raise C2CError(f"entry layers must be {receiver.name}'s layers 1-{n - 1}, got {layers}")
+    return sorted(set(layers))
+
+
 def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]],
                 layers: list[int], stats: Path, chat: bool = True, text: str = "") -> Translator:
     """A copy of `translator` with entry maps for receiver `layers`, fitted on `texts` ((source, passage) pairs;
     `text` names them in the config), the moments kept at `stats`."""
-    n = len(decoder_layers(receiver.model))
-    layers = sorted(set(layers))
-    if not layers or any(not 0 < m < n for m in layers):
-        raise C2CError(f"entry layers must be receiver layers 1-{n - 1}, got {layers}")
+    layers = check_entry_layers(receiver, layers)
     cfg = replace(translator.config, entry_layers=layers, fit=dict(translator.config.fit),
                   sharer_hidden=sharer.model.config.get_text_config().hidden_size)  # fmt: skip
     s_layers = [cfg.entry_sharer_layer(m) for m in layers]

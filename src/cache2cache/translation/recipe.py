@@ -25,7 +25,7 @@ from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
 from .distill import check_teacher, distill
-from .entries import fit_entries
+from .entries import check_entry_layers, fit_entries
 from .fit import accumulate, solve
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
@@ -125,6 +125,8 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     teacher = sharer if recipe.distill_target == "sharer" else receiver
     if recipe.distill:
         check_teacher(receiver, teacher)  # before an hour of fitting, not after
+    if recipe.entry_layers:
+        check_entry_layers(receiver, recipe.entry_layers)
     chat = recipe.chat
     texts = [] if recipe.start_from and recipe.refine_text else passages(recipe.text, recipe.max_chars)
     picked, apart = recipe.refinement_texts(texts)

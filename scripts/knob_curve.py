@@ -1,0 +1,72 @@
+"""The fidelity knob's curve: accuracy of translated briefs against the share of the receiver's own prefill the
+knob costs, from `c2c eval` runs (`--own-layers M`: its first M layers; `--own-from M`: its layers M..L-1), with
+the receiver alone (0% of reading, nothing sent) and the receiver reading the brief itself (100%) from a base run.
+
+    .venv/bin/python scripts/knob_curve.py --base RUN --layers 30 first:8:RUN_A from:21:RUN_B ... \
+        --out docs/results/knob_curve.png     # also writes the .json beside it; prints a markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cache2cache.plotting import pyplot
+
+
+def accuracy(run: Path, mode: str) -> float:
+    summary = json.loads((run / "summary.json").read_text())
+    if mode not in summary["modes"]:
+        sys.exit(f"error: {run} has no mode {mode!r} (it has {', '.join(summary['modes'])})")
+    return summary["modes"][mode]["accuracy"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("points", nargs="+", help="first:M:RUN or from:M:RUN (a run of mode translated with the knob)")
+    ap.add_argument("--base", type=Path, required=True,
+                    help="a run with modes receiver, translated and receiver_brief (the knob at 0)")
+    ap.add_argument("--layers", type=int, required=True, help="the receiver's number of layers")
+    ap.add_argument("--title", default="")
+    ap.add_argument("--out", type=Path, required=True, help="the PNG (the JSON goes beside it)")
+    args = ap.parse_args()
+    alone, read = accuracy(args.base, "receiver"), accuracy(args.base, "receiver_brief")
+    translated = accuracy(args.base, "translated")
+    rows = {"first": [(0.0, 0, translated)], "from": [(0.0, 0, translated)]}
+    for spec in args.points:
+        kind, m, run = spec.split(":", 2)
+        if kind not in rows or not m.isdigit():
+            sys.exit(f"error: expected first:M:RUN or from:M:RUN, got {spec!r}")
+        m = int(m)
+        share = m / args.layers if kind == "first" else (args.layers - m) / args.layers
+        rows[kind].append((share, m, accuracy(Path(run), "translated")))
+    gap = lambda acc: (acc - alone) / (read - alone) if read != alone else float("nan")  # noqa: E731
+    print("| knob | M | share of the receiver's prefill | translated | gap closed |\n|---|---:|---:|---:|---:|")
+    print(f"| receiver alone | - | 0% | {alone:.3f} | 0% |")
+    for kind, points in rows.items():
+        for share, m, acc in sorted(points)[1 if kind == "from" else 0:]:
+            print(f"| own {kind} | {m} | {share:.0%} | {acc:.3f} | {gap(acc):.0%} |")
+    print(f"| reading it | - | 100% | {read:.3f} | 100% |")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, marker in (("first", "o"), ("from", "s")):
+        points = sorted(rows[kind]) + [(1.0, None, read)]
+        label = "own first M layers" if kind == "first" else "own layers from M (entry map)"
+        ax.plot([100 * p[0] for p in points], [p[2] for p in points], marker=marker, label=label)
+    ax.axhline(alone, color="grey", linestyle=":", label="receiver alone")
+    ax.set_xlabel("share of the receiver's own prefill over the brief (%)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(args.title or "the fidelity knob")
+    ax.legend()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    report = {"receiver_alone": alone, "reading_it": read, "layers": args.layers,
+              "points": {k: [{"share": s, "m": m, "accuracy": a, "gap_closed": gap(a)} for s, m, a in sorted(v)]
+                         for k, v in rows.items()}}  # fmt: skip
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
