@@ -9,6 +9,8 @@
 #     on the report alone, the receiver reads them) and the receiver reading the report itself;
 #  3. five more reports of the kind (examples/field_reports.jsonl, 15 facts: counts, names, times, measures), each
 #     answer scored by whether it states the fact, translated beside its controls and the receiver reading them;
+#     then the fidelity knob from the top (`--own-from 15`: the receiver recomputes its upper 15 of 30 layers over
+#     the translated report, from the hidden state the translator's entry map writes) beside its control;
 #  4. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
 #     receiver alone, from the translated paragraph, from another question's translated paragraph and from a
 #     neutral translated passage (the controls: a gain they share is not communication) and by the receiver reading
@@ -16,8 +18,8 @@
 #  5. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
 #     on the 100 seeded ARC-Easy validation questions that docs/RESULTS.md reports.
 # Tables 4 and 5 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
-# 37 minutes on 2 CPU cores (a fresh clone took 33 to the end of the SciQ table on 2026-12-02, before table 3 was
-# added; table 3 adds about 2); C2C_MAIN_LIMIT=20 takes about 14. The full tables, with T2T, are in docs/RESULTS.md.
+# 39 minutes on 2 CPU cores (a fresh clone took 33 to the end of the SciQ table on 2026-12-02, before table 3 was
+# added; table 3 adds about 2, the knob about 2); C2C_MAIN_LIMIT=20 takes about 16. The full tables, with T2T, are in docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -27,6 +29,8 @@ bash scripts/setup.sh
   --max-new-tokens 24 "$@"
 .venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/field_reports --overwrite
+.venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 \
+  --own-from 15 --modes translated,translated_mismatched --out runs/main/field_reports_own_from15 --overwrite
 .venv/bin/c2c eval --task sciq_brief --split heldout --limit "${C2C_MAIN_LIMIT:-100}" --method cloze \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/sciq_brief --overwrite
 exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-100}" \

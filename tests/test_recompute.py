@@ -88,3 +88,18 @@ def test_own_from_through_the_pipeline_and_its_refusals(self_entries, tmp_path):
         C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=Recompute(2, 1))
     with pytest.raises(C2CError, match="entry layers must be"):
         fit_entries(self_entries, m, m, TEXTS[:2], [0], None)
+
+
+def test_the_shipped_translator_carries_entry_maps_and_names_their_text():
+    """The default pair's translator ships the knob from the top (`--own-from 15` or 21) and says what every map
+    was fitted on: none of it from the held-out evaluation families."""
+    from cache2cache.translation.config import TranslatorConfig
+    from cache2cache.translation.translator import SHIPPED
+
+    cfg = TranslatorConfig.load(SHIPPED / "smollm2-135m-from-qwen2.5-coder-1.5b")
+    assert cfg.entry_layers == [15, 21] and cfg.sharer_hidden == 1536
+    entries = cfg.fit["entries"]
+    assert entries["layers"] == [15, 21] and len(entries["r2"]) == 2 and entries["tokens"] > 10_000
+    texts = " ".join([cfg.fit["text"], entries["text"]]).lower()
+    assert "sciq" in texts and not any(f in texts for f in ("arc", "openbook", "mmlu", "gsm8k", "squad", "drop",
+                                                            "coqa"))  # fmt: skip

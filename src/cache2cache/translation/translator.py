@@ -185,8 +185,9 @@ class Translator(nn.Module):
                 else ""
             )
             + (
-                f"- entry maps (the receiver recomputes its layers from m on, `--recompute-from m`) for layers "
-                f"{', '.join(map(str, cfg.entry_layers))}, held-out R² {fit['entries']['r2']}\n"
+                f"- entry maps (the receiver recomputes its layers from m on: `--own-from m`) for layers "
+                f"{', '.join(map(str, cfg.entry_layers))}, held-out R² {fit['entries']['r2']}, fitted on "
+                f"{fit['entries']['tokens']:,} tokens of {fit['entries']['text']}\n"
                 if cfg.entry_layers and "entries" in fit
                 else ""
             )
