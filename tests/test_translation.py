@@ -15,7 +15,7 @@ from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
 from cache2cache.evaluation.runner import EvalConfig, Evaluator, summarise
 from cache2cache.evaluation.tasks import load_jsonl_task
-from cache2cache.inference.answerers import NEUTRAL_BRIEF, Question, answerer
+from cache2cache.inference.answerers import NEUTRAL_BRIEF, Question, TranslatedMismatched, answerer
 from cache2cache.inference.batching import Briefed, GenerateOptions, to_messages
 from cache2cache.kv import ModelGeometry
 from cache2cache.translation.config import FEATURES, windows
@@ -211,6 +211,13 @@ def test_translated_modes_need_a_translator_and_a_batch_for_the_control(self_tra
         answerer(model, "translated_mismatched").logprobs([Briefed("q", "b b b")], [[" a"]])
     with pytest.raises(C2CError, match="batch_size"):
         EvalConfig("t", "all", ["translated_mismatched"], batch_size=1)
+    # several questions about one brief never pass each other that brief: each gets the next *other* brief
+    a, b = TEXTS[1][1], TEXTS[2][1]
+    qs = [Question(Briefed("q1", a)), Question(Briefed("q2", a)), Question(Briefed("q3", b))]
+    got = TranslatedMismatched(model).prepare(qs)[0]
+    assert [p.brief for p in got] == [b, b, a]
+    with pytest.raises(C2CError, match="two different briefs"):
+        TranslatedMismatched(model).prepare(qs[:2])
 
 
 def test_the_neutral_control_and_the_same_message_as_text(self_translator):

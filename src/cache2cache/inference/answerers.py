@@ -196,8 +196,9 @@ class Mismatched(Answerer):
 
 
 class TranslatedMismatched(Answerer):
-    """Mode translated where each question gets the translated brief of the next question of its batch: what a
-    translator gives whatever the sharer read (a format or topic prior). Needs batches of two or more."""
+    """Mode translated where each question gets the translated brief of the next question of its batch whose
+    brief is another (several questions about one report must not pass each other the same report): what a
+    translator gives whatever the sharer read (a format or topic prior). Needs two different briefs a batch."""
 
     def __init__(self, model: C2CModel) -> None:
         super().__init__(model, "translated_mismatched")
@@ -207,8 +208,14 @@ class TranslatedMismatched(Answerer):
             raise C2CError("the translated_mismatched control needs at least two questions in a batch")
         briefs = [(q.prompt.brief, q.prompt.parts) if isinstance(q.prompt, Briefed) else ("", ())
                   for q in questions]  # fmt: skip
-        prompts = [Briefed(q.prompt.prompt if isinstance(q.prompt, Briefed) else q.prompt,
-                           *briefs[(i + 1) % len(questions)]) for i, q in enumerate(questions)]  # fmt: skip
+        n = len(briefs)
+        other = [next((briefs[(i + k) % n] for k in range(1, n) if briefs[(i + k) % n] != briefs[i]), None)
+                 for i in range(n)]  # fmt: skip
+        if None in other:
+            raise C2CError("the translated_mismatched control needs two different briefs in every batch (this one "
+                           "asks about one brief only): use a larger --batch-size")  # fmt: skip
+        prompts = [Briefed(q.prompt.prompt if isinstance(q.prompt, Briefed) else q.prompt, *other[i])
+                   for i, q in enumerate(questions)]  # fmt: skip
         return prompts, [None] * len(questions), Timings()
 
 
