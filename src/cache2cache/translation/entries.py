@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..caches.prompt_cache import layer_inputs
+from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans
@@ -24,15 +24,11 @@ from .reading import embeddings
 from .translator import Translator, entry_features
 
 
-@torch.no_grad()
 def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> list[torch.Tensor]:
-    """(T, hidden) float32 per layer in `layers`: the hidden state entering that decoder layer over `ids`."""
-    got = layer_inputs(model)
-    try:
-        model.model.model(input_ids=torch.tensor([ids], device=model.device), use_cache=False)
-    finally:
-        got.close()
-    return [got.states[m][0].float().cpu() for m in layers]
+    """(T, hidden) float32 per layer in `layers`: the hidden state entering that decoder layer over `ids` (the
+    E-cache a PromptCache records with `hidden=True`)."""
+    hidden = PromptCache.empty(model, hidden=True).extend(model, ids).hidden
+    return [hidden[m].float().cpu() for m in layers]
 
 
 def check_entry_layers(receiver: LoadedModel, layers: list[int]) -> list[int]:
@@ -69,8 +65,8 @@ def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedMod
     out = Translator(cfg)
     out.load_state_dict(translator.state_dict(), strict=False)  # the key and value maps as they were
     r2, strength = [], []
+    cols = torch.arange(cfg.entry_dim())
     for i, m in enumerate(layers):
-        cols = torch.arange(cfg.entry_dim())
         w, b, lam, score = ridge(state.fit[i], state.held[i], cols, slice(0, cfg.receiver_hidden))
         out.entries[str(m)].weight.copy_(w.T.float())
         out.entries[str(m)].bias.copy_(b.float())

@@ -39,6 +39,11 @@ def shipped_translators() -> list[str]:
     return shipped_names(SHIPPED)
 
 
+def previous_tokens(embedding: torch.Tensor) -> torch.Tensor:
+    """(T, hidden): each token's predecessor's embedding within the message (zeros for its first token)."""
+    return torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]])
+
+
 def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch.Tensor],
                     sharer_values: list[torch.Tensor], embedding: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """(T, F): the chosen features of T tokens, in a fixed order (keys of the window, values, embedding, previous).
@@ -53,15 +58,14 @@ def gather_features(feats: list[str], window: list[int], sharer_keys: list[torch
     if "embedding" in feats:
         parts.append(embedding)
     if "previous" in feats:
-        parts.append(torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]]))
+        parts.append(previous_tokens(embedding))
     return torch.cat([p.float() for p in parts], dim=-1)
 
 
 def entry_features(sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
     """(T, F) what an entry map reads: the sharer's state, the receiver's embedding of the token and of the one
     before it (zeros for the message's first token)."""
-    previous = torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]])
-    return torch.cat([sharer_state.float(), embedding.float(), previous.float()], -1)
+    return torch.cat([sharer_state.float(), embedding.float(), previous_tokens(embedding).float()], -1)
 
 
 class Translator(nn.Module):
