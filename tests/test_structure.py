@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "cache2cache"
 # or above (the package's __init__ imports names lazily, at first use, and is the top).
 FLOORS = [
     {"errors", "version"},
-    {"atomic", "hub", "packages", "kv", "plotting"},
+    {"atomic", "hub", "packages", "kv", "kl", "plotting"},
     {"adapter_dir"},
     {"models"},
     {"alignment"},

@@ -633,3 +633,24 @@ def test_a_recipe_distilling_toward_a_sharer_of_another_tokenizer_fails_before_f
     recipe = recipe_module.FitRecipe(text=str(texts), refine=2, distill=1, distill_target="sharer")
     with pytest.raises(C2CError, match="tokenizer"):
         recipe_module.run_recipe(recipe, tiny("tiny-llama"), tiny("tiny-qwen2"), tmp_path / "s.safetensors")
+
+
+def test_a_recorded_teacher_is_the_exact_kl_at_full_k_and_distils_without_reading_the_teacher_again(tmp_path):
+    from cache2cache.translation.distill import Recorded, distill, distill_loss, teacher_logprobs
+    from cache2cache.translation.refine import record
+
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
+    t = solve(accumulate(r, s, TEXTS[:16], tmp_path / "s.safetensors"), progress=False)
+    pairs = record(r, s, TEXTS[16:])
+    vocab = r.model.get_output_embeddings().weight.shape[0]
+    p, cut = pairs[0], len(pairs[0].embedding) // 2
+    exact = float(distill_loss(t, r, p, cut, teacher_logprobs(s, p, cut, vocab)))
+    assert float(distill_loss(t, r, p, cut, Recorded.of(s, p, vocab, vocab))) == pytest.approx(exact, rel=1e-4)
+    assert float(distill_loss(t, r, p, cut, Recorded.of(s, p, 4, vocab))) < exact  # coarser bins: a lower bound
+
+    calls = []
+    forward = s.model.forward
+    s.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    report = distill(t, r, pairs[4:], pairs[:4], steps=20, lr=1e-4, check_every=10, teacher=s, top_k=16)
+    assert len(calls) == len(pairs)  # one teacher forward per passage, none per step
+    assert report.kl_after < report.kl_before and t.config.fit["distilled"]["top_k"] == 16

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from cache2cache.errors import C2CError
 from cache2cache.inference.pipeline import C2CModel
+from cache2cache.kl import topk_kl
 from cache2cache.training import losses as losses_module
 from cache2cache.training.config import load_config
 from cache2cache.training.data import Conversation
 from cache2cache.training.examples import build_examples, collate
-from cache2cache.training.losses import MicroBatchLoss, topk_kl
+from cache2cache.training.losses import MicroBatchLoss
 from cache2cache.training.recipe import FuserTrainer
 from cache2cache.training.targets import VocabBridge, sharer_rows
 from tests.conftest import make_fuser, tiny

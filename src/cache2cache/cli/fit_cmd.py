@@ -98,7 +98,8 @@ def register(sub) -> None:
     p.add_argument("--refine-text", default=None, metavar="SPEC",
                    help="take the refinement's passages from this text instead (after --refine-skip of them)")
     p.add_argument("--refine-skip", type=int, default=None, metavar="K", help="skip the first K of them (default 0)")
-    p.add_argument("--refine-steps", type=positive_int, default=None, help="Adam steps per layer (default 200)")
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="Adam steps per layer (default 200; 0: no refinement, only --distill on those passages)")
     p.add_argument("--refine-values", action="store_true", default=None,
                    help="after the keys, refine the value maps on the same passages against the receiver's "
                         "attention output through the translated keys (as long again)")  # fmt: skip
@@ -109,6 +110,10 @@ def register(sub) -> None:
     p.add_argument("--distill-target", choices=("receiver", "sharer"), default=None,
                    help="whose reading of the whole passage the distillation matches: the receiver's own "
                         "(default) or the sharer's (what it understood; needs the receiver's tokenizer)")
+    p.add_argument("--distill-top-k", type=int, default=None, metavar="K",
+                   help="record the target's top-K log-probabilities once per passage and take the KL over them and "
+                        "the rest (one teacher forward per passage, not per step: for a sharer teacher); default 0, "
+                        "the exact distribution")  # fmt: skip
     p.add_argument("--entry-layers", type=layer_list, default=None, metavar="M,M",
                    help="also fit maps of the receiver's hidden state entering these layers, on --text: what "
                         "`--own-from M` (the knob from the top: the receiver recomputes its layers M..L-1 over a "

@@ -23,6 +23,7 @@ from ..inference.batching import Batch, right_pad
 from ..inference.controls import rotate_sharers
 from ..inference.pipeline import C2CModel
 from ..inference.scoring import continuation_logits
+from ..kl import top_logprobs, topk_kl
 from .config import TrainConfig
 from .examples import TrainBatch
 from .targets import VocabBridge, sharer_rows
@@ -61,21 +62,6 @@ class LossSums:
         """ce, ranking, ranked right, mismatch term, ranked right mismatched, sharer KL: summed per step."""
         return [self.ce.item(), self.rank.item(), self.correct, 0.0 if self.mismatch is None else self.mismatch.item(),
                 self.mismatch_correct, 0.0 if self.sharer_kl is None else self.sharer_kl.item()]  # fmt: skip
-
-
-def topk_kl(student_logits: torch.Tensor, top_logp: torch.Tensor, top_ids: torch.Tensor, mask: torch.Tensor
-            ) -> torch.Tensor:  # fmt: skip
-    """KL(teacher || student) summed over the tokens `mask` marks, with the teacher given as its top-k
-    log-probabilities (..., k) and their token ids: the exact KL of both distributions coarsened to k + 1 bins
-    (the teacher's k tokens and the rest of the vocabulary), so k = V is the full KL and a small k keeps what a
-    recording of the teacher stores."""
-    keep = mask.bool()
-    student = student_logits[keep].float().log_softmax(-1)  # (T, V)
-    t = top_logp[keep].float()
-    s = student.gather(-1, top_ids[keep])
-    rest_t = (1 - t.exp().sum(-1)).clamp(1e-8, 1.0)
-    rest_s = (1 - s.exp().sum(-1)).clamp(1e-8, 1.0)
-    return ((t.exp() * (t - s)).sum(-1) + rest_t * (rest_t.log() - rest_s.log())).sum()
 
 
 class MicroBatchLoss:
@@ -157,9 +143,7 @@ class MicroBatchLoss:
         logits, mask = self.sharer_logits(tb, sharer_caches)
         bridge = self.bridge
         cols = slice(None, bridge.receiver_size) if bridge.identical else bridge.sharer_ids.to(logits.device)
-        logp = logits[..., cols].float().log_softmax(-1)
-        top = logp.topk(min(self.cfg.sharer_kl_top_k, logp.shape[-1]), dim=-1)
-        return top.values, top.indices, mask
+        return (*top_logprobs(logits[..., cols], self.cfg.sharer_kl_top_k), mask)
 
     def sharer_kl(self, logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                   ) -> torch.Tensor:  # fmt: skip

@@ -13,7 +13,9 @@ maps: a backward pass through the 135M receiver only, never through the sharer, 
 This is issue 25's dense target (the receiver's own reading of the continuation) applied to translation: no
 labels, any text. With `teacher` the sharer (same vocabulary and template, e.g. Qwen2.5-Coder-0.5B <- 1.5B), the
 target becomes the sharer's own continuation of the passage: what it understood, not only what the text says
-(issue 33), and the translated cache may then carry more than the receiver's own reading.
+(issue 33), and the translated cache may then carry more than the receiver's own reading. The sharer's forward
+costs more than the whole student step, so with `top_k` its reading of each passage is recorded once, as top-k
+log-probabilities (kl.py), and the KL is taken over those k tokens and the rest of the vocabulary.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from ..alignment.tokens import same_tokenization
 from ..errors import C2CError
+from ..kl import top_logprobs, topk_kl
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .features import rotary, rotate
@@ -86,6 +89,26 @@ def teacher_logprobs(teacher: LoadedModel, pair: PassagePair, cut: int, vocab: i
     return teacher.model(input_ids=ids).logits[0, pair.start + cut:, :vocab].float().log_softmax(-1)
 
 
+@dataclass
+class Recorded:
+    """A teacher's reading of one passage, recorded once: its top-k log-probabilities (T, k) and their token ids
+    at every position from the passage's first token on (the student reads from position start + cut)."""
+
+    logp: torch.Tensor
+    ids: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, teacher: LoadedModel, pair: PassagePair, k: int, vocab: int) -> "Recorded":
+        ids = torch.tensor([pair.ids], device=teacher.device)
+        return cls(*top_logprobs(teacher.model(input_ids=ids).logits[0, pair.start:, :vocab], k))
+
+    def kl(self, student: torch.Tensor, cut: int) -> torch.Tensor:
+        """Mean over the student's (T - cut, V) logits of the KL from the recorded teacher."""
+        logp, ids = self.logp[cut:], self.ids[cut:]
+        return topk_kl(student, logp, ids, torch.ones(len(logp), dtype=torch.bool)) / len(logp)
+
+
 def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
     """A teacher other than the receiver must read the receiver's token ids as the same text."""
     if teacher is not receiver and not same_tokenization(receiver.tokenizer, teacher.tokenizer):
@@ -94,9 +117,12 @@ def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
 
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
-                 teacher: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean over the tokens the student reads of KL(teacher || student); the receiver's own reading by default."""
+                 teacher: torch.Tensor | Recorded | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean over the tokens the student reads of KL(teacher || student): `teacher` its log-probabilities there, or
+    its recorded reading of the passage, or (None) the receiver's own reading."""
     student = student_logits(translator, receiver, pair, cut).float()
+    if isinstance(teacher, Recorded):
+        return teacher.kl(student, cut)
     if teacher is None:
         teacher = teacher_logprobs(receiver, pair, cut, student.shape[-1])
     student = student[:, :teacher.shape[-1]].log_softmax(-1)
@@ -105,12 +131,13 @@ def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePai
 
 def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
             steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25,
-            teacher: LoadedModel | None = None) -> DistillReport:  # fmt: skip
+            teacher: LoadedModel | None = None, top_k: int = 0) -> DistillReport:  # fmt: skip
     """Adam on every key and value map together (from where they are) to lower `distill_loss` on `train` at random
     cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
     the best weights are kept. `lr` is relative to each map's mean absolute weight. `teacher` (default: the
-    receiver) is the model whose reading of the whole passage the student must match. Records the report in the
-    translator's fit under `distilled`."""
+    receiver) is the model whose reading of the whole passage the student must match: exactly, read again at
+    each use, or (`top_k` > 0) its top-k recorded once per passage. Records the report in the translator's fit
+    under `distilled`."""
     if not train or not held:
         raise C2CError("distillation needs training and held-out passages")
     teacher = teacher or receiver
@@ -121,7 +148,10 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
     opt = torch.optim.Adam(params, lr=lr * scale)
     checks = [(p, cut_of(p, f)) for p in held for f in HELD_CUTS]
-    teachers = [teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
+    recorded = {id(p): Recorded.of(teacher, p, top_k, vocab)
+                for p in tqdm(train + held, desc=f"record {teacher.name}", unit="passage", dynamic_ncols=True)
+                } if top_k else {}  # fmt: skip
+    teachers = [recorded.get(id(p)) or teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
 
     def held_loss() -> float:
         with torch.no_grad():
@@ -137,7 +167,8 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
             opt.zero_grad()
             for pair in rng.sample(train, min(batch, len(train))):
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
-                target = None if teacher is receiver else teacher_logprobs(teacher, pair, cut, vocab)
+                target = recorded.get(id(pair)) or (None if teacher is receiver
+                                                    else teacher_logprobs(teacher, pair, cut, vocab))  # fmt: skip
                 (distill_loss(translator, receiver, pair, cut, target) / batch).backward()
             opt.step()
             if step % check_every == 0 or step == steps:
@@ -152,5 +183,5 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
             p.copy_(kept)
     report = DistillReport(before, best, best_step, steps)
     translator.config.fit["distilled"] = {**report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held),
-                                          "teacher": teacher.name}  # fmt: skip
+                                          "teacher": teacher.name, **({"top_k": top_k} if top_k else {})}  # fmt: skip
     return report

@@ -56,13 +56,14 @@ class FitRecipe:
     refine: int = 96  # passages for the refinements and the distillation (0: ridge only)
     refine_text: str = ""  # take them from this text instead of the fit's
     refine_skip: int = 0  # ... from its refine_skip-th passage on
-    refine_steps: int = 200
+    refine_steps: int = 200  # per layer (0: no refinement, e.g. to distil a saved translator only)
     refine_lr: float = 1e-3
     refine_values: bool = False
     distill: int = 0  # steps of end-to-end distillation (0: off)
     distill_lr: float = 3e-5
     distill_batch: int = 4
     distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
+    distill_top_k: int = 0  # > 0: the target's top-k recorded once per passage (kl.py); 0: exact, read at each use
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     dtype: str = "float32"  # of the saved weights
     chat: bool = True
@@ -71,8 +72,8 @@ class FitRecipe:
         for name in ("text", "refine_text"):
             if getattr(self, name):
                 parse_text_spec(getattr(self, name))  # a bad source fails before any model loads
-        if self.refine < 0 or self.distill < 0 or self.refine_skip < 0:
-            raise C2CError("refine, refine_skip and distill must be >= 0")
+        if min(self.refine, self.distill, self.refine_skip, self.refine_steps, self.distill_top_k) < 0:
+            raise C2CError("refine, refine_skip, refine_steps, distill and distill_top_k must be >= 0")
         if (self.refine_values or self.distill) and not self.refine:
             raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0")
         for name in ("key_features", "value_features"):
@@ -162,13 +163,14 @@ def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel,
     held = max(1, len(ordered) // 5)
     train, kept_out = ordered[held:], ordered[:held]
     steps = [("refined_keys", lambda: refine_keys(translator, receiver, train, kept_out, recipe.refine_steps,
-                                                  recipe.refine_lr))]  # fmt: skip
-    if recipe.refine_values:
+                                                  recipe.refine_lr))] if recipe.refine_steps else []  # fmt: skip
+    if recipe.refine_values and recipe.refine_steps:
         steps.append(("refined_values", lambda: refine_values(translator, receiver, train, kept_out,
                                                               recipe.refine_steps, recipe.refine_lr)))  # fmt: skip
     if recipe.distill:
         steps.append(("distilled", lambda: distill(translator, receiver, train, kept_out, recipe.distill,
-                                                   recipe.distill_lr, recipe.distill_batch, teacher=teacher)))
+                                                   recipe.distill_lr, recipe.distill_batch, teacher=teacher,
+                                                   top_k=recipe.distill_top_k)))
     for kind, step in steps:
         step()
         translator.config.fit[kind]["text"] = where
