@@ -9,6 +9,7 @@ from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
 from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, to_messages
+from cache2cache.translation.config import TranslatorConfig
 from cache2cache.translation.entries import entering_states, fit_entries
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.fit import accumulate, solve
@@ -51,11 +52,12 @@ def test_upper_layers_from_the_models_own_entering_state_are_its_own_cache(name)
 def test_entry_maps_fit_save_load_and_make_a_self_translation_the_receivers_reading(self_entries, tmp_path):
     m = tiny("tiny-llama")
     fit = self_entries.config.fit["entries"]
-    assert fit["layers"] == [1, 2] and fit["sharer_layers"] == [1, 2] and min(fit["r2"]) > 0.99
+    assert fit["layers"] == [1, 2] and fit["sharer_layers"] == [[1], [2]] and min(fit["r2"]) > 0.99
     assert fit["passages"] == {"t": len(TEXTS)} and fit["text"] == "test passages"
     self_entries.save_pretrained(tmp_path / "t")
     again = Translator.from_pretrained(tmp_path / "t")
     assert again.config.entry_layers == [1, 2] and again.fingerprint() == self_entries.fingerprint()
+    assert "entry_window" not in (tmp_path / "t" / "config.json").read_text()  # older fingerprints kept
     plain, span = translate_brief(self_entries, m, m, QUESTION, TEXTS[5][1])
     top = translate_parts([(again, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=2))[0]
     own = PromptCache.empty(m).extend(m, span.ids[:span.end])
@@ -90,10 +92,31 @@ def test_own_from_through_the_pipeline_and_its_refusals(self_entries, tmp_path):
         fit_entries(self_entries, m, m, TEXTS[:2], [0], None)
 
 
+def test_entry_maps_of_a_window_of_sharer_layers_read_their_states_side_by_side(self_entries, tmp_path):
+    """With `window` 2 each entry map reads the states entering two sharer layers; a self-translation still
+    writes the receiver's own state, saved, loaded and used by `--own-from` like a window of one."""
+    m = tiny("tiny-llama")
+    wide = fit_entries(self_entries, m, m, TEXTS, [1, 2], tmp_path / "e.safetensors", window=2)
+    cfg = wide.config
+    assert cfg.entry_window == 2 and [cfg.entry_sharer_layers(x) for x in (1, 2)] == [[1, 2], [2, 3]]
+    assert wide.entries["1"].in_features == 2 * cfg.sharer_hidden + 2 * cfg.receiver_hidden
+    fit = wide.config.fit["entries"]
+    assert fit["sharer_layers"] == [[1, 2], [2, 3]] and min(fit["r2"]) > 0.99
+    wide.save_pretrained(tmp_path / "w")
+    again = Translator.from_pretrained(tmp_path / "w")
+    assert again.config.entry_window == 2 and again.fingerprint() == wide.fingerprint()
+    span = BriefSpan.of(m, QUESTION, TEXTS[5][1])
+    own = PromptCache.empty(m).extend(m, span.ids[:span.end])
+    top = translate_parts([(again, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=1))[0]
+    for i in range(1, len(own.keys)):
+        torch.testing.assert_close(top.keys[i], own.keys[i], atol=0.05 * float(own.keys[i].abs().max()), rtol=0)
+    with pytest.raises(C2CError, match="entry_window"):
+        TranslatorConfig(**{**vars(cfg), "entry_window": 99})
+
+
 def test_the_shipped_translator_carries_entry_maps_and_names_their_text():
     """The default pair's translator ships the knob from the top (`--own-from 15` or 21) and says what every map
     was fitted on: none of it from the held-out evaluation families."""
-    from cache2cache.translation.config import TranslatorConfig
     from cache2cache.translation.translator import SHIPPED
 
     cfg = TranslatorConfig.load(SHIPPED / "smollm2-135m-from-qwen2.5-coder-1.5b")

@@ -118,9 +118,30 @@ def _spread(n: int, positions: list[int]) -> list[int]:
     return [positions[round(j * (m - 1) / (n - 1))] for j in range(n)]
 
 
+# A conversation of every role a prompt here has: two templates that render it alike render our prompts alike
+# (Qwen2.5-Coder 0.5B and 1.5B ship templates that differ only in their tool-calling branch).
+PROBE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"},
+         {"role": "user", "content": "Q"}]  # fmt: skip
+
+
+def _renderings(tok: PreTrainedTokenizerBase) -> tuple:
+    """The probe rendered with and without its system message and generation prompt (the template's text when it
+    cannot render them)."""
+    try:
+        return tuple(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=g)
+                     for m in (PROBE, PROBE[1:]) for g in (True, False))  # fmt: skip
+    except Exception:  # a template that refuses a role: compare the templates themselves
+        return (tok.chat_template,)
+
+
 def same_tokenization(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
-    """Whether both tokenizers turn every prompt into the same ids: one vocabulary and one chat template."""
-    return a is b or (a.get_vocab() == b.get_vocab() and a.chat_template == b.chat_template)
+    """Whether both tokenizers turn every prompt into the same ids: one vocabulary, and chat templates that render
+    every role alike (or none on both)."""
+    if a is b:
+        return True
+    if a.get_vocab() != b.get_vocab() or (a.chat_template is None) != (b.chat_template is None):
+        return False
+    return a.chat_template == b.chat_template or _renderings(a) == _renderings(b)
 
 
 class TokenAligner:

@@ -118,6 +118,9 @@ def register(sub) -> None:
                    help="also fit maps of the receiver's hidden state entering these layers, on --text: what "
                         "`--own-from M` (the knob from the top: the receiver recomputes its layers M..L-1 over a "
                         "translated brief) reads; with --from DIR --refine 0, added to a saved translator")
+    p.add_argument("--entry-window", type=positive_int, default=None, metavar="N",
+                   help="each entry map reads the states entering N sharer layers around the same relative depth "
+                        "(default 1)")  # fmt: skip
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,

@@ -47,6 +47,7 @@ class TranslatorConfig:
     # sharer's state entering the layer of the same relative depth and the token's (and previous token's) embedding
     entry_layers: list = field(default_factory=list)
     sharer_hidden: int = 0  # the sharer's hidden size (what the entry maps read)
+    entry_window: int = 1  # sharer layers around that depth whose entering states an entry map reads
     c2c_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class TranslatorConfig:
                            f"got {self.entry_layers!r}")  # fmt: skip
         if self.entry_layers and (type(self.sharer_hidden) is not int or self.sharer_hidden < 1):
             raise C2CError("translator config: entry maps need sharer_hidden, the sharer's hidden size")
+        if type(self.entry_window) is not int or not 1 <= self.entry_window <= shar.num_layers:
+            raise C2CError(f"translator config: entry_window must be 1-{shar.num_layers}, got {self.entry_window!r}")
         uses_embedding = any(f in TOKEN_FEATURES for f in self.key_features + self.value_features)
         uses_embedding = uses_embedding or bool(self.entry_layers)
         if uses_embedding and (type(self.receiver_hidden) is not int or self.receiver_hidden < 1):
@@ -103,14 +106,23 @@ class TranslatorConfig:
         n_s = self.sharer_geo.num_layers
         return min(round(m * n_s / self.receiver_geo.num_layers), n_s - 1)
 
+    def entry_sharer_layers(self, m: int) -> list[int]:
+        """The `entry_window` sharer layers around `entry_sharer_layer(m)` (clamped at both ends), in order."""
+        n_s, w = self.sharer_geo.num_layers, self.entry_window
+        lo = min(max(self.entry_sharer_layer(m) - (w - 1) // 2, 0), n_s - w)
+        return list(range(lo, lo + w))
+
     def entry_dim(self) -> int:
-        """What an entry map reads: the sharer's state, the receiver's embedding of the token and of the one before."""
-        return self.sharer_hidden + 2 * self.receiver_hidden
+        """What an entry map reads: the sharer's states (one per window layer), the receiver's embedding of the
+        token and of the one before."""
+        return self.entry_window * self.sharer_hidden + 2 * self.receiver_hidden
 
     def to_json(self) -> str:
         d = asdict(self)
         if not self.entry_layers:  # a translator without entry maps keeps the config (and fingerprint) it had
             del d["entry_layers"], d["sharer_hidden"]
+        if self.entry_window == 1:  # likewise one with entry maps of one sharer layer
+            del d["entry_window"]
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod

@@ -3,9 +3,10 @@
 What the knob from the top needs (recompute.py: the receiver runs its layers m..L-1 over a brief from this state).
 Fitted like the key and value maps (fit.py): both models read each passage as a brief, in their own templates;
 per entry layer m, streaming moments of the features (the sharer's state entering its layer of the same relative
-depth, the receiver's embedding of the token and of the token before) against the receiver's own state entering
-layer m; then standardised ridge, its strength chosen on every tenth passage, the held-out R² recorded. The moments
-are checkpointed, so a killed fit resumes; the translator's key and value maps are kept as they are.
+depth, or those of a window of layers around it, the receiver's embedding of the token and of the token before)
+against the receiver's own state entering layer m; then standardised ridge, its strength chosen on every tenth
+passage, the held-out R² recorded. The moments are checkpointed, so a killed fit resumes; the translator's key and
+value maps are kept as they are.
 """
 
 from __future__ import annotations
@@ -40,30 +41,34 @@ def check_entry_layers(receiver: LoadedModel, layers: list[int]) -> list[int]:
 
 
 def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]],
-                layers: list[int], stats: Path, chat: bool = True, text: str = "") -> Translator:
-    """A copy of `translator` with entry maps for receiver `layers`, fitted on `texts` ((source, passage) pairs;
-    `text` names them in the config), the moments kept at `stats`."""
+                layers: list[int], stats: Path, chat: bool = True, text: str = "", window: int = 1) -> Translator:
+    """A copy of `translator` with entry maps for receiver `layers`, each reading the states entering `window`
+    sharer layers, fitted on `texts` ((source, passage) pairs; `text` names them in the config), the moments kept
+    at `stats`."""
     layers = check_entry_layers(receiver, layers)
-    cfg = replace(translator.config, entry_layers=layers, fit=dict(translator.config.fit),
+    cfg = replace(translator.config, entry_layers=layers, fit=dict(translator.config.fit), entry_window=window,
                   sharer_hidden=sharer.model.config.get_text_config().hidden_size)  # fmt: skip
-    s_layers = [cfg.entry_sharer_layer(m) for m in layers]
+    s_layers = [cfg.entry_sharer_layers(m) for m in layers]
+    read_layers = sorted({s for w in s_layers for s in w})
     layout = {"kind": "entries", "receiver": cfg.receiver, "sharer": cfg.sharer,
               "receiver_fingerprint": cfg.receiver_fingerprint, "sharer_fingerprint": cfg.sharer_fingerprint,
-              "entry_layers": layers, "windows": [[s] for s in s_layers]}  # fmt: skip
+              "entry_layers": layers, "windows": s_layers}  # fmt: skip
     messages = [{"role": "user", "content": FIT_QUESTION}]
 
     def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
         mine = entering_states(receiver, r_span.ids[:r_span.end], layers)
-        theirs = entering_states(sharer, s_span.ids[:s_span.end], s_layers)
+        theirs = dict(zip(read_layers, entering_states(sharer, s_span.ids[:s_span.end], read_layers)))
         index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
         emb = embeddings(receiver, r_span.brief_ids).cpu()
-        return [(entry_features(s[index], emb), r[r_span.start:r_span.end]) for s, r in zip(theirs, mine)]
+        return [(entry_features(torch.cat([theirs[s][index] for s in w], -1), emb), r[r_span.start:r_span.end])
+                for w, r in zip(s_layers, mine)]
 
     dims = [(cfg.entry_dim(), cfg.receiver_hidden)] * len(layers)
     state = stream_moments(texts, stats, layout, dims, read, desc="entry maps")
     out = Translator(cfg)
-    out.load_state_dict(translator.state_dict(), strict=False)  # the key and value maps as they were
+    kept = {k: v for k, v in translator.state_dict().items() if not k.startswith("entries.")}
+    out.load_state_dict(kept, strict=False)  # the key and value maps as they were; entry maps anew
     r2, strength = [], []
     cols = torch.arange(cfg.entry_dim())
     for i, m in enumerate(layers):

@@ -78,18 +78,19 @@ def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: list[tuple[int, int]],
-                   device: torch.device, chat: bool = True, store: PrefixStore | None = None, state: int | None = None
-                   ) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
+                   device: torch.device, chat: bool = True, store: PrefixStore | None = None,
+                   states_of: list[int] | None = None) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
     """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Per sharer layer, the
     pre-RoPE keys and values (T, kv) of the sharer token aligned to each of T receiver tokens, given as character
-    `spans` of `brief`, on `device`; with `state` s, also the hidden state (T, hidden) entering sharer layer s
-    there (the same forward). With a `store`, the sharer's reading comes from it (and goes into it): another
-    translator of the same brief does not make the sharer read it again (not when a state is asked for)."""
+    `spans` of `brief`, on `device`; with `states_of` layers, also the hidden states entering those sharer layers
+    there, side by side (T, layers * hidden; the same forward). With a `store`, the sharer's reading comes from it
+    (and goes into it): another translator of the same brief does not make the sharer read it again (not when
+    states are asked for)."""
     s_span = BriefSpan.of(sharer, messages, brief, chat)
     if s_span.end > sharer.max_length:
         raise C2CError(f"the brief's {s_span.end} tokens exceed {sharer.name}'s context of {sharer.max_length}")
     index = torch.tensor([s_span.start + j for j in align_spans(spans, s_span.spans)], device=sharer.device)
-    states = layer_inputs(sharer) if state is not None else None
+    states = layer_inputs(sharer) if states_of else None
     try:
         if store is not None and states is None:
             read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
@@ -100,7 +101,9 @@ def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: l
         if states is not None:
             states.close()
     out = [k[index].to(device) for k in s_keys], [v[index].to(device) for v in s_values]
-    return out if states is None else (*out, states.states[state][0, index].float().to(device))
+    if states is None:
+        return out
+    return (*out, torch.cat([states.states[s][0, index].float() for s in states_of], -1).to(device))
 
 
 def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
@@ -150,7 +153,7 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         spans = [(max(s - starts[j], 0), min(e - starts[j], len(parts[j]))) for s, e in
                  (r_span.spans[t] for t in mine)]  # fmt: skip
         read = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store,
-                              translator.config.entry_sharer_layer(entry) if entry else None)  # fmt: skip
+                              translator.config.entry_sharer_layers(entry) if entry else None)  # fmt: skip
         s_keys, s_values = read[:2]
         idx = torch.tensor(mine, device=receiver.device)
         if entry:

@@ -65,6 +65,7 @@ class FitRecipe:
     distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
     distill_top_k: int = 0  # > 0: the target's top-k recorded once per passage (kl.py); 0: exact, read at each use
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
+    entry_window: int = 1  # sharer layers whose entering states each entry map reads
     dtype: str = "float32"  # of the saved weights
     chat: bool = True
 
@@ -84,6 +85,8 @@ class FitRecipe:
             raise C2CError(f"recipe: distill_target must be receiver or sharer, got {self.distill_target!r}")
         if not isinstance(self.entry_layers, list) or any(type(m) is not int or m < 1 for m in self.entry_layers):
             raise C2CError(f"recipe: entry_layers must be a list of receiver layers >= 1, got {self.entry_layers!r}")
+        if self.entry_window < 1:
+            raise C2CError(f"recipe: entry_window must be >= 1, got {self.entry_window}")
         if self.dtype not in DTYPES:
             raise C2CError(f"recipe: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
@@ -153,7 +156,8 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     if recipe.entry_layers:
         translator = fit_entries(translator, receiver, sharer, texts or passages(recipe.text, recipe.max_chars),
                                  recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
-                                 f"{recipe.text} (passages cut to {recipe.max_chars} characters)")  # fmt: skip
+                                 f"{recipe.text} (passages cut to {recipe.max_chars} characters)",
+                                 recipe.entry_window)  # fmt: skip
     return translator
 
 

@@ -124,7 +124,8 @@ class Translator(nn.Module):
 
     def entry_state(self, m: int, sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """(T, receiver hidden) float32: the receiver's hidden state entering layer m over T brief tokens, from the
-        sharer's state entering layer `config.entry_sharer_layer(m)` of the aligned tokens (T, sharer hidden) and
+        sharer's states entering layers `config.entry_sharer_layers(m)` of the aligned tokens, side by side
+        (T, window * sharer hidden), and
         the receiver's (T, hidden) embedding of the tokens (recompute.py: the knob from the top)."""
         if str(m) not in self.entries:
             have = ", ".join(map(str, self.config.entry_layers)) or "none"
