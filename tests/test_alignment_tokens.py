@@ -82,3 +82,23 @@ def test_real_tokenizers_smollm2_and_qwen():
             a = aligner.align([{"role": "user", "content": text}])
             assert all(0 <= j < len(a.sharer_ids) for j in a.sharer_index)
             assert a.sharer_index == sorted(a.sharer_index)
+
+
+def test_same_tokenization_compares_what_templates_render_not_their_text():
+    """Two templates that render every role alike (Qwen2.5-Coder 0.5B and 1.5B differ in a tool-call branch only)
+    tokenise alike; one that renders a role otherwise, another vocabulary, or no template on one side does not."""
+    import copy
+
+    from cache2cache.alignment.tokens import same_tokenization
+
+    a = tiny("tiny-llama").tokenizer
+    b = copy.deepcopy(a)
+    b.chat_template = a.chat_template + "{#- a branch our prompts never take #}"
+    assert a.chat_template != b.chat_template and same_tokenization(a, b)
+    other = copy.deepcopy(a)
+    other.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    assert not same_tokenization(a, other)
+    none = copy.deepcopy(a)
+    none.chat_template = None
+    assert not same_tokenization(a, none)
+    assert not same_tokenization(a, tiny("tiny-qwen2").tokenizer)
