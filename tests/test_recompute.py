@@ -102,6 +102,7 @@ def test_entry_maps_of_a_window_of_sharer_layers_read_their_states_side_by_side(
     assert wide.entries["1"].in_features == 2 * cfg.sharer_hidden + 2 * cfg.receiver_hidden
     fit = wide.config.fit["entries"]
     assert fit["sharer_layers"] == [[1, 2], [2, 3]] and min(fit["r2"]) > 0.99
+    assert len(fit["r2_central_layer_only"]) == 2 and min(fit["r2_central_layer_only"]) > 0.99
     wide.save_pretrained(tmp_path / "w")
     again = Translator.from_pretrained(tmp_path / "w")
     assert again.config.entry_window == 2 and again.fingerprint() == wide.fingerprint()

@@ -69,16 +69,22 @@ def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedMod
     out = Translator(cfg)
     kept = {k: v for k, v in translator.state_dict().items() if not k.startswith("entries.")}
     out.load_state_dict(kept, strict=False)  # the key and value maps as they were; entry maps anew
-    r2, strength = [], []
+    r2, strength, centre_r2 = [], [], []
     cols = torch.arange(cfg.entry_dim())
+    h, targets = cfg.sharer_hidden, slice(0, cfg.receiver_hidden)
     for i, m in enumerate(layers):
-        w, b, lam, score = ridge(state.fit[i], state.held[i], cols, slice(0, cfg.receiver_hidden))
+        w, b, lam, score = ridge(state.fit[i], state.held[i], cols, targets)
         out.entries[str(m)].weight.copy_(w.T.float())
         out.entries[str(m)].bias.copy_(b.float())
         r2.append(round(score, 4))
         strength.append(lam)
+        if window > 1:  # what the window buys: the same moments, the central layer's state and the embeddings alone
+            j = s_layers[i].index(cfg.entry_sharer_layer(m))
+            centre = torch.cat([torch.arange(j * h, (j + 1) * h), torch.arange(window * h, cfg.entry_dim())])
+            centre_r2.append(round(ridge(state.fit[i], state.held[i], centre, targets)[3], 4))
     out.config.fit["entries"] = {"layers": layers, "sharer_layers": s_layers, "r2": r2, "ridge": strength,
                                  "passages": dict(state.sources), "tokens": state.tokens, "text": text,
-                                 "seconds": round(state.seconds, 1)}  # fmt: skip
+                                 "seconds": round(state.seconds, 1),
+                                 **({"r2_central_layer_only": centre_r2} if centre_r2 else {})}  # fmt: skip
     out.source = translator.source
     return out.to(receiver.device).eval()
