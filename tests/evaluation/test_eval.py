@@ -296,9 +296,9 @@ def test_bench_measures_every_mode_and_writes_json_and_a_plot(tmp_path, capsys):
     assert set(lat) == {"receiver", "sharer", "t2t", "c2c"}
     for mode, m in lat.items():
         assert 0 < m["ttft_s"] <= m["e2e_s"], mode
-    # T2T pays for the sharer's 16 note tokens before the receiver starts; C2C does not
+    # T2T pays for the sharer's 16 note tokens before the receiver starts; C2C does not (what each part costs is
+    # the benchmark's to measure, not a test's: on a loaded machine the tiny models' times cross)
     assert lat["t2t"]["parts_median_s"]["t2t_sharer_s"] > 0 and lat["c2c"]["parts_median_s"]["t2t_sharer_s"] == 0
-    assert lat["t2t"]["ttft_s"] > lat["c2c"]["ttft_s"]
     # What crossed: nothing alone; t2t's notes as text; c2c the sharer's cache of the prompt (far more bytes)
     assert lat["receiver"]["wire_bytes"] == lat["sharer"]["wire_bytes"] == 0
     assert 0 < lat["t2t"]["wire_bytes"] < lat["c2c"]["wire_bytes"]
