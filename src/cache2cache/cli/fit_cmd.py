@@ -61,6 +61,8 @@ def register(sub) -> None:
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
             "  c2c fit --recipe configs/translator_default.toml     # the shipped translator's recipe (slow)\n"
             "  c2c fit --from runs/translators/tiny --refine 8 --distill 50   # continue a saved translator\n"
+            "  c2c fit --from DIR --refine 0 --distill 200 --distill-target sharer --distill-on note:sciq:400\n"
+            "                                                   # distil what the sharer knows about a note\n"
             "  c2c fit --from DIR --refine 0 --entry-layers 21,24 --text sciq:100,boolq:100   # the knob from the top\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
@@ -114,6 +116,11 @@ def register(sub) -> None:
                    help="record the target's top-K log-probabilities once per passage and take the KL over them and "
                         "the rest (one teacher forward per passage, not per step: for a sharer teacher); default 0, "
                         "the exact distribution")  # fmt: skip
+    p.add_argument("--distill-on", default=None, metavar="SPEC",
+                   help="distil on exchanges shaped like a message's use instead of the refinement passages: the "
+                        "sender reads a brief, the receiver a question after it, and only the answer is scored "
+                        "(e.g. note:sciq:400 for the knowledge probes, brief:sciq_brief:200; SHAPE:SOURCE:N, "
+                        "trainable four fifths only; training/exchanges.py)")  # fmt: skip
     p.add_argument("--entry-layers", type=layer_list, default=None, metavar="M,M",
                    help="also fit maps of the receiver's hidden state entering these layers, on --text: what "
                         "`--own-from M` (the knob from the top: the receiver recomputes its layers M..L-1 over a "
@@ -145,10 +152,12 @@ def recipe_of(args) -> FitRecipe:
 
 def run(args) -> int:
     from ..models.loading import load_model
+    from ..training.exchanges import exchanges
     from ..translation.fit import write_report
     from ..translation.recipe import run_recipe
 
     recipe = recipe_of(args)  # a bad setting fails before any model loads
+    shaped = exchanges(recipe.distill_on) if recipe.distill_on else None
     device = check_device(args.device or default_device())
     name = f"{Path(recipe.receiver).name}-from-{Path(recipe.sharer).name}".lower()
     out = args.out or Path("runs/translators") / name
@@ -159,7 +168,7 @@ def run(args) -> int:
     with Console(stderr=True).status("loading models..."):
         receiver = load_model(recipe.receiver, device=device, cache_dir=args.cache_dir)
         sharer = load_model(recipe.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
-    translator = run_recipe(recipe, receiver, sharer, stats)
+    translator = run_recipe(recipe, receiver, sharer, stats, shaped)
     translator.save_pretrained(out, dtype=DTYPES[recipe.dtype])
     if "r2" in translator.config.fit:
         write_report(translator, out)

@@ -91,12 +91,16 @@ def _held_out_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]
 NOTE_QUESTION = "What is the answer to the question in the note?"
 
 
+def as_note(item: Item, name: str) -> Item:
+    """`item` as a knowledge probe's item: its question becomes the note, the receiver is asked NOTE_QUESTION."""
+    return replace(item, id=f"{name}_note/{item.id}", question=NOTE_QUESTION, brief=f"Question: {item.question}")
+
+
 def _note_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
     load_held_out = _held_out_loader(name)
 
     def load(split: str, subjects: list[str] | None) -> list[Item]:
-        return [replace(it, id=f"{name}_note/{it.id}", question=NOTE_QUESTION, brief=f"Question: {it.question}")
-                for it in load_held_out(split, subjects)]  # fmt: skip
+        return [as_note(it, name) for it in load_held_out(split, subjects)]
 
     return load
 

@@ -16,6 +16,11 @@ target becomes the sharer's own continuation of the passage: what it understood,
 (issue 33), and the translated cache may then carry more than the receiver's own reading. The sharer's forward
 costs more than the whole student step, so with `top_k` its reading of each passage is recorded once, as top-k
 log-probabilities (kl.py), and the KL is taken over those k tokens and the rest of the vocabulary.
+
+Plain passages teach the continuation of the passage. An `Exchange` is text shaped like a message's use: a brief
+the sender reads (a note, a paragraph), the question after it, and an answer; the brief is translated whole and
+only the answer's tokens are scored, so a sharer teacher's prediction of the answer (what it knows about the
+note) is the whole target (issue 33).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..alignment.tokens import same_tokenization
+from ..alignment.tokens import Messages, same_tokenization
 from ..errors import C2CError
 from ..kl import top_logprobs, topk_kl
 from ..kv import ModelGeometry, new_cache
 from ..models.loading import LoadedModel
 from .features import rotary, rotate
-from .fit import PassagePair
+from .fit import PassagePair, passage_pair
+from .refine import compact
 from .translator import Translator
 
 CUT_RANGE = (0.3, 1.0)  # the translated share of a passage, drawn per step (1.0: all of it, as a brief is read)
@@ -53,10 +59,33 @@ class DistillReport:
         return {"kl_held_out": [self.kl_before, self.kl_after], "best_step": self.best_step, "steps": self.steps}
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """Distillation text shaped like a message's use: the sender reads `brief`, the receiver then reads `messages`
+    (the brief is placed before the last user message, as at use time) and is scored on `answer`."""
+
+    brief: str
+    messages: Messages
+    answer: str
+
+
+def record_exchanges(receiver: LoadedModel, sharer: LoadedModel, exchanges: list[Exchange],
+                     chat: bool = True) -> list[PassagePair]:  # fmt: skip
+    """Both models read each exchange's brief once (as `refine.record` reads passages), its answer kept in ids."""
+    return [compact(passage_pair(receiver, sharer, ex.brief, chat, messages=ex.messages, answer=ex.answer))
+            for ex in tqdm(exchanges, desc="record exchanges", unit="exchange", dynamic_ncols=True)]  # fmt: skip
+
+
 def cut_of(pair: PassagePair, fraction: float) -> int:
-    """How many of the passage's tokens are translated at this `fraction` (at least one, at most all)."""
+    """How many of the passage's tokens are translated at this `fraction` (at least one, at most all); an
+    exchange's brief is a message, translated whole."""
     n = len(pair.embedding)
-    return min(n, max(1, round(fraction * n)))
+    return n if pair.scored_from else min(n, max(1, round(fraction * n)))
+
+
+def unscored(pair: PassagePair, cut: int) -> int:
+    """How many of the student's first predictions (from position start + cut) precede an exchange's answer."""
+    return max(0, pair.scored_from - pair.start - cut)
 
 
 def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
@@ -118,13 +147,15 @@ def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
                  teacher: torch.Tensor | Recorded | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean over the tokens the student reads of KL(teacher || student): `teacher` its log-probabilities there, or
-    its recorded reading of the passage, or (None) the receiver's own reading."""
-    student = student_logits(translator, receiver, pair, cut).float()
+    """Mean over the tokens the student reads (an exchange: its answer's) of KL(teacher || student): `teacher` its
+    log-probabilities from the cut on, or its recorded reading of the passage, or (None) the receiver's own."""
+    skip = unscored(pair, cut)
+    student = student_logits(translator, receiver, pair, cut).float()[skip:]
     if isinstance(teacher, Recorded):
-        return teacher.kl(student, cut)
+        return teacher.kl(student, cut + skip)
     if teacher is None:
         teacher = teacher_logprobs(receiver, pair, cut, student.shape[-1])
+    teacher = teacher[skip:]
     student = student[:, :teacher.shape[-1]].log_softmax(-1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
@@ -147,7 +178,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     params = [p for lin in (*translator.keys, *translator.values) for p in lin.parameters()]
     scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
     opt = torch.optim.Adam(params, lr=lr * scale)
-    checks = [(p, cut_of(p, f)) for p in held for f in HELD_CUTS]
+    checks = [(p, c) for p in held for c in dict.fromkeys(cut_of(p, f) for f in HELD_CUTS)]
     recorded = {id(p): Recorded.of(teacher, p, top_k, vocab)
                 for p in tqdm(train + held, desc=f"record {teacher.name}", unit="passage", dynamic_ncols=True)
                 } if top_k else {}  # fmt: skip

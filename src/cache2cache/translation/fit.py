@@ -22,6 +22,7 @@ from typing import Callable, Collection
 import torch
 from tqdm import tqdm
 
+from ..alignment.tokens import Messages, encode
 from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
@@ -65,6 +66,7 @@ class PassagePair:
     start: int
     r_queries: list[torch.Tensor] | None = None  # per layer (start + T, heads * head_dim), pre-RoPE
     ids: list[int] | None = None  # the receiver's whole prompt (template, brief, what follows): distillation reads it
+    scored_from: int = 0  # > 0: an exchange; distillation scores the predictions from this position of ids on
 
     def targets(self, r: int) -> torch.Tensor:
         return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)
@@ -72,13 +74,18 @@ class PassagePair:
 
 @torch.no_grad()
 def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True,
-                 queries: bool = False) -> PassagePair:  # fmt: skip
-    r_span, s_keys, s_values = read_brief(receiver, sharer, [{"role": "user", "content": FIT_QUESTION}], passage, chat)
+                 queries: bool = False, messages: Messages | None = None, answer: str = "") -> PassagePair:  # fmt: skip
+    """Both models read `passage` as the brief of `messages` (default: the fitting prompt). With an `answer`, its
+    tokens follow the receiver's prompt in `ids` and are what distillation scores (an exchange, distill.py)."""
+    messages = messages or [{"role": "user", "content": FIT_QUESTION}]
+    r_span, s_keys, s_values = read_brief(receiver, sharer, messages, passage, chat)
     r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
+    tail = encode(receiver.tokenizer, answer)[0] if answer else []
     return PassagePair([k.cpu() for k in s_keys], [v.cpu() for v in s_values],
                        embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
                        [v.cpu() for v in r_out[1]], r_span.start,
-                       [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids))  # fmt: skip
+                       [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids) + tail,
+                       len(r_span.ids) - 1 if tail else 0)  # fmt: skip
 
 
 def stream_moments(texts: list[tuple[str, str]], state_path: Path, layout: dict, dims: list[tuple[int, int]],

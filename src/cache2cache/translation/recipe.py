@@ -6,7 +6,8 @@ Steps, each optional after the first:
     fit        ridge maps from the moments of `text` (resumable, fit.py), or `start_from` a saved translator
     refine     the key maps against the receiver's attention on `refine` passages (refine.py)
     values     (`refine_values`) the value maps against its attention output on the same passages
-    distill    (`distill` steps) every map end to end on the same passages (distill.py)
+    distill    (`distill` steps) every map end to end on the same passages, or on exchanges shaped like a
+               message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py)
     entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text` (entries.py): what
                `--own-from M`, the knob from the top, reads
 The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
@@ -24,7 +25,7 @@ import torch
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
-from .distill import check_teacher, distill
+from .distill import Exchange, check_teacher, distill, record_exchanges
 from .entries import check_entry_layers, fit_entries
 from .fit import accumulate, solve
 from .refine import compact, record, refine_keys, refine_values
@@ -64,6 +65,7 @@ class FitRecipe:
     distill_batch: int = 4
     distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
     distill_top_k: int = 0  # > 0: the target's top-k recorded once per passage (kl.py); 0: exact, read at each use
+    distill_on: str = ""  # exchanges to distil on instead of the refinement passages, e.g. "note:sciq:400"
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     entry_window: int = 1  # sharer layers whose entering states each entry map reads
     dtype: str = "float32"  # of the saved weights
@@ -75,8 +77,11 @@ class FitRecipe:
                 parse_text_spec(getattr(self, name))  # a bad source fails before any model loads
         if min(self.refine, self.distill, self.refine_skip, self.refine_steps, self.distill_top_k) < 0:
             raise C2CError("refine, refine_skip, refine_steps, distill and distill_top_k must be >= 0")
-        if (self.refine_values or self.distill) and not self.refine:
-            raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0")
+        if (self.refine_values or (self.distill and not self.distill_on)) and not self.refine:
+            raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0 "
+                           "(or distill_on exchanges)")
+        if self.distill_on and not self.distill:
+            raise C2CError("distill_on names the distillation's exchanges: give distill STEPS > 0 too")
         for name in ("key_features", "value_features"):
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
@@ -124,11 +129,15 @@ class FitRecipe:
         return list(range(1, len(fit_texts), step))[:self.refine], []
 
 
-def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, stats: Path) -> Translator:
-    """Every step of `recipe` on the loaded pair; the translator, not yet saved."""
+def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, stats: Path,
+               exchanges: list[Exchange] | None = None) -> Translator:  # fmt: skip
+    """Every step of `recipe` on the loaded pair; the translator, not yet saved. `exchanges`: what `distill_on`
+    names, built by the caller (they are question sets, a floor above this one)."""
     teacher = sharer if recipe.distill_target == "sharer" else receiver
     if recipe.distill:
         check_teacher(receiver, teacher)  # before an hour of fitting, not after
+    if recipe.distill_on and not exchanges:
+        raise C2CError(f"the recipe distils on {recipe.distill_on!r}: pass those exchanges (training/exchanges.py)")
     if recipe.entry_layers:
         check_entry_layers(receiver, recipe.entry_layers)
     chat = recipe.chat
@@ -151,8 +160,9 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     else:
         ordered = record(receiver, sharer, apart, chat=chat) if apart else []
         where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
-    if ordered:
-        refine_all(recipe, translator, receiver, teacher, ordered, where)
+    shaped = record_exchanges(receiver, sharer, exchanges, chat) if exchanges else []
+    if ordered or shaped:
+        refine_all(recipe, translator, receiver, teacher, ordered, where, shaped)
     if recipe.entry_layers:
         translator = fit_entries(translator, receiver, sharer, texts or passages(recipe.text, recipe.max_chars),
                                  recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
@@ -162,19 +172,26 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
 
 
 def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel, teacher: LoadedModel,
-               ordered: list, where: str) -> None:
-    """The refinements and the distillation, in order, on the recorded passages (a fifth held out)."""
-    held = max(1, len(ordered) // 5)
-    train, kept_out = ordered[held:], ordered[:held]
-    steps = [("refined_keys", lambda: refine_keys(translator, receiver, train, kept_out, recipe.refine_steps,
-                                                  recipe.refine_lr))] if recipe.refine_steps else []  # fmt: skip
-    if recipe.refine_values and recipe.refine_steps:
-        steps.append(("refined_values", lambda: refine_values(translator, receiver, train, kept_out,
-                                                              recipe.refine_steps, recipe.refine_lr)))  # fmt: skip
+               ordered: list, where: str, shaped: list | None = None) -> None:  # fmt: skip
+    """The refinements and the distillation, in order, on the recorded passages, the distillation on the
+    recorded exchanges (`shaped`) where there are any (a fifth of either held out)."""
+    train, kept_out = held_fifth(ordered)
+    steps = [("refined_keys", where, lambda: refine_keys(translator, receiver, train, kept_out, recipe.refine_steps,
+                                                         recipe.refine_lr))] if ordered and recipe.refine_steps else []
+    if ordered and recipe.refine_values and recipe.refine_steps:
+        steps.append(("refined_values", where, lambda: refine_values(translator, receiver, train, kept_out,
+                                                                     recipe.refine_steps, recipe.refine_lr)))
     if recipe.distill:
-        steps.append(("distilled", lambda: distill(translator, receiver, train, kept_out, recipe.distill,
-                                                   recipe.distill_lr, recipe.distill_batch, teacher=teacher,
-                                                   top_k=recipe.distill_top_k)))
-    for kind, step in steps:
+        d_train, d_held = held_fifth(shaped) if shaped else (train, kept_out)
+        steps.append(("distilled", f"{len(shaped)} exchanges of {recipe.distill_on}" if shaped else where,
+                      lambda: distill(translator, receiver, d_train, d_held, recipe.distill, recipe.distill_lr,
+                                      recipe.distill_batch, teacher=teacher, top_k=recipe.distill_top_k)))
+    for kind, text, step in steps:
         step()
-        translator.config.fit[kind]["text"] = where
+        translator.config.fit[kind]["text"] = text
+
+
+def held_fifth(pairs: list) -> tuple[list, list]:
+    """(train, held out): the first fifth of `pairs` (at least one) held out."""
+    held = max(1, len(pairs) // 5)
+    return pairs[held:], pairs[:held]

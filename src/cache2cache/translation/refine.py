@@ -65,7 +65,7 @@ def save_pairs(pairs: list[PassagePair], path: Path) -> None:
         tensors[f"{j}.embedding"] = p.embedding.contiguous()
         if p.ids is not None:
             tensors[f"{j}.ids"] = torch.tensor(p.ids, dtype=torch.long)
-        meta.append({"start": p.start, "layers": {n: len(getattr(p, n) or []) for n in
+        meta.append({"start": p.start, "scored_from": p.scored_from, "layers": {n: len(getattr(p, n) or []) for n in
                                                   ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})
     write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
 
@@ -80,7 +80,7 @@ def load_pairs(path: Path) -> list[PassagePair]:
                         tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
                         get(j, "r_values", m["layers"]["r_values"]), m["start"],
                         get(j, "r_queries", m["layers"]["r_queries"]) or None,
-                        tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None)
+                        tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None, m.get("scored_from", 0))
             for j, m in enumerate(meta)]  # fmt: skip
 
 

@@ -185,7 +185,8 @@ class Translator(nn.Module):
             )
             + (
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
-                f"passage, against its own reading) on {fit['distilled']['passages']} passages\n"
+                f"brief, against {fit['distilled'].get('teacher', 'its own')} reading it) on "
+                f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}\n"
                 if "distilled" in fit
                 else ""
             )
