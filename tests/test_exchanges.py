@@ -47,8 +47,8 @@ def test_exchanges_read_the_four_fifths_and_pose_the_question_as_the_probe_does(
     posed_probe = posed(probe, "cloze")  # what the evaluation poses: the same prompt, the brief before it
     assert got[0].messages == posed_probe.prompt and got[0].brief.startswith("Question: Which gas")
     assert "number 1?" in got[1].messages[0]["content"]  # a brief exchange: the record's own question follows
-    for spec, message in (("quiz:sciq", "SHAPE:SOURCE"), ("note:arc_easy", "unknown exchange source"),
-                          ("note:sciq:many", "bad count"), ("note:sciq:0", "at least 1"), (",", "no exchanges")):
+    for spec, message in (("quiz:sciq", "SHAPE:SOURCE"), ("note:arc_easy", "unknown exchange source"), (",", "no exch"),
+                          ("note:sciq:many", "bad exchange count"), ("note:sciq:0", "at least 1")):
         with pytest.raises(C2CError, match=message):
             parse_exchanges(spec)
 

@@ -22,6 +22,7 @@ from ..evaluation.question_sets import MALFORMED, as_note
 from ..evaluation.scoring import prompt_for
 from ..evaluation.tasks import Item
 from ..translation.distill import Exchange
+from ..translation.text import parse_count
 from .mixture import SOURCES
 
 SHAPES = ("note", "brief")
@@ -38,13 +39,7 @@ def parse_exchanges(spec: str) -> list[tuple[str, str, int | None]]:
                            f"{', '.join(SHAPES)}")  # fmt: skip
         if source not in SOURCES:
             raise C2CError(f"unknown exchange source {source!r}: use one of {', '.join(sorted(SOURCES))}")
-        try:
-            n = int(limit) if limit else None
-        except ValueError:
-            raise C2CError(f"bad count in {entry!r}: expected SHAPE:SOURCE:N") from None
-        if n is not None and n < 1:
-            raise C2CError(f"exchange count must be at least 1 in {entry!r}")
-        out.append((shape, source, n))
+        out.append((shape, source, parse_count(limit, entry, "exchange", "SHAPE:SOURCE:N")))
     if not out:
         raise C2CError("no exchanges given")
     return out

@@ -76,6 +76,17 @@ def cut(text: str, max_chars: int) -> str:
     return text[:max_chars].rsplit(" ", 1)[0]
 
 
+def parse_count(limit: str, entry: str, what: str, form: str) -> int | None:
+    """The optional count after a spec entry's last colon ('' -> None), checked: a whole number >= 1."""
+    try:
+        n = int(limit) if limit else None
+    except ValueError:
+        raise C2CError(f"bad {what} count in {entry!r}: expected {form}") from None
+    if n is not None and n < 1:
+        raise C2CError(f"{what} count must be at least 1 in {entry!r}")
+    return n
+
+
 def parse_text_spec(spec: str) -> list[tuple[str, int | None]]:
     """'sciq,boolq:300' -> [(source, limit or None)]; checked before any model loads."""
     out = []
@@ -85,13 +96,7 @@ def parse_text_spec(spec: str) -> list[tuple[str, int | None]]:
             raise C2CError(f"text source {name!r} looks like held-out evaluation data: translators never fit on it")
         if name not in SOURCES and not Path(name).is_file():
             raise C2CError(f"unknown text source {name!r}: use {', '.join(SOURCES)} or a .txt/.jsonl file")
-        try:
-            n = int(limit) if limit else None
-        except ValueError:
-            raise C2CError(f"bad passage count in {entry!r}: expected NAME:N") from None
-        if n is not None and n < 1:
-            raise C2CError(f"passage count must be at least 1 in {entry!r}")
-        out.append((name, n))
+        out.append((name, parse_count(limit, entry, "passage", "NAME:N")))
     if not out:
         raise C2CError("no fitting text given")
     return out
