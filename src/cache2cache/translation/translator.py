@@ -185,7 +185,7 @@ class Translator(nn.Module):
             )
             + (
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
-                f"brief, against {fit['distilled'].get('teacher', 'its own')} reading it) on "
+                f"brief, against {fit['distilled'].get('teacher', 'the receiver')} reading it) on "
                 f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}\n"
                 if "distilled" in fit
                 else ""
