@@ -127,3 +127,83 @@ def test_the_shipped_translator_carries_entry_maps_and_names_their_text():
     texts = " ".join([cfg.fit["text"], entries["text"]]).lower()
     assert "sciq" in texts and not any(f in texts for f in ("arc", "openbook", "mmlu", "gsm8k", "squad", "drop",
                                                             "coqa"))  # fmt: skip
+
+
+def test_the_distillation_student_through_the_knob_is_the_pipelines_cache_read_on(self_entries):
+    """With `own_from`, the distillation's student (template, translated layers below m, the receiver's own from
+    the entry state) reads on exactly as the receiver does from the pipeline's knob cache; a broken entry map
+    costs KL that an intact one does not."""
+    from cache2cache.translation.distill import distill_loss, student_logits
+    from cache2cache.translation.fit import FIT_QUESTION, passage_pair
+    from cache2cache.translation.refine import record
+
+    m = tiny("tiny-llama")
+    pair = passage_pair(m, m, TEXTS[3][1], states_of=self_entries.config.entry_sharer_layers(2))  # float32
+    assert pair.s_states.shape == (len(pair.embedding), self_entries.config.sharer_hidden)
+    messages = [{"role": "user", "content": FIT_QUESTION}]
+    cache = translate_parts([(self_entries, m)], m, messages, [TEXTS[3][1]], recompute=Recompute(own_from=2))[0]
+    end = len(cache)
+    assert pair.ids[:end] == cache.token_ids and end == pair.start + len(pair.embedding)
+    rest = torch.tensor([pair.ids[end:]])
+    want = m.model(input_ids=rest, position_ids=torch.arange(end, len(pair.ids))[None],
+                   past_key_values=cache.to_transformers(m), use_cache=True).logits[0]  # fmt: skip
+    with torch.no_grad():
+        got = student_logits(self_entries, m, pair, len(pair.embedding), own_from=2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert float(distill_loss(self_entries, m, pair, len(pair.embedding), own_from=2)) < 1e-3  # near-exact maps
+    broken = Translator(self_entries.config)
+    broken.load_state_dict({k: v for k, v in self_entries.state_dict().items() if not k.startswith("entries.")},
+                           strict=False)  # fmt: skip
+    assert float(distill_loss(broken, m, pair, len(pair.embedding), own_from=2)) > 1e-2
+    with pytest.raises(C2CError, match="sharer's states"):
+        student_logits(self_entries, m, record(m, m, TEXTS[3:4])[0], 3, own_from=2)
+
+
+def test_distilling_an_entry_map_trains_it_alone_and_is_recorded(self_entries, tmp_path):
+    """Distilled through the knob, only the entry map of m moves, the held-out KL falls, the recorded states
+    survive a save of the pairs, and the fit names the step apart from the maps' distillation."""
+    from cache2cache.translation.distill import distill
+    from cache2cache.translation.refine import load_pairs, record, save_pairs
+
+    m = tiny("tiny-llama")
+    t = Translator(self_entries.config)
+    t.load_state_dict(self_entries.state_dict())
+    with torch.no_grad():  # an entry map off the identity, so that there is something to learn
+        t.entries["2"].weight.mul_(0.6)
+    save_pairs(record(m, m, TEXTS[:10], states_of=t.config.entry_sharer_layers(2)), tmp_path / "p.safetensors")
+    pairs = load_pairs(tmp_path / "p.safetensors")
+    assert all(p.s_states is not None for p in pairs)
+    before = {k: v.clone() for k, v in t.state_dict().items()}
+    report = distill(t, m, pairs[2:], pairs[:2], steps=20, lr=1e-3, check_every=5, own_from=2)
+    assert report.kl_after < report.kl_before
+    moved = {k for k, v in t.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("entries.2.") for k in moved)
+    assert t.config.fit["distilled_entry"]["own_from"] == 2 and "distilled" not in t.config.fit
+    with pytest.raises(C2CError, match="no entry map for layer 3"):
+        distill(t, m, pairs[2:], pairs[:2], steps=1, own_from=3)
+
+
+def test_a_recipe_fits_an_entry_map_then_distils_it_and_refuses_one_it_lacks(tmp_path, capsys):
+    """`c2c fit --entry-layers 2 --distill-own-from 2`: the entry map is fitted first, the refinement passages are
+    read with the sharer's states, and only that map is distilled; without the entry map, a one-line refusal."""
+    import json
+
+    from cache2cache.cli.main import main
+
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    common = ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts), "--refine", "6",
+              "--refine-steps", "0", "--distill", "2"]  # fmt: skip
+    assert main([*common, "--entry-layers", "2", "--distill-own-from", "2", "--out", str(tmp_path / "t"),
+                 "--json"]) == 0  # fmt: skip
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["distilled_entry"]["own_from"] == 2 and fit["distilled_entry"]["passages"] == 5
+    assert "distilled" not in fit and fit["entries"]["layers"] == [2]
+    assert "entry map of layer 2 then distilled" in (tmp_path / "t" / "README.md").read_text()
+    assert main([*common, "--distill-own-from", "2", "--out", str(tmp_path / "u")]) != 0
+    assert "no entry map for it" in capsys.readouterr().err
+    assert main([*common[:5], "--from", str(tmp_path / "t"), "--refine", "4", "--refine-steps", "0", "--distill", "1",
+                 "--distill-own-from", "3", "--out", str(tmp_path / "v")]) != 0  # fmt: skip
+    assert "has no entry map for it" in capsys.readouterr().err
+    assert main(["fit", "--distill-own-from", "2"]) != 0  # before any model loads
+    assert "distill STEPS" in capsys.readouterr().err

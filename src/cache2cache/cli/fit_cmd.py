@@ -64,6 +64,8 @@ def register(sub) -> None:
             "  c2c fit --from DIR --refine 0 --distill 200 --distill-target sharer --distill-on note:sciq:400\n"
             "                                                   # distil what the sharer knows about a note\n"
             "  c2c fit --from DIR --refine 0 --entry-layers 21,24 --text sciq:100,boolq:100   # the knob from the top\n"
+            "  c2c fit --from DIR --refine-text sciq:300 --refine 96 --refine-steps 0 --distill 200 \\\n"
+            "      --distill-own-from 21                                    # distil the entry map of 21 alone\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
@@ -128,6 +130,10 @@ def register(sub) -> None:
     p.add_argument("--entry-window", type=positive_int, default=None, metavar="N",
                    help="each entry map reads the states entering N sharer layers around the same relative depth "
                         "(default 1)")  # fmt: skip
+    p.add_argument("--distill-own-from", type=positive_int, default=None, metavar="M",
+                   help="distil the entry map of layer M alone, through the knob: the receiver recomputes its layers "
+                        "M.. from the state the map writes, and that map is trained so that what the receiver reads "
+                        "next matches its own reading (the translator needs an entry map for M: --entry-layers)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,

@@ -21,6 +21,11 @@ Plain passages teach the continuation of the passage. An `Exchange` is text shap
 the sender reads (a note, a paragraph), the question after it, and an answer; the brief is translated whole and
 only the answer's tokens are scored, so a sharer teacher's prediction of the answer (what it knows about the
 note) is the whole target (issue 33).
+
+Through the knob (`own_from` m, recompute.py) the student is what `--own-from m` serves: translated layers below m,
+the receiver's own layers from m on, run from the state the entry map of m writes; only that map trains, so the
+state it writes is judged by what the receiver's upper layers make of it, not by its distance to the receiver's
+own state (the ridge fit's criterion, entries.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ..alignment.tokens import Messages, same_tokenization
 from ..errors import C2CError
 from ..kl import top_logprobs, topk_kl
 from ..kv import ModelGeometry, new_cache
+from ..models.layer_view import only_layers
 from ..models.loading import LoadedModel
 from .features import rotary, rotate
 from .fit import PassagePair, passage_pair
@@ -69,10 +75,11 @@ class Exchange:
     answer: str
 
 
-def record_exchanges(receiver: LoadedModel, sharer: LoadedModel, exchanges: list[Exchange],
-                     chat: bool = True) -> list[PassagePair]:  # fmt: skip
+def record_exchanges(receiver: LoadedModel, sharer: LoadedModel, exchanges: list[Exchange], chat: bool = True,
+                     states_of: list[int] | None = None) -> list[PassagePair]:  # fmt: skip
     """Both models read each exchange's brief once (as `refine.record` reads passages), its answer kept in ids."""
-    return [compact(passage_pair(receiver, sharer, ex.brief, chat, messages=ex.messages, answer=ex.answer))
+    return [compact(passage_pair(receiver, sharer, ex.brief, chat, messages=ex.messages, answer=ex.answer,
+                                 states_of=states_of))
             for ex in tqdm(exchanges, desc="record exchanges", unit="exchange", dynamic_ncols=True)]  # fmt: skip
 
 
@@ -88,11 +95,16 @@ def unscored(pair: PassagePair, cut: int) -> int:
     return max(0, pair.scored_from - pair.start - cut)
 
 
-def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int) -> torch.Tensor:
+def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int, own_from: int = 0
+                   ) -> torch.Tensor:  # fmt: skip
     """(L - s0, V) logits of the receiver reading ids[s0:] (s0 = start + cut) after its own template keys and the
-    translated first `cut` passage tokens; differentiable in the translator's maps."""
+    translated first `cut` passage tokens; differentiable in the translator's maps. With `own_from` m (the knob
+    from the top, recompute.py) layers m.. of the translated tokens are the receiver's own, run from the state
+    the entry map of m writes (differentiable in it)."""
     if pair.ids is None:
         raise C2CError("distillation needs passages recorded with their token ids (re-record them)")
+    if own_from and pair.s_states is None:
+        raise C2CError("distilling through an entry map needs passages recorded with the sharer's states")
     geo = ModelGeometry.from_config(receiver.model.config).layers
     s, c = pair.start, cut
     maps = translator.maps([k[:c].float() for k in pair.s_keys], [v[:c].float() for v in pair.s_values],
@@ -100,11 +112,22 @@ def student_logits(translator: Translator, receiver: LoadedModel, pair: PassageP
     cache = new_cache(receiver.model.config)
     dtype = next(receiver.model.parameters()).dtype  # the cache in the receiver's own precision
     positions = torch.arange(s + c, device=receiver.device)
-    for i, ((k, v), g) in enumerate(zip(maps, geo)):
-        own_k = pair.r_keys[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
-        own_v = pair.r_values[i][:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1)
-        keys = rotate(torch.cat([own_k, k], dim=1), *rotary(receiver, i, positions))  # pre-RoPE, placed at 0..s+c
-        cache.update(keys[None].to(dtype), torch.cat([own_v, v], dim=1)[None].to(dtype), i)
+    own = [(k[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1),
+            v[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1))
+           for k, v, g in zip(pair.r_keys, pair.r_values, geo)]  # fmt: skip
+    top = own_from or len(geo)
+    if own_from:  # the template first at every layer (the view reads it), then the receiver's own upper layers
+        for i, (k, v) in enumerate(own):
+            cache.update(rotate(k, *rotary(receiver, i, positions[:s]))[None].to(dtype), v[None].to(dtype), i)
+        state = translator.entry_state(own_from, pair.s_states[:c].float(), pair.embedding[:c].float())
+        view = only_layers(receiver.model, own_from, len(geo), state[None].to(dtype))
+        view(input_ids=torch.tensor([pair.ids[s:s + c]], device=receiver.device), past_key_values=cache,
+             attention_mask=torch.ones(1, s + c, dtype=torch.long, device=receiver.device),
+             position_ids=positions[s:][None], use_cache=True)  # fmt: skip
+    for i, ((k, v), (ok, ov)) in enumerate(zip(maps[:top], own)):
+        keys = rotate(torch.cat([ok, k], dim=1), *rotary(receiver, i, positions))  # pre-RoPE, placed at 0..s+c
+        keys, values = (keys, torch.cat([ov, v], dim=1)) if not own_from else (keys[:, s:], v)
+        cache.update(keys[None].to(dtype), values[None].to(dtype), i)
     ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
     pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
     return receiver.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[0]
@@ -146,11 +169,11 @@ def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
 
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
-                 teacher: torch.Tensor | Recorded | None = None) -> torch.Tensor:  # fmt: skip
+                 teacher: torch.Tensor | Recorded | None = None, own_from: int = 0) -> torch.Tensor:  # fmt: skip
     """Mean over the tokens the student reads (an exchange: its answer's) of KL(teacher || student): `teacher` its
     log-probabilities from the cut on, or its recorded reading of the passage, or (None) the receiver's own."""
     skip = unscored(pair, cut)
-    student = student_logits(translator, receiver, pair, cut).float()[skip:]
+    student = student_logits(translator, receiver, pair, cut, own_from).float()[skip:]
     if isinstance(teacher, Recorded):
         return teacher.kl(student, cut + skip)
     if teacher is None:
@@ -162,20 +185,24 @@ def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePai
 
 def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
             steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25,
-            teacher: LoadedModel | None = None, top_k: int = 0) -> DistillReport:  # fmt: skip
-    """Adam on every key and value map together (from where they are) to lower `distill_loss` on `train` at random
+            teacher: LoadedModel | None = None, top_k: int = 0, own_from: int = 0) -> DistillReport:  # fmt: skip
+    """Adam on every key and value map together (or, with `own_from` m, on the entry map of layer m alone, the
+    receiver recomputing its layers m.. from it) (from where they are) to lower `distill_loss` on `train` at random
     cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
     the best weights are kept. `lr` is relative to each map's mean absolute weight. `teacher` (default: the
     receiver) is the model whose reading of the whole passage the student must match: exactly, read again at
     each use, or (`top_k` > 0) its top-k recorded once per passage. Records the report in the translator's fit
-    under `distilled`."""
+    under `distilled` (`distilled_entry` with `own_from`)."""
     if not train or not held:
         raise C2CError("distillation needs training and held-out passages")
     teacher = teacher or receiver
     check_teacher(receiver, teacher)
     vocab = receiver.model.get_output_embeddings().weight.shape[0]
     rng = random.Random(seed)
-    params = [p for lin in (*translator.keys, *translator.values) for p in lin.parameters()]
+    if own_from and str(own_from) not in translator.entries:
+        raise C2CError(f"the translator has no entry map for layer {own_from} to distil")
+    maps = [translator.entries[str(own_from)]] if own_from else [*translator.keys, *translator.values]
+    params = [p for lin in maps for p in lin.parameters()]
     scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
     opt = torch.optim.Adam(params, lr=lr * scale)
     checks = [(p, c) for p in held for c in dict.fromkeys(cut_of(p, f) for f in HELD_CUTS)]
@@ -186,7 +213,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
 
     def held_loss() -> float:
         with torch.no_grad():
-            return sum(distill_loss(translator, receiver, p, c, t).item()
+            return sum(distill_loss(translator, receiver, p, c, t, own_from).item()
                        for (p, c), t in zip(checks, teachers)) / len(checks)  # fmt: skip
 
     before = best = held_loss()
@@ -200,7 +227,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
                 target = recorded.get(id(pair)) or (None if teacher is receiver
                                                     else teacher_logprobs(teacher, pair, cut, vocab))  # fmt: skip
-                (distill_loss(translator, receiver, pair, cut, target) / batch).backward()
+                (distill_loss(translator, receiver, pair, cut, target, own_from) / batch).backward()
             opt.step()
             if step % check_every == 0 or step == steps:
                 now = held_loss()
@@ -213,6 +240,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
         for p, kept in zip(params, best_state):
             p.copy_(kept)
     report = DistillReport(before, best, best_step, steps)
-    translator.config.fit["distilled"] = {**report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held),
-                                          "teacher": teacher.name, **({"top_k": top_k} if top_k else {})}  # fmt: skip
+    translator.config.fit["distilled_entry" if own_from else "distilled"] = {
+        **report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held), "teacher": teacher.name,
+        **({"top_k": top_k} if top_k else {}), **({"own_from": own_from} if own_from else {})}  # fmt: skip
     return report

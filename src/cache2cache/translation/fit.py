@@ -67,6 +67,7 @@ class PassagePair:
     r_queries: list[torch.Tensor] | None = None  # per layer (start + T, heads * head_dim), pre-RoPE
     ids: list[int] | None = None  # the receiver's whole prompt (template, brief, what follows): distillation reads it
     scored_from: int = 0  # > 0: an exchange; distillation scores the predictions from this position of ids on
+    s_states: torch.Tensor | None = None  # (T, window * hidden): the sharer's states entering an entry map's layers
 
     def targets(self, r: int) -> torch.Tensor:
         return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)
@@ -74,18 +75,20 @@ class PassagePair:
 
 @torch.no_grad()
 def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True,
-                 queries: bool = False, messages: Messages | None = None, answer: str = "") -> PassagePair:  # fmt: skip
+                 queries: bool = False, messages: Messages | None = None, answer: str = "",
+                 states_of: list[int] | None = None) -> PassagePair:  # fmt: skip
     """Both models read `passage` as the brief of `messages` (default: the fitting prompt). With an `answer`, its
-    tokens follow the receiver's prompt in `ids` and are what distillation scores (an exchange, distill.py)."""
+    tokens follow the receiver's prompt in `ids` and are what distillation scores (an exchange, distill.py). With
+    `states_of` sharer layers, their entering states are kept too (what an entry map reads)."""
     messages = messages or [{"role": "user", "content": FIT_QUESTION}]
-    r_span, s_keys, s_values = read_brief(receiver, sharer, messages, passage, chat)
+    r_span, s_keys, s_values, *states = read_brief(receiver, sharer, messages, passage, chat, states_of=states_of)
     r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
     tail = encode(receiver.tokenizer, answer)[0] if answer else []
     return PassagePair([k.cpu() for k in s_keys], [v.cpu() for v in s_values],
                        embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
                        [v.cpu() for v in r_out[1]], r_span.start,
                        [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids) + tail,
-                       len(r_span.ids) - 1 if tail else 0)  # fmt: skip
+                       len(r_span.ids) - 1 if tail else 0, states[0].cpu() if states else None)  # fmt: skip
 
 
 def stream_moments(texts: list[tuple[str, str]], state_path: Path, layout: dict, dims: list[tuple[int, int]],

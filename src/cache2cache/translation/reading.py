@@ -107,11 +107,11 @@ def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: l
 
 
 def read_brief(receiver: LoadedModel, sharer: LoadedModel, messages: Messages, brief: str, chat: bool = True,
-               store: PrefixStore | None = None) -> tuple[BriefSpan, list[torch.Tensor], list[torch.Tensor]]:
+               store: PrefixStore | None = None, states_of: list[int] | None = None) -> tuple:
     """The receiver's `BriefSpan` of `messages` with `brief`, and the sharer's reading aligned to its brief tokens
-    (`sharer_reading`)."""
+    (`sharer_reading`: keys, values, and with `states_of` the states entering those sharer layers)."""
     r_span = BriefSpan.of(receiver, messages, brief, chat)
-    return (r_span, *sharer_reading(sharer, messages, brief, r_span.spans, receiver.device, chat, store))
+    return (r_span, *sharer_reading(sharer, messages, brief, r_span.spans, receiver.device, chat, store, states_of))
 
 
 @torch.no_grad()

@@ -6,10 +6,11 @@ Steps, each optional after the first:
     fit        ridge maps from the moments of `text` (resumable, fit.py), or `start_from` a saved translator
     refine     the key maps against the receiver's attention on `refine` passages (refine.py)
     values     (`refine_values`) the value maps against its attention output on the same passages
-    distill    (`distill` steps) every map end to end on the same passages, or on exchanges shaped like a
-               message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py)
     entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text` (entries.py): what
                `--own-from M`, the knob from the top, reads
+    distill    (`distill` steps) every key and value map end to end on the same passages, or on exchanges shaped
+               like a message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py); with
+               `distill_own_from` M, the entry map of M alone, the receiver recomputing its layers M.. from it
 The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
 `refine_text`, the `refine_skip`-th on of that text (read apart). A fifth of them is held out.
 """
@@ -66,6 +67,7 @@ class FitRecipe:
     distill_target: str = "receiver"  # whose reading the distillation matches: "receiver" or "sharer" (same vocab)
     distill_top_k: int = 0  # > 0: the target's top-k recorded once per passage (kl.py); 0: exact, read at each use
     distill_on: str = ""  # exchanges to distil on instead of the refinement passages, e.g. "note:sciq:400"
+    distill_own_from: int = 0  # > 0: distil the entry map of this layer alone, through the knob (not the maps)
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     entry_window: int = 1  # sharer layers whose entering states each entry map reads
     dtype: str = "float32"  # of the saved weights
@@ -80,8 +82,13 @@ class FitRecipe:
         if (self.refine_values or (self.distill and not self.distill_on)) and not self.refine:
             raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0 "
                            "(or distill_on exchanges)")
-        if self.distill_on and not self.distill:
-            raise C2CError("distill_on names the distillation's exchanges: give distill STEPS > 0 too")
+        if (self.distill_on or self.distill_own_from) and not self.distill:
+            raise C2CError("distill_on and distill_own_from shape the distillation: give distill STEPS > 0 too")
+        if self.distill_own_from < 0:
+            raise C2CError(f"recipe: distill_own_from must be a receiver layer >= 1, got {self.distill_own_from}")
+        if self.distill_own_from and not self.start_from and self.distill_own_from not in self.entry_layers:
+            raise C2CError(f"distill_own_from {self.distill_own_from}: a fresh translator has no entry map for it; "
+                           "add it to entry_layers")  # fmt: skip
         for name in ("key_features", "value_features"):
             feats = getattr(self, name)
             if not isinstance(feats, list) or not feats or any(f not in FEATURES for f in feats):
@@ -148,26 +155,32 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
         translator = Translator.from_pretrained(recipe.start_from, receiver.device)
     else:
         state = accumulate(receiver, sharer, texts, stats, recipe.window, chat=chat,
-                           keep=lambda i, pair: pairs.__setitem__(i, compact(pair)), kept=set(picked))  # fmt: skip
+                           keep=lambda i, pair: pairs.__setitem__(i, compact(pair)),
+                           kept=set() if recipe.distill_own_from else set(picked))  # fmt: skip
         translator = solve(state, recipe.key_features, recipe.value_features, width=recipe.use_window,
                            value_width=recipe.value_window)  # fmt: skip
         translator.config.fit["text"] = f"{recipe.text} (passages cut to {recipe.max_chars} characters)"
-    if picked:
-        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
-        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=chat)))
-        ordered = [pairs[i] for i in picked]
-        where = f"{len(ordered)} of the fitting passages"
-    else:
-        ordered = record(receiver, sharer, apart, chat=chat) if apart else []
-        where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
-    shaped = record_exchanges(receiver, sharer, exchanges, chat) if exchanges else []
-    if ordered or shaped:
-        refine_all(recipe, translator, receiver, teacher, ordered, where, shaped)
-    if recipe.entry_layers:
+    entry = recipe.distill_own_from
+    if entry and entry not in recipe.entry_layers + translator.config.entry_layers:
+        raise C2CError(f"distill_own_from {entry}: {recipe.start_from} has no entry map for it; add it to entry_layers")
+    if recipe.entry_layers:  # first: an entry map to distil must exist (the key and value maps are kept as they are)
         translator = fit_entries(translator, receiver, sharer, texts or passages(recipe.text, recipe.max_chars),
                                  recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
                                  f"{recipe.text} (passages cut to {recipe.max_chars} characters)",
                                  recipe.entry_window)  # fmt: skip
+    states_of = translator.config.entry_sharer_layers(entry) if entry else None  # what the entry map reads
+    if picked:
+        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
+        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=chat,
+                                         states_of=states_of)))  # fmt: skip
+        ordered = [pairs[i] for i in picked]
+        where = f"{len(ordered)} of the fitting passages"
+    else:
+        ordered = record(receiver, sharer, apart, chat=chat, states_of=states_of) if apart else []
+        where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
+    shaped = record_exchanges(receiver, sharer, exchanges, chat, states_of) if exchanges else []
+    if ordered or shaped:
+        refine_all(recipe, translator, receiver, teacher, ordered, where, shaped)
     return translator
 
 
@@ -183,9 +196,11 @@ def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel,
                                                                      recipe.refine_steps, recipe.refine_lr)))
     if recipe.distill:
         d_train, d_held = held_fifth(shaped) if shaped else (train, kept_out)
-        steps.append(("distilled", f"{len(shaped)} exchanges of {recipe.distill_on}" if shaped else where,
+        steps.append(("distilled_entry" if recipe.distill_own_from else "distilled",
+                      f"{len(shaped)} exchanges of {recipe.distill_on}" if shaped else where,
                       lambda: distill(translator, receiver, d_train, d_held, recipe.distill, recipe.distill_lr,
-                                      recipe.distill_batch, teacher=teacher, top_k=recipe.distill_top_k)))
+                                      recipe.distill_batch, teacher=teacher, top_k=recipe.distill_top_k,
+                                      own_from=recipe.distill_own_from)))  # fmt: skip
     for kind, text, step in steps:
         step()
         translator.config.fit[kind]["text"] = text

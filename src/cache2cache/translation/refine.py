@@ -41,10 +41,11 @@ class LayerAttention:
 
 
 def record(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], chat: bool = True,
-           queries: bool = True) -> list[PassagePair]:  # fmt: skip
+           queries: bool = True, states_of: list[int] | None = None) -> list[PassagePair]:  # fmt: skip
     """Both models read each passage; the receiver's queries are kept unless `queries` is False (distillation
-    does not read them; they are half a pair's memory), the sharer's features in 16 bits."""
-    return [compact(passage_pair(receiver, sharer, passage, chat, queries=queries))
+    does not read them; they are half a pair's memory), the sharer's features in 16 bits, with `states_of` its
+    states entering those layers too (distilling an entry map)."""
+    return [compact(passage_pair(receiver, sharer, passage, chat, queries=queries, states_of=states_of))
             for _, passage in tqdm(texts, desc="record", unit="passage", dynamic_ncols=True)]  # fmt: skip
 
 
@@ -52,6 +53,7 @@ def compact(pair: PassagePair) -> PassagePair:
     """A recorded pair with its sharer features in 16 bits (most of its memory), as refinement keeps it."""
     pair.s_keys = [k.half() for k in pair.s_keys]
     pair.s_values = [v.half() for v in pair.s_values]
+    pair.s_states = pair.s_states.half() if pair.s_states is not None else None
     return pair
 
 
@@ -65,6 +67,8 @@ def save_pairs(pairs: list[PassagePair], path: Path) -> None:
         tensors[f"{j}.embedding"] = p.embedding.contiguous()
         if p.ids is not None:
             tensors[f"{j}.ids"] = torch.tensor(p.ids, dtype=torch.long)
+        if p.s_states is not None:
+            tensors[f"{j}.s_states"] = p.s_states.contiguous()
         meta.append({"start": p.start, "scored_from": p.scored_from, "layers": {n: len(getattr(p, n) or []) for n in
                                                   ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})
     write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
@@ -80,7 +84,8 @@ def load_pairs(path: Path) -> list[PassagePair]:
                         tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
                         get(j, "r_values", m["layers"]["r_values"]), m["start"],
                         get(j, "r_queries", m["layers"]["r_queries"]) or None,
-                        tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None, m.get("scored_from", 0))
+                        tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None, m.get("scored_from", 0),
+                        tensors.get(f"{j}.s_states"))
             for j, m in enumerate(meta)]  # fmt: skip
 
 

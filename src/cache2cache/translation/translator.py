@@ -197,6 +197,12 @@ class Translator(nn.Module):
                 if cfg.entry_layers and "entries" in fit
                 else ""
             )
+            + (
+                f"- the entry map of layer {fit['distilled_entry']['own_from']} then distilled end to end through "
+                f"the knob on {fit['distilled_entry'].get('text', '')}\n"
+                if "distilled_entry" in fit
+                else ""
+            )
             + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
