@@ -111,6 +111,8 @@ def register(sub) -> None:
                    help="last, train every map together on the same passages, end to end: the receiver reading a "
                         "passage translated up to a random cut must predict the rest as after reading it itself "
                         "(KL through the receiver, never the sharer; 0: off)")  # fmt: skip
+    p.add_argument("--distill-lr", type=float, default=None, metavar="LR",
+                   help="Adam's step, relative to the trained maps' mean absolute weight (default 3e-5)")
     p.add_argument("--distill-target", choices=("receiver", "sharer"), default=None,
                    help="whose reading of the whole passage the distillation matches: the receiver's own "
                         "(default) or the sharer's (what it understood; needs the receiver's tokenizer)")

@@ -84,6 +84,8 @@ class FitRecipe:
                            "(or distill_on exchanges)")
         if (self.distill_on or self.distill_own_from) and not self.distill:
             raise C2CError("distill_on and distill_own_from shape the distillation: give distill STEPS > 0 too")
+        if self.distill_lr <= 0:
+            raise C2CError(f"recipe: distill_lr must be > 0, got {self.distill_lr}")
         if self.distill_own_from < 0:
             raise C2CError(f"recipe: distill_own_from must be a receiver layer >= 1, got {self.distill_own_from}")
         if self.distill_own_from and not self.start_from and self.distill_own_from not in self.entry_layers:
