@@ -112,21 +112,21 @@ def student_logits(translator: Translator, receiver: LoadedModel, pair: PassageP
     cache = new_cache(receiver.model.config)
     dtype = next(receiver.model.parameters()).dtype  # the cache in the receiver's own precision
     positions = torch.arange(s + c, device=receiver.device)
-    own = [(k[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1),
+    own = [(rotate(k[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1), *rotary(receiver, i, positions[:s])),
             v[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1))
-           for k, v, g in zip(pair.r_keys, pair.r_values, geo)]  # fmt: skip
+           for i, (k, v, g) in enumerate(zip(pair.r_keys, pair.r_values, geo))]  # the template, rotated at 0..s
     top = own_from or len(geo)
     if own_from:  # the template first at every layer (the view reads it), then the receiver's own upper layers
         for i, (k, v) in enumerate(own):
-            cache.update(rotate(k, *rotary(receiver, i, positions[:s]))[None].to(dtype), v[None].to(dtype), i)
+            cache.update(k[None].to(dtype), v[None].to(dtype), i)
         state = translator.entry_state(own_from, pair.s_states[:c].float(), pair.embedding[:c].float())
         view = only_layers(receiver.model, own_from, len(geo), state[None].to(dtype))
         view(input_ids=torch.tensor([pair.ids[s:s + c]], device=receiver.device), past_key_values=cache,
              attention_mask=torch.ones(1, s + c, dtype=torch.long, device=receiver.device),
              position_ids=positions[s:][None], use_cache=True)  # fmt: skip
     for i, ((k, v), (ok, ov)) in enumerate(zip(maps[:top], own)):
-        keys = rotate(torch.cat([ok, k], dim=1), *rotary(receiver, i, positions))  # pre-RoPE, placed at 0..s+c
-        keys, values = (keys, torch.cat([ov, v], dim=1)) if not own_from else (keys[:, s:], v)
+        k = rotate(k, *rotary(receiver, i, positions[s:]))  # pre-RoPE, placed at s..s+c
+        keys, values = (k, v) if own_from else (torch.cat([ok, k], dim=1), torch.cat([ov, v], dim=1))
         cache.update(keys[None].to(dtype), values[None].to(dtype), i)
     ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
     pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
