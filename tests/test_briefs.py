@@ -243,6 +243,15 @@ def test_exact_answer_probes_are_generated_and_scored_by_what_the_answer_states(
     assert stated("They counted 2640 birds.", "2,640") == "2,640"  # a thousands separator is not a word break
 
 
+def test_a_fact_is_stated_however_it_is_spelled_but_not_when_it_differs():
+    assert stated("The camp is at 3,150 meters.", "3,150 metres") == "3,150 metres"  # unit spellings are one
+    assert stated("It will be held on Saturday, December 3rd.", "3rd of December") == "3rd of December"
+    assert stated("On 3 December.", "December 3rd") == "December 3rd"  # either order, with or without "of"
+    assert stated("On December 13th.", "3rd of December") == "On December 13th."  # another day is not the fact
+    assert stated("At 3,150 feet.", "3,150 metres") == "At 3,150 feet."  # nor another unit
+    assert stated("Captain Ines Vargas.", "Ines Varga") == "Captain Ines Vargas."  # names stay exact
+
+
 def test_a_jsonl_question_without_choices_is_asked_exactly(tmp_path):
     """The bundled field reports: an answer string and no choices make an exact item (method generate only)."""
     items = load_jsonl_task(Path(__file__).resolve().parents[1] / "examples" / "field_reports.jsonl")

@@ -107,9 +107,18 @@ def extract_number(text: str) -> str | None:
     return value[:-2] if value.endswith(".0") else value
 
 
+MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+
+
 def _words(text: str) -> str:
-    """Lower-case words and numbers, punctuation dropped; a thousands separator does not split a number."""
-    return " ".join(re.findall(r"[a-z0-9]+", re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())))
+    """Lower-case words and numbers, punctuation dropped, so that only the fact is compared, not how it is
+    written: a thousands separator does not split a number, British and American unit spellings are one
+    ("metres", "meters"), and a day of a month is one in either order ("3rd of December", "December 3")."""
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())
+    text = re.sub(r"\b(kilo|centi|milli)?(met|lit)re(s?)\b", r"\1\2er\3", text)
+    text = re.sub(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?(?:\s+of)?\s+({MONTHS})\b", r"\2 \1", text)
+    text = re.sub(rf"\b({MONTHS})\s+(\d{{1,2}})(?:st|nd|rd|th)\b", r"\1 \2", text)
+    return " ".join(re.findall(r"[a-z0-9]+", text))
 
 
 def stated(text: str, gold: str) -> str:
