@@ -93,3 +93,32 @@ def test_a_recipe_distils_on_exchanges_and_names_them_and_the_cli_builds_them(sc
     assert any(not torch.equal(a, b) for a, b in zip(before, after.parameters()))
     assert main(["fit", "--distill", "1", "--distill-on", "quiz:sciq"]) != 0  # before any model loads
     assert "SHAPE:SOURCE" in capsys.readouterr().err
+
+
+def test_recordings_are_read_back_by_the_next_fit_of_the_same_reading_and_refused_for_another(tmp_path, monkeypatch):
+    from cache2cache.translation import recipe as recipe_mod
+    from cache2cache.translation import refine
+
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    recipe = FitRecipe(text=str(texts), refine=4, refine_steps=2, distill=2, distill_on="note:sciq",
+                       distill_target="sharer", distill_top_k=8)  # fmt: skip
+    kept = tmp_path / "rec.safetensors"
+    first = run_recipe(recipe, r, s, tmp_path / "a.safetensors", NOTES, kept)
+    assert kept.is_file() and refine.pairs_identity(kept)["teacher"] == s.name
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read again")
+
+    for name in ("record", "record_exchanges"):
+        monkeypatch.setattr(recipe_mod, name, no_reading)
+    monkeypatch.setattr(s.model, "forward", no_reading)  # the teacher's top-k comes from the file too
+    again = run_recipe(recipe, r, s, tmp_path / "a.safetensors", NOTES, kept)  # the moments resume; nothing read
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    assert again.config.fit["distilled"] == first.config.fit["distilled"]
+    with pytest.raises(C2CError, match="differs in: digest"):
+        run_recipe(recipe, r, s, tmp_path / "a.safetensors", NOTES[:8], kept)
+    with pytest.raises(C2CError, match="differs in: top_k"):
+        run_recipe(FitRecipe(**{**recipe.__dict__, "distill_top_k": 4}), r, s, tmp_path / "a.safetensors", NOTES,
+                   kept)  # fmt: skip

@@ -636,7 +636,7 @@ def test_a_recipe_distilling_toward_a_sharer_of_another_tokenizer_fails_before_f
 
 
 def test_a_recorded_teacher_is_the_exact_kl_at_full_k_and_distils_without_reading_the_teacher_again(tmp_path):
-    from cache2cache.translation.distill import Recorded, distill, distill_loss, teacher_logprobs
+    from cache2cache.translation.distill import distill, distill_loss, record_top_k, teacher_logprobs
     from cache2cache.translation.refine import record
 
     r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
@@ -645,8 +645,10 @@ def test_a_recorded_teacher_is_the_exact_kl_at_full_k_and_distils_without_readin
     vocab = r.model.get_output_embeddings().weight.shape[0]
     p, cut = pairs[0], len(pairs[0].embedding) // 2
     exact = float(distill_loss(t, r, p, cut, teacher_logprobs(s, p, cut, vocab)))
-    assert float(distill_loss(t, r, p, cut, Recorded.of(s, p, vocab, vocab))) == pytest.approx(exact, rel=1e-4)
-    assert float(distill_loss(t, r, p, cut, Recorded.of(s, p, 4, vocab))) < exact  # coarser bins: a lower bound
+    record_top_k([p], s, vocab, vocab)
+    assert float(distill_loss(t, r, p, cut, p.top_k)) == pytest.approx(exact, rel=1e-4)
+    record_top_k([p], s, 4, vocab)  # another k: recorded again
+    assert p.top_k.logp.shape[-1] == 4 and float(distill_loss(t, r, p, cut, p.top_k)) < exact  # a lower bound
 
     calls = []
     forward = s.model.forward
@@ -654,3 +656,7 @@ def test_a_recorded_teacher_is_the_exact_kl_at_full_k_and_distils_without_readin
     report = distill(t, r, pairs[4:], pairs[:4], steps=20, lr=1e-4, check_every=10, teacher=s, top_k=16)
     assert len(calls) == len(pairs)  # one teacher forward per passage, none per step
     assert report.kl_after < report.kl_before and t.config.fit["distilled"]["top_k"] == 16
+    distill(t, r, pairs[4:], pairs[:4], steps=1, teacher=s, top_k=16)
+    assert len(calls) == len(pairs)  # the recording is kept with the pairs: none read again
+    record_top_k(pairs[:1], r, 16, vocab)
+    assert pairs[0].top_k.teacher == r.name != s.name  # another teacher's recording is not reused

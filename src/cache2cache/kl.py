@@ -4,6 +4,8 @@ forward is paid once per text, not once per step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -26,3 +28,19 @@ def topk_kl(student_logits: torch.Tensor, top_logp: torch.Tensor, top_ids: torch
     rest_t = (1 - t.exp().sum(-1)).clamp(1e-8, 1.0)
     rest_s = (1 - s.exp().sum(-1)).clamp(1e-8, 1.0)
     return ((t.exp() * (t - s)).sum(-1) + rest_t * (rest_t.log() - rest_s.log())).sum()
+
+
+@dataclass
+class TopK:
+    """A teacher's reading of one text, recorded once: its top-k log-probabilities (T, k) and their token ids at each
+    of T positions, and whose reading it is (a recording is reused for that teacher only)."""
+
+    teacher: str
+    logp: torch.Tensor
+    ids: torch.Tensor
+
+    def kl(self, student: torch.Tensor, start: int) -> torch.Tensor:
+        """Mean over the student's (T - start, V) logits, for the positions from `start` on, of the KL from this
+        recording."""
+        logp, ids = self.logp[start:], self.ids[start:]
+        return topk_kl(student, logp, ids, torch.ones(len(logp), dtype=torch.bool)) / len(logp)

@@ -66,6 +66,8 @@ def register(sub) -> None:
             "  c2c fit --from DIR --refine 0 --entry-layers 21,24 --text sciq:100,boolq:100   # the knob from the top\n"
             "  c2c fit --from DIR --refine-text sciq:300 --refine 96 --refine-steps 0 --distill 200 \\\n"
             "      --distill-own-from 21                                    # distil the entry map of 21 alone\n"
+            "  c2c fit --from DIR --refine 0 --distill 300 --distill-on note:sciq:400 --recordings notes.safetensors\n"
+            "                                 # a rerun with another --distill-lr reads the recorded exchanges back\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
             "        --modes receiver,translated,translated_mismatched,receiver_brief"
         ),
@@ -140,6 +142,10 @@ def register(sub) -> None:
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,
                    help="moments file, resumed if present (default: next to --out, OUT.stats.safetensors)")
+    p.add_argument("--recordings", type=output_file, default=None, metavar="FILE",
+                   help="keep what both models (and the distillation's teacher) read for the refinements and the "
+                        "distillation in FILE, and read it from there when FILE holds the same reading: the next "
+                        "fit on the same text records nothing again (a different reading is refused)")
     p.add_argument("--no-chat", dest="chat", action="store_false", default=None,
                    help="read passages as raw text, no chat template")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -176,7 +182,7 @@ def run(args) -> int:
     with Console(stderr=True).status("loading models..."):
         receiver = load_model(recipe.receiver, device=device, cache_dir=args.cache_dir)
         sharer = load_model(recipe.sharer, device=device, cache_dir=args.cache_dir, prefill_only=True)
-    translator = run_recipe(recipe, receiver, sharer, stats, shaped)
+    translator = run_recipe(recipe, receiver, sharer, stats, shaped, args.recordings)
     translator.save_pretrained(out, dtype=DTYPES[recipe.dtype])
     if "r2" in translator.config.fit:
         write_report(translator, out)

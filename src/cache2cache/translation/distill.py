@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ..alignment.tokens import Messages, same_tokenization
 from ..errors import C2CError
-from ..kl import top_logprobs, topk_kl
+from ..kl import TopK, top_logprobs
 from ..kv import ModelGeometry, new_cache
 from ..models.layer_view import only_layers
 from ..models.loading import LoadedModel
@@ -141,24 +141,16 @@ def teacher_logprobs(teacher: LoadedModel, pair: PassagePair, cut: int, vocab: i
     return teacher.model(input_ids=ids).logits[0, pair.start + cut:, :vocab].float().log_softmax(-1)
 
 
-@dataclass
-class Recorded:
-    """A teacher's reading of one passage, recorded once: its top-k log-probabilities (T, k) and their token ids
-    at every position from the passage's first token on (the student reads from position start + cut)."""
-
-    logp: torch.Tensor
-    ids: torch.Tensor
-
-    @classmethod
-    @torch.no_grad()
-    def of(cls, teacher: LoadedModel, pair: PassagePair, k: int, vocab: int) -> "Recorded":
-        ids = torch.tensor([pair.ids], device=teacher.device)
-        return cls(*top_logprobs(teacher.model(input_ids=ids).logits[0, pair.start:, :vocab], k))
-
-    def kl(self, student: torch.Tensor, cut: int) -> torch.Tensor:
-        """Mean over the student's (T - cut, V) logits of the KL from the recorded teacher."""
-        logp, ids = self.logp[cut:], self.ids[cut:]
-        return topk_kl(student, logp, ids, torch.ones(len(logp), dtype=torch.bool)) / len(logp)
+def record_top_k(pairs: list[PassagePair], teacher: LoadedModel, k: int, vocab: int) -> None:
+    """Each pair's `top_k`: the teacher's top-k over its reading from the brief's first token on (of its first
+    `vocab` logits: the receiver's), recorded once; kept where the pair has this teacher's top-k already (loaded
+    from a recordings file, recordings.py)."""
+    todo = [p for p in pairs if p.top_k is None or p.top_k.teacher != teacher.name
+            or p.top_k.logp.shape[-1] != min(k, vocab)]  # fmt: skip
+    for p in tqdm(todo, desc=f"record {teacher.name}", unit="passage", dynamic_ncols=True):
+        with torch.no_grad():
+            logits = teacher.model(input_ids=torch.tensor([p.ids], device=teacher.device)).logits
+        p.top_k = TopK(teacher.name, *(t.cpu() for t in top_logprobs(logits[0, p.start:, :vocab], k)))
 
 
 def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
@@ -169,12 +161,12 @@ def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
 
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
-                 teacher: torch.Tensor | Recorded | None = None, own_from: int = 0) -> torch.Tensor:  # fmt: skip
+                 teacher: torch.Tensor | TopK | None = None, own_from: int = 0) -> torch.Tensor:  # fmt: skip
     """Mean over the tokens the student reads (an exchange: its answer's) of KL(teacher || student): `teacher` its
     log-probabilities from the cut on, or its recorded reading of the passage, or (None) the receiver's own."""
     skip = unscored(pair, cut)
     student = student_logits(translator, receiver, pair, cut, own_from).float()[skip:]
-    if isinstance(teacher, Recorded):
+    if isinstance(teacher, TopK):
         return teacher.kl(student, cut + skip)
     if teacher is None:
         teacher = teacher_logprobs(receiver, pair, cut, student.shape[-1])
@@ -206,9 +198,9 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
     opt = torch.optim.Adam(params, lr=lr * scale)
     checks = [(p, c) for p in held for c in dict.fromkeys(cut_of(p, f) for f in HELD_CUTS)]
-    recorded = {id(p): Recorded.of(teacher, p, top_k, vocab)
-                for p in tqdm(train + held, desc=f"record {teacher.name}", unit="passage", dynamic_ncols=True)
-                } if top_k else {}  # fmt: skip
+    if top_k:
+        record_top_k(train + held, teacher, top_k, vocab)
+    recorded = {id(p): p.top_k for p in train + held} if top_k else {}
     teachers = [recorded.get(id(p)) or teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
 
     def held_loss() -> float:

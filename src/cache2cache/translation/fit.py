@@ -26,6 +26,7 @@ from ..alignment.tokens import Messages, encode
 from ..atomic import write_json
 from ..caches.identity import identity_of
 from ..errors import C2CError
+from ..kl import TopK
 from ..models.loading import LoadedModel
 from ..plotting import pyplot
 from .config import FEATURES, TOKEN_FEATURES, TranslatorConfig, windows
@@ -68,6 +69,7 @@ class PassagePair:
     ids: list[int] | None = None  # the receiver's whole prompt (template, brief, what follows): distillation reads it
     scored_from: int = 0  # > 0: an exchange; distillation scores the predictions from this position of ids on
     s_states: torch.Tensor | None = None  # (T, window * hidden): the sharer's states entering an entry map's layers
+    top_k: TopK | None = None  # a teacher's top-k from the brief's first token on (distill.record_top_k)
 
     def targets(self, r: int) -> torch.Tensor:
         return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)

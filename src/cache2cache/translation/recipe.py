@@ -26,9 +26,10 @@ import torch
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
-from .distill import Exchange, check_teacher, distill, record_exchanges
+from .distill import Exchange, check_teacher, distill, record_exchanges, record_top_k
 from .entries import check_entry_layers, fit_entries
 from .fit import accumulate, solve
+from .recordings import Reading, recorded
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
 from .translator import Translator
@@ -139,9 +140,11 @@ class FitRecipe:
 
 
 def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, stats: Path,
-               exchanges: list[Exchange] | None = None) -> Translator:  # fmt: skip
+               exchanges: list[Exchange] | None = None, recordings: Path | None = None) -> Translator:  # fmt: skip
     """Every step of `recipe` on the loaded pair; the translator, not yet saved. `exchanges`: what `distill_on`
-    names, built by the caller (they are question sets, a floor above this one)."""
+    names, built by the caller (they are question sets, a floor above this one). `recordings`: a file that keeps
+    what both models (and the distillation's teacher) read for the refinements and the distillation, reused by the
+    next fit of the same reading (recordings.py)."""
     teacher = sharer if recipe.distill_target == "sharer" else receiver
     if recipe.distill:
         check_teacher(receiver, teacher)  # before an hour of fitting, not after
@@ -156,9 +159,10 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     if recipe.start_from:
         translator = Translator.from_pretrained(recipe.start_from, receiver.device)
     else:
+        reuse = recordings is not None and recordings.is_file()  # the refinement's passages come from there
         state = accumulate(receiver, sharer, texts, stats, recipe.window, chat=chat,
                            keep=lambda i, pair: pairs.__setitem__(i, compact(pair)),
-                           kept=set() if recipe.distill_own_from else set(picked))  # fmt: skip
+                           kept=set() if recipe.distill_own_from or reuse else set(picked))  # fmt: skip
         translator = solve(state, recipe.key_features, recipe.value_features, width=recipe.use_window,
                            value_width=recipe.value_window)  # fmt: skip
         translator.config.fit["text"] = f"{recipe.text} (passages cut to {recipe.max_chars} characters)"
@@ -171,16 +175,26 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
                                  f"{recipe.text} (passages cut to {recipe.max_chars} characters)",
                                  recipe.entry_window)  # fmt: skip
     states_of = translator.config.entry_sharer_layers(entry) if entry else None  # what the entry map reads
-    if picked:
-        missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
-        pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=chat,
-                                         states_of=states_of)))  # fmt: skip
-        ordered = [pairs[i] for i in picked]
-        where = f"{len(ordered)} of the fitting passages"
-    else:
-        ordered = record(receiver, sharer, apart, chat=chat, states_of=states_of) if apart else []
-        where = f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on"
-    shaped = record_exchanges(receiver, sharer, exchanges, chat, states_of) if exchanges else []
+    exchanges = exchanges or []
+    top_k = recipe.distill_top_k if recipe.distill else 0
+    reading = Reading.of(receiver.name, sharer.name, chat, states_of, teacher.name, top_k,
+                         [texts[i][1] for i in picked] or [t for _, t in apart], exchanges)  # fmt: skip
+
+    def record_all() -> tuple[list, list]:
+        if picked:
+            missing = [i for i in picked if i not in pairs]  # read before a resume: read them again
+            pairs.update(zip(missing, record(receiver, sharer, [texts[i] for i in missing], chat=chat,
+                                             states_of=states_of)))  # fmt: skip
+        ordered = [pairs[i] for i in picked] or (record(receiver, sharer, apart, chat=chat, states_of=states_of)
+                                                  if apart else [])  # fmt: skip
+        shaped = record_exchanges(receiver, sharer, exchanges, chat, states_of) if exchanges else []
+        if top_k:
+            record_top_k(shaped or ordered, teacher, top_k, receiver.model.get_output_embeddings().weight.shape[0])
+        return ordered, shaped
+
+    ordered, shaped = recorded(recordings, reading, record_all)
+    where = (f"{len(ordered)} of the fitting passages" if picked else
+             f"{len(ordered)} passages of {recipe.refine_text or recipe.text} from the {recipe.refine_skip}th on")
     if ordered or shaped:
         refine_all(recipe, translator, receiver, teacher, ordered, where, shaped)
     return translator

@@ -24,6 +24,7 @@ from safetensors.torch import save as save_bytes
 from tqdm import tqdm
 
 from ..atomic import write_bytes
+from ..kl import TopK
 from ..models.loading import LoadedModel, decoder_layers
 from .features import rotary, rotate
 from .fit import PassagePair, passage_pair
@@ -57,8 +58,9 @@ def compact(pair: PassagePair) -> PassagePair:
     return pair
 
 
-def save_pairs(pairs: list[PassagePair], path: Path) -> None:
-    """Recorded passages as one safetensors file (never pickled)."""
+def save_pairs(pairs: list[PassagePair], path: Path, identity: dict | None = None) -> None:
+    """Recorded passages as one safetensors file (never pickled), with what they are a recording of
+    (`identity`, JSON; read back by `pairs_identity`)."""
     tensors, meta = {}, []
     for j, p in enumerate(pairs):
         for name in ("s_keys", "s_values", "r_keys", "r_values", "r_queries"):
@@ -69,23 +71,37 @@ def save_pairs(pairs: list[PassagePair], path: Path) -> None:
             tensors[f"{j}.ids"] = torch.tensor(p.ids, dtype=torch.long)
         if p.s_states is not None:
             tensors[f"{j}.s_states"] = p.s_states.contiguous()
-        meta.append({"start": p.start, "scored_from": p.scored_from, "layers": {n: len(getattr(p, n) or []) for n in
-                                                  ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})
-    write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta)}))
+        if p.top_k is not None:
+            tensors[f"{j}.top_logp"], tensors[f"{j}.top_ids"] = p.top_k.logp.contiguous(), p.top_k.ids.contiguous()
+        meta.append({"start": p.start, "scored_from": p.scored_from, "teacher": p.top_k and p.top_k.teacher,
+                     "layers": {n: len(getattr(p, n) or []) for n in
+                                ("s_keys", "s_values", "r_keys", "r_values", "r_queries")}})  # fmt: skip
+    write_bytes(path, save_bytes(tensors, metadata={"pairs": json.dumps(meta), "identity": json.dumps(identity)}))
+
+
+def _metadata(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))["__metadata__"]
+
+
+def pairs_identity(path: Path) -> dict | None:
+    """What `save_pairs` said the file records (None: not said), read from its header alone."""
+    return json.loads(_metadata(path).get("identity", "null"))
 
 
 def load_pairs(path: Path) -> list[PassagePair]:
-    data = path.read_bytes()
-    tensors = load_bytes(data)
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["pairs"])
+    tensors = load_bytes(path.read_bytes())
+    meta = json.loads(_metadata(path)["pairs"])
     get = lambda j, name, k: [tensors[f"{j}.{name}.{i}"] for i in range(k)]  # noqa: E731
     return [PassagePair(get(j, "s_keys", m["layers"]["s_keys"]), get(j, "s_values", m["layers"]["s_values"]),
                         tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
                         get(j, "r_values", m["layers"]["r_values"]), m["start"],
                         get(j, "r_queries", m["layers"]["r_queries"]) or None,
                         tensors[f"{j}.ids"].tolist() if f"{j}.ids" in tensors else None, m.get("scored_from", 0),
-                        tensors.get(f"{j}.s_states"))
+                        tensors.get(f"{j}.s_states"),
+                        TopK(m["teacher"], tensors[f"{j}.top_logp"], tensors[f"{j}.top_ids"]) if m.get("teacher")
+                        else None)
             for j, m in enumerate(meta)]  # fmt: skip
 
 
