@@ -5,6 +5,7 @@ through the pipeline, the answerers and evaluation."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -660,3 +661,12 @@ def test_a_recorded_teacher_is_the_exact_kl_at_full_k_and_distils_without_readin
     assert len(calls) == len(pairs)  # the recording is kept with the pairs: none read again
     record_top_k(pairs[:1], r, 16, vocab)
     assert pairs[0].top_k.teacher == r.name != s.name  # another teacher's recording is not reused
+
+
+def test_every_shipped_translator_recipe_loads():
+    from cache2cache.translation.recipe import FitRecipe
+
+    recipes = sorted((Path(__file__).parents[1] / "configs").glob("*translator*.toml"))
+    assert len(recipes) >= 2
+    for path in recipes:
+        assert FitRecipe.load(path).text  # every key known and of its type; the checks of __post_init__ pass
