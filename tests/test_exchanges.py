@@ -119,6 +119,9 @@ def test_recordings_are_read_back_by_the_next_fit_of_the_same_reading_and_refuse
     assert again.config.fit["distilled"] == first.config.fit["distilled"]
     with pytest.raises(C2CError, match="differs in: digest"):
         run_recipe(recipe, r, s, tmp_path / "a.safetensors", NOTES[:8], kept)
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(C2CError, match="not a file of recorded passages"):
+        run_recipe(recipe, r, s, tmp_path / "a.safetensors", NOTES, tmp_path / "junk.safetensors")
     with pytest.raises(C2CError, match="differs in: top_k"):
         run_recipe(FitRecipe(**{**recipe.__dict__, "distill_top_k": 4}), r, s, tmp_path / "a.safetensors", NOTES,
                    kept)  # fmt: skip

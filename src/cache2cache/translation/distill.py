@@ -200,8 +200,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     checks = [(p, c) for p in held for c in dict.fromkeys(cut_of(p, f) for f in HELD_CUTS)]
     if top_k:
         record_top_k(train + held, teacher, top_k, vocab)
-    recorded = {id(p): p.top_k for p in train + held} if top_k else {}
-    teachers = [recorded.get(id(p)) or teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
+    teachers = [p.top_k if top_k else teacher_logprobs(teacher, p, c, vocab) for p, c in checks]
 
     def held_loss() -> float:
         with torch.no_grad():
@@ -217,8 +216,8 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
             opt.zero_grad()
             for pair in rng.sample(train, min(batch, len(train))):
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
-                target = recorded.get(id(pair)) or (None if teacher is receiver
-                                                    else teacher_logprobs(teacher, pair, cut, vocab))  # fmt: skip
+                target = pair.top_k if top_k else (None if teacher is receiver
+                                                   else teacher_logprobs(teacher, pair, cut, vocab))  # fmt: skip
                 (distill_loss(translator, receiver, pair, cut, target, own_from) / batch).backward()
             opt.step()
             if step % check_every == 0 or step == steps:

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from tqdm import tqdm
 
 from ..atomic import write_bytes
+from ..errors import C2CError
 from ..kl import TopK
 from ..models.loading import LoadedModel, decoder_layers
 from .features import rotary, rotate
@@ -80,9 +82,15 @@ def save_pairs(pairs: list[PassagePair], path: Path, identity: dict | None = Non
 
 
 def _metadata(path: Path) -> dict:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(n))["__metadata__"]
+    """The header's metadata of a `save_pairs` file; a file that is not one is a C2CError, not a traceback."""
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        json.loads(meta["pairs"])
+        return meta
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        raise C2CError(f"{path} is not a file of recorded passages ({type(e).__name__}: {e}); delete it or name "
+                       "another") from None  # fmt: skip
 
 
 def pairs_identity(path: Path) -> dict | None:
@@ -91,8 +99,8 @@ def pairs_identity(path: Path) -> dict | None:
 
 
 def load_pairs(path: Path) -> list[PassagePair]:
-    tensors = load_bytes(path.read_bytes())
     meta = json.loads(_metadata(path)["pairs"])
+    tensors = load_bytes(path.read_bytes())
     get = lambda j, name, k: [tensors[f"{j}.{name}.{i}"] for i in range(k)]  # noqa: E731
     return [PassagePair(get(j, "s_keys", m["layers"]["s_keys"]), get(j, "s_values", m["layers"]["s_values"]),
                         tensors[f"{j}.embedding"], get(j, "r_keys", m["layers"]["r_keys"]),
