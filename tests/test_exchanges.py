@@ -10,6 +10,7 @@ import torch
 from cache2cache.alignment.tokens import encode
 from cache2cache.cli.main import main
 from cache2cache.errors import C2CError
+from cache2cache.evaluation.question_sets import NOTE_CUE
 from cache2cache.evaluation.scoring import posed
 from cache2cache.evaluation.tasks import get_task
 from cache2cache.training import mixture
@@ -51,6 +52,15 @@ def test_exchanges_read_the_four_fifths_and_pose_the_question_as_the_probe_does(
                           ("note:sciq:many", "bad exchange count"), ("note:sciq:0", "at least 1")):
         with pytest.raises(C2CError, match=message):
             parse_exchanges(spec)
+
+
+def test_cued_exchanges_end_the_note_where_the_sender_answers_as_the_cued_probe_does(sciq_rows):
+    (cued,) = exchanges("cued:sciq:1")
+    assert cued.brief == "Question: Which gas, number 1?" + NOTE_CUE and cued.answer == " oxygen"
+    probe = get_task("sciq_note_cued").load("heldout")
+    assert [it.brief for it in probe] == [p.brief + NOTE_CUE for p in get_task("sciq_note").load("heldout")]
+    assert probe[0].id.startswith("sciq_note_cued/") and posed(probe[0], "cloze").prompt == posed(
+        get_task("sciq_note").load("heldout")[0], "cloze").prompt  # the receiver is asked the same thing
 
 
 def test_distilling_on_exchanges_scores_only_the_answer_and_lowers_its_held_out_kl(tmp_path):

@@ -9,6 +9,7 @@ from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
 from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, to_messages
+from cache2cache.models.loading import decoder_layers
 from cache2cache.translation.config import TranslatorConfig
 from cache2cache.translation.entries import entering_states, fit_entries
 from cache2cache.translation.features import BriefSpan
@@ -207,3 +208,26 @@ def test_a_recipe_fits_an_entry_map_then_distils_it_and_refuses_one_it_lacks(tmp
     assert "has no entry map for it" in capsys.readouterr().err
     assert main(["fit", "--distill-own-from", "2"]) != 0  # before any model loads
     assert "distill STEPS" in capsys.readouterr().err
+
+
+def test_under_the_knob_the_sharer_reads_only_as_deep_as_the_layers_below_it_need(tmp_path, monkeypatch):
+    """own_from m: the translator writes only layers below m, so the sharer stops after the layers those maps and
+    the entry map read (tiny-llama-b: 2 of 4 for m = 2); the head is the one a whole reading writes."""
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
+    t = solve(accumulate(r, s, TEXTS, tmp_path / "s.safetensors", width=1), ["keys", "values"], ["keys", "values"],
+              progress=False)  # fmt: skip
+    t = fit_entries(t, r, s, TEXTS, [2], tmp_path / "e.safetensors", text="test passages")
+    assert t.config.sharer_depth(2) == 2 and t.config.sharer_depth() == 4
+    ran: list[int] = []
+    hooks = [layer.register_forward_hook(lambda *_, i=i: ran.append(i))
+             for i, layer in enumerate(decoder_layers(s.model))]  # fmt: skip
+    try:
+        short = translate_parts([(t, s)], r, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=2))[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sorted(set(ran)) == [0, 1]
+    monkeypatch.setattr(TranslatorConfig, "sharer_depth", lambda self, own_from=0: 4)
+    whole = translate_parts([(t, s)], r, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=2))[0]
+    for a, b in zip(short.keys + short.values, whole.keys + whole.values):
+        torch.testing.assert_close(a, b)

@@ -89,18 +89,24 @@ def _held_out_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]
 # a message that reproduces the receiver's own reading of it (a translation) can reach only what the receiver
 # knows (mode receiver_brief); beating that needs what the sender knows. Mode receiver (no note) is chance.
 NOTE_QUESTION = "What is the answer to the question in the note?"
+# A cued note ends where the sender is about to answer: its last states hold its recall of the answer, at a
+# position of the brief that a message translates (the plain note ends at the question mark).
+NOTE_CUE = "\nAnswer:"
 
 
-def as_note(item: Item, name: str) -> Item:
-    """`item` as a knowledge probe's item: its question becomes the note, the receiver is asked NOTE_QUESTION."""
-    return replace(item, id=f"{name}_note/{item.id}", question=NOTE_QUESTION, brief=f"Question: {item.question}")
+def as_note(item: Item, name: str, cued: bool = False) -> Item:
+    """`item` as a knowledge probe's item: its question becomes the note (with `cued`, followed by NOTE_CUE), the
+    receiver is asked NOTE_QUESTION."""
+    kind = "note_cued" if cued else "note"
+    return replace(item, id=f"{name}_{kind}/{item.id}", question=NOTE_QUESTION,
+                   brief=f"Question: {item.question}" + (NOTE_CUE if cued else ""))  # fmt: skip
 
 
-def _note_loader(name: str) -> Callable[[str, list[str] | None], list[Item]]:
+def _note_loader(name: str, cued: bool) -> Callable[[str, list[str] | None], list[Item]]:
     load_held_out = _held_out_loader(name)
 
     def load(split: str, subjects: list[str] | None) -> list[Item]:
-        return [as_note(it, name) for it in load_held_out(split, subjects)]
+        return [as_note(it, name, cued) for it in load_held_out(split, subjects)]
 
     return load
 
@@ -109,5 +115,7 @@ for _name in QUESTION_SETS:
     if _name != "trivia_qa":  # free-form answers with aliases: no scoring for them yet
         register(Task(_name, "mc", ("heldout",), _held_out_loader(_name), f"{_name}: its held-out fifth"))
 for _name in ("sciq", "commonsense_qa"):
-    register(Task(f"{_name}_note", "mc", ("heldout",), _note_loader(_name),
+    register(Task(f"{_name}_note", "mc", ("heldout",), _note_loader(_name, False),
                   f"knowledge probe: {_name}'s held-out question is a note only the sharer reads"))
+    register(Task(f"{_name}_note_cued", "mc", ("heldout",), _note_loader(_name, True),
+                  f"{_name}_note with the note ending in {NOTE_CUE.strip()!r}, where the sender is about to answer"))

@@ -9,7 +9,9 @@ never modified (other threads, a server's requests, can use it meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -46,3 +48,29 @@ def only_layers(model: nn.Module, start: int, end: int, hidden: torch.Tensor | N
         run[start] = _Fed(layers[start], hidden)
     view.layers = nn.ModuleList(run)
     return view
+
+
+class _Stop(Exception):
+    """Raised before the first layer a partial forward does not need: that layer and those above never run."""
+
+
+@contextlib.contextmanager
+def first_layers(model: nn.Module, n: int) -> Iterator[None]:
+    """Within this block a forward of `model` runs only its first `n` decoder layers, and the call that makes it
+    ends the block there (the states entering layer n are still seen by hooks registered before). What a reading
+    costs that needs only lower layers' keys, values or entering states (n / L of a prefill's layer work)."""
+    layers = decoder_layers(model)
+    if n >= len(layers):
+        yield
+        return
+
+    def stop(*_) -> None:
+        raise _Stop
+
+    handle = layers[n].register_forward_pre_hook(stop)
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        handle.remove()

@@ -7,6 +7,7 @@ brief, is the whole target. Shapes (`c2c fit --distill-on note:sciq:400,brief:sc
 
     note    the record's question is the brief ("Question: ..."); the receiver is asked NOTE_QUESTION, as the
             knowledge probes ask it (sciq_note, commonsense_qa_note), and answers with the gold answer
+    cued    a note followed by NOTE_CUE ("Answer:"), as the cued knowledge probes (sciq_note_cued) end it
     brief   the record's own brief (a probe source with evidence, e.g. sciq_brief: the support paragraph) is the
             brief; the receiver is asked the record's question and answers with the gold answer
 
@@ -25,7 +26,7 @@ from ..translation.distill import Exchange
 from ..translation.text import parse_count
 from .mixture import SOURCES
 
-SHAPES = ("note", "brief")
+SHAPES = ("note", "cued", "brief")
 
 
 def parse_exchanges(spec: str) -> list[tuple[str, str, int | None]]:
@@ -50,8 +51,8 @@ def exchange_of(item: Item, shape: str, source: str) -> Exchange:
     if item.choices and not 0 <= int(item.answer) < len(item.choices):
         raise ValueError("answer is not one of the options")
     gold = str(item.choices[int(item.answer)] if item.choices else item.answer).strip()
-    if shape == "note":
-        item = as_note(item, source)
+    if shape in ("note", "cued"):
+        item = as_note(item, source, cued=shape == "cued")
     if not item.brief.strip() or not gold:
         raise ValueError("no brief or no answer")
     return Exchange(item.brief, prompt_for(item, "cloze"), f" {gold}")

@@ -112,6 +112,19 @@ class TranslatorConfig:
         lo = min(max(self.entry_sharer_layer(m) - (w - 1) // 2, 0), n_s - w)
         return list(range(lo, lo + w))
 
+    def sharer_depth(self, own_from: int = 0) -> int:
+        """How many of the sharer's layers a reading for this translator must run: the deepest layer the key and
+        value maps of the layers it writes read (those below `own_from` under the knob, else all), and the states
+        entering the entry map's layers (known before those layers run). Under the knob from the top the sharer
+        stops about where the receiver's own layers take over."""
+        top = own_from or self.receiver_geo.num_layers
+        deepest = [max(self.window(r, maps)) + 1 for r in range(top) for maps, feats in
+                   (("keys", self.key_features), ("values", self.value_features))
+                   if any(f in ("keys", "values") for f in feats)]  # fmt: skip
+        if own_from:
+            deepest.append(max(self.entry_sharer_layers(own_from)))
+        return max(deepest, default=0)
+
     def entry_dim(self) -> int:
         """What an entry map reads: the sharer's states (one per window layer), the receiver's embedding of the
         token and of the one before."""

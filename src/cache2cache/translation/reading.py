@@ -16,6 +16,7 @@ from ..caches.prompt_cache import PromptCache, layer_inputs
 from ..caches.store import PrefixStore
 from ..errors import C2CError
 from ..kv import ModelGeometry, new_cache
+from ..models.layer_view import first_layers
 from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans, rotary, rotate, unrotate
 from .recompute import Recompute, lower_layers, upper_layers
@@ -23,9 +24,11 @@ from .translator import Translator
 
 
 @torch.no_grad()
-def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False) -> tuple[list[torch.Tensor], ...]:
+def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False, depth: int | None = None
+               ) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
     """Run `model` over `ids` (batch 1, positions 0..T-1); per layer its pre-RoPE keys and its values, each
-    (T, kv_heads * head_dim) float32, and with `queries` also its pre-RoPE queries (T, heads * head_dim)."""
+    (T, kv_heads * head_dim) float32, and with `queries` also its pre-RoPE queries (T, heads * head_dim). With
+    `depth`, only its first `depth` layers run (and are returned)."""
     if model.is_skeleton:
         raise C2CError(f"{model.name} has no weights in this process: it cannot read the brief here")
     cache = new_cache(model.model.config, keep_full_history=True)
@@ -35,14 +38,16 @@ def prerope_kv(model: LoadedModel, ids: list[int], queries: bool = False) -> tup
         for i, layer in enumerate(decoder_layers(model.model)):
             hooks.append(layer.self_attn.q_proj.register_forward_hook(
                 lambda mod, args, out, i=i: captured.__setitem__(i, out[0].detach())))  # fmt: skip
+    depth = len(decoder_layers(model.model)) if depth is None else depth
     try:
-        model.model.model(input_ids=x, position_ids=torch.arange(len(ids), device=model.device)[None],
-                          past_key_values=cache, use_cache=True)  # fmt: skip
+        with first_layers(model.model, depth):
+            model.model.model(input_ids=x, position_ids=torch.arange(len(ids), device=model.device)[None],
+                              past_key_values=cache, use_cache=True)  # fmt: skip
     finally:
         for h in hooks:
             h.remove()
-    keys, values = prerope_of(model, [layer.keys[0] for layer in cache.layers],
-                              [layer.values[0] for layer in cache.layers])  # fmt: skip
+    keys, values = prerope_of(model, [layer.keys[0] for layer in cache.layers[:depth]],
+                              [layer.values[0] for layer in cache.layers[:depth]])  # fmt: skip
     qs = []
     for i in range(len(keys) if queries else 0):
         attn = decoder_layers(model.model)[i].self_attn
@@ -79,24 +84,26 @@ def embeddings(model: LoadedModel, ids: list[int]) -> torch.Tensor:
 @torch.no_grad()
 def sharer_reading(sharer: LoadedModel, messages: Messages, brief: str, spans: list[tuple[int, int]],
                    device: torch.device, chat: bool = True, store: PrefixStore | None = None,
-                   states_of: list[int] | None = None) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
+                   states_of: list[int] | None = None, depth: int | None = None
+                   ) -> tuple[list[torch.Tensor], ...]:  # fmt: skip
     """The sharer reads `messages` with `brief` up to the brief's end (never what follows). Per sharer layer, the
     pre-RoPE keys and values (T, kv) of the sharer token aligned to each of T receiver tokens, given as character
     `spans` of `brief`, on `device`; with `states_of` layers, also the hidden states entering those sharer layers
     there, side by side (T, layers * hidden; the same forward). With a `store`, the sharer's reading comes from it
     (and goes into it): another translator of the same brief does not make the sharer read it again (not when
-    states are asked for)."""
+    states are asked for). With `depth`, the sharer runs only its first `depth` layers (states_of must lie at or
+    below it; a store's reading is whole, so then none is used) and the keys and values of those come back."""
     s_span = BriefSpan.of(sharer, messages, brief, chat)
     if s_span.end > sharer.max_length:
         raise C2CError(f"the brief's {s_span.end} tokens exceed {sharer.name}'s context of {sharer.max_length}")
     index = torch.tensor([s_span.start + j for j in align_spans(spans, s_span.spans)], device=sharer.device)
     states = layer_inputs(sharer) if states_of else None
     try:
-        if store is not None and states is None:
+        if store is not None and states is None and depth is None:
             read = store.prefill(sharer, s_span.ids[:s_span.end], chat=chat)
             s_keys, s_values = prerope_of(sharer, read.keys, read.values)
         else:
-            s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end])
+            s_keys, s_values = prerope_kv(sharer, s_span.ids[:s_span.end], depth=depth)
     finally:
         if states is not None:
             states.close()
@@ -132,7 +139,8 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
     alone and written by its translator: several senders' documents in one receiver cache, each at the
     receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first.
     `recompute` is the fidelity knob (recompute.py): the receiver's own first layers over the brief, and/or its
-    own layers from m on, run from the hidden state the translators' entry maps write."""
+    own layers from m on, run from the hidden state the translators' entry maps write; then each sharer reads
+    only as deep as its translator's maps of the layers below m and its entry map need (`sharer_depth`)."""
     parts = [part.strip() for part in parts]
     if len(parts) != len(senders) or not all(parts):
         raise C2CError(f"give one non-empty brief part per sender ({len(senders)}), got {len(parts)}")
@@ -153,12 +161,14 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         spans = [(max(s - starts[j], 0), min(e - starts[j], len(parts[j]))) for s, e in
                  (r_span.spans[t] for t in mine)]  # fmt: skip
         read = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store,
-                              translator.config.entry_sharer_layers(entry) if entry else None)  # fmt: skip
+                              translator.config.entry_sharer_layers(entry) if entry else None,
+                              translator.config.sharer_depth(entry) if entry else None)  # fmt: skip
         s_keys, s_values = read[:2]
         idx = torch.tensor(mine, device=receiver.device)
         if entry:
             states[idx] = translator.entry_state(entry, read[2], emb[idx])
-        for i, (k, v) in enumerate(translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None)):
+        written = translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None, entry or None)
+        for i, (k, v) in enumerate(written):  # under the knob, the layers below its entry (the rest are recomputed)
             k_pre[i][:, idx], v_new[i][:, idx] = k, v
     prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])
     pos = torch.arange(r_span.start, r_span.end, device=receiver.device)

@@ -24,7 +24,7 @@ import torch
 from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..kv import new_cache
-from ..models.layer_view import only_layers
+from ..models.layer_view import first_layers, only_layers
 from ..models.loading import LoadedModel, decoder_layers
 from .translator import Translator
 
@@ -64,29 +64,14 @@ class Recompute:
         return {"own_layers": self.own_first, "own_from": self.own_from}
 
 
-class _Stop(Exception):
-    """Raised after the last layer a partial forward needs: the layers above it never run."""
-
-
 @torch.no_grad()
 def lower_layers(model: LoadedModel, ids: list[int], m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The model's own cache keys (rotated) and values of `ids` at its first `m` layers, each (kv_heads, T, d),
     computed by running only those layers (m / L of a prefill's layer work)."""
     cache = new_cache(model.model.config, keep_full_history=True)
-    layers = decoder_layers(model.model)
-
-    def stop(*_) -> None:
-        raise _Stop
-
-    hook = layers[m - 1].register_forward_hook(stop) if m < len(layers) else None
-    try:
+    with first_layers(model.model, m):
         model.model.model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True,
                           position_ids=torch.arange(len(ids), device=model.device)[None])  # fmt: skip
-    except _Stop:
-        pass
-    finally:
-        if hook is not None:
-            hook.remove()
     return [cache.layers[i].keys[0] for i in range(m)], [cache.layers[i].values[0] for i in range(m)]
 
 

@@ -104,16 +104,21 @@ class Translator(nn.Module):
 
     @torch.no_grad()
     def forward(self, sharer_keys: list[torch.Tensor], sharer_values: list[torch.Tensor],
-                embedding: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """Per receiver layer, (pre-RoPE keys, values), each (kv_heads, T, head_dim) float32, from per sharer
-        layer (T, kv_dim) pre-RoPE keys and values of the aligned tokens and their (T, hidden) receiver embedding."""
-        return self.maps(sharer_keys, sharer_values, embedding)
+                embedding: torch.Tensor | None, layers: int | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """Per receiver layer (the first `layers` when given), (pre-RoPE keys, values), each (kv_heads, T,
+        head_dim) float32, from per sharer layer (T, kv_dim) pre-RoPE keys and values of the aligned tokens and
+        their (T, hidden) receiver embedding."""
+        return self.maps(sharer_keys, sharer_values, embedding, layers)
 
     def maps(self, sharer_keys: list[torch.Tensor], sharer_values: list[torch.Tensor],
-             embedding: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """`forward` under the caller's grad mode: what training the maps end to end differentiates."""
+             embedding: torch.Tensor | None, layers: int | None = None
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """`forward` under the caller's grad mode: what training the maps end to end differentiates. With
+        `layers`, only the first that many receiver layers (the knob recomputes the others; the sharer's reading
+        then need not reach the layers above, `config.sharer_depth`)."""
         out = []
-        for r, g in enumerate(self.config.receiver_geo.layers):
+        for r, g in enumerate(self.config.receiver_geo.layers[:layers]):
             cfg = self.config
             k = self.keys[r](gather_features(cfg.key_features, cfg.window(r), sharer_keys, sharer_values, embedding))
             v = self.values[r](gather_features(cfg.value_features, cfg.window(r, "values"), sharer_keys, sharer_values,
