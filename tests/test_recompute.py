@@ -93,6 +93,27 @@ def test_own_from_through_the_pipeline_and_its_refusals(self_entries, tmp_path):
         fit_entries(self_entries, m, m, TEXTS[:2], [0], None)
 
 
+def test_own_to_recomputes_a_window_and_leaves_the_layers_above_translated(self_entries):
+    """`own_to` ends the receiver's own layers early: inside the window they are the knob-from-the-top's own
+    computation, outside it exactly the translator's keys and values; its share counts the window alone."""
+    m = tiny("tiny-llama")
+    n = len(decoder_layers(m.model))
+    plain = translate_brief(self_entries, m, m, QUESTION, TEXTS[5][1])[0]
+    top = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=1))[0]
+    knob = Recompute(own_from=1, own_to=2)
+    window = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=knob)[0]
+    assert window.meta["own_to"] == 2 and knob.share(n) == 1 / n and knob.written(n) == [0, *range(2, n)]
+    for i in range(n):
+        want = top if i == 1 else plain
+        torch.testing.assert_close(window.keys[i], want.keys[i])
+        torch.testing.assert_close(window.values[i], want.values[i])
+    assert not torch.equal(top.keys[2], plain.keys[2])  # the window's edge is visible: above it, translated
+    assert self_entries.config.sharer_depth(1, 2) == n > self_entries.config.sharer_depth(1)
+    for bad in (Recompute(own_to=2), Recompute(own_from=2, own_to=2), Recompute(own_from=1, own_to=n + 1)):
+        with pytest.raises(C2CError, match="own-to layer"):
+            C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=bad)
+
+
 def test_entry_maps_of_a_window_of_sharer_layers_read_their_states_side_by_side(self_entries, tmp_path):
     """With `window` 2 each entry map reads the states entering two sharer layers; a self-translation still
     writes the receiver's own state, saved, loaded and used by `--own-from` like a window of one."""
@@ -227,7 +248,7 @@ def test_under_the_knob_the_sharer_reads_only_as_deep_as_the_layers_below_it_nee
         for h in hooks:
             h.remove()
     assert sorted(set(ran)) == [0, 1]
-    monkeypatch.setattr(TranslatorConfig, "sharer_depth", lambda self, own_from=0: 4)
+    monkeypatch.setattr(TranslatorConfig, "sharer_depth", lambda self, own_from=0, own_to=0: 4)
     whole = translate_parts([(t, s)], r, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=2))[0]
     for a, b in zip(short.keys + short.values, whole.keys + whole.values):
         torch.testing.assert_close(a, b)

@@ -116,6 +116,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="translated briefs: the receiver computes its own layers M..L-1 over the brief ((L-M)/L of "
                         "reading it), from the state entering layer M that the translator's entry map writes "
                         "(`c2c fit --from DIR --entry-layers M`): the knob from the top (default 0: off)")  # fmt: skip
+    p.add_argument("--own-to", type=int, default=0, metavar="U",
+                   help="with --own-from M: the receiver's own layers stop before layer U ((U-M)/L of reading it); "
+                        "the translator writes layers U..L-1 too: a window of critical layers (default 0: the top)")
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -150,6 +153,6 @@ def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
-                     recompute=Recompute(args.own_layers, args.own_from),
+                     recompute=Recompute(args.own_layers, args.own_from, args.own_to),
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

@@ -79,7 +79,8 @@ def run(args) -> int:
     header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer,
               "fusers": [str(f) for f in args.fuser], "close_gates": args.close_gates, "dtype": args.dtype,
               "chat": not args.no_chat}  # fmt: skip
-    knob = {"own_layers": args.own_layers, "own_from": args.own_from}
+    knob = {"own_layers": args.own_layers, "own_from": args.own_from} | ({"own_to": args.own_to} if args.own_to
+                                                                          else {})  # fmt: skip
     if args.translator or any(knob.values()):  # (older headers had neither: their runs still continue)
         header |= {"translators": [str(t) for t in args.translator], **knob}
     out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after

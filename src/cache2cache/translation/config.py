@@ -112,13 +112,14 @@ class TranslatorConfig:
         lo = min(max(self.entry_sharer_layer(m) - (w - 1) // 2, 0), n_s - w)
         return list(range(lo, lo + w))
 
-    def sharer_depth(self, own_from: int = 0) -> int:
+    def sharer_depth(self, own_from: int = 0, own_to: int = 0) -> int:
         """How many of the sharer's layers a reading for this translator must run: the deepest layer the key and
-        value maps of the layers it writes read (those below `own_from` under the knob, else all), and the states
-        entering the entry map's layers (known before those layers run). Under the knob from the top the sharer
-        stops about where the receiver's own layers take over."""
-        top = own_from or self.receiver_geo.num_layers
-        deepest = [max(self.window(r, maps)) + 1 for r in range(top) for maps, feats in
+        value maps of the layers it writes read (under the knob those below `own_from` and from `own_to` on, else
+        all), and the states entering the entry map's layers (known before those layers run). Under the knob from
+        the top the sharer stops about where the receiver's own layers take over."""
+        n = self.receiver_geo.num_layers
+        written = [r for r in range(n) if not own_from or not own_from <= r < (own_to or n)]
+        deepest = [max(self.window(r, maps)) + 1 for r in written for maps, feats in
                    (("keys", self.key_features), ("values", self.value_features))
                    if any(f in ("keys", "values") for f in feats)]  # fmt: skip
         if own_from:

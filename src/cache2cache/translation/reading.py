@@ -162,13 +162,14 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
                  (r_span.spans[t] for t in mine)]  # fmt: skip
         read = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store,
                               translator.config.entry_sharer_layers(entry) if entry else None,
-                              translator.config.sharer_depth(entry) if entry else None)  # fmt: skip
+                              translator.config.sharer_depth(entry, recompute.own_to) if entry else None)  # fmt: skip
         s_keys, s_values = read[:2]
         idx = torch.tensor(mine, device=receiver.device)
         if entry:
             states[idx] = translator.entry_state(entry, read[2], emb[idx])
-        written = translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None, entry or None)
-        for i, (k, v) in enumerate(written):  # under the knob, the layers below its entry (the rest are recomputed)
+        below = entry if entry and not recompute.own_to else None  # the knob from the top: only the layers below
+        written = translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None, below)
+        for i, (k, v) in enumerate(written):  # the recomputed layers among them are replaced below
             k_pre[i][:, idx], v_new[i][:, idx] = k, v
     prefix = PromptCache.empty(receiver).extend(receiver, r_span.ids[:r_span.start])
     pos = torch.arange(r_span.start, r_span.end, device=receiver.device)
@@ -181,7 +182,8 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         m = recompute.own_first
         keys[:m], values[:m] = lower_layers(receiver, r_span.ids[:r_span.end], m)
     if entry:
-        keys[entry:], values[entry:] = upper_layers(receiver, prefix, r_span.brief_ids, states, entry)
+        top = recompute.top(len(keys))
+        keys[entry:top], values[entry:top] = upper_layers(receiver, prefix, r_span.brief_ids, states, entry, top)
     meta = {"translated_from": ",".join(sharer.name for _, sharer in senders),
             "brief_tokens": [r_span.start, r_span.end], **recompute.meta()}  # fmt: skip
     cache = PromptCache(prefix.identity, r_span.ids[:r_span.end], keys, values, None, None, chat, meta)

@@ -9,6 +9,9 @@ docs/RESULTS.md). The knob buys fidelity back with a share of the receiver's own
                   runs its layers m..L-1 over the brief from that state ((L - m) / L of reading it); the translator
                   writes the layers below. The upper layers, where copying heads read the previous token and the
                   answer is assembled, become the receiver's own computation of (a translation of) the text.
+    own_to u      with own_from m: the receiver runs only its layers m..u-1 from that state ((u - m) / L); the
+                  translator writes the layers below m and from u on. A window of the layers that matter most
+                  (DroidSpeak profiles its critical layers) instead of the whole top.
 
 This is DroidSpeak's partial recompute (arXiv 2411.02820: recompute a few layers from the stored hidden state,
 reuse the others' KV) carried across model families, the E-cache being translated instead of shared.
@@ -35,6 +38,7 @@ class Recompute:
 
     own_first: int = 0
     own_from: int = 0
+    own_to: int = 0  # with own_from: the receiver's own layers end before this one (0: at the top)
 
     def check(self, receiver: LoadedModel, translators: Sequence[Translator]) -> None:
         """Raise C2CError unless both ends fit the receiver's depth, do not overlap, and every translator has an
@@ -45,6 +49,9 @@ class Recompute:
                 raise C2CError(f"{name} must be 0-{top} ({receiver.name} has {n} layers), got {m!r}")
         if self.own_from and self.own_first >= self.own_from:
             raise C2CError(f"own layers ({self.own_first}) and own-from layer ({self.own_from}) overlap")
+        if self.own_to and (type(self.own_to) is not int or not self.own_from or not self.own_from < self.own_to <= n):
+            raise C2CError(f"own-to layer must follow an own-from layer M and be M+1-{n} ({receiver.name} has {n} "
+                           f"layers), got {self.own_to!r} with own-from {self.own_from}")
         for t in translators if self.own_from else ():
             if self.own_from not in t.config.entry_layers:
                 have = ", ".join(map(str, t.config.entry_layers)) or "none"
@@ -53,15 +60,25 @@ class Recompute:
 
     def space(self) -> str:
         """What a store namespace adds for heads written with this knob (apart from the translated ones)."""
-        return (f"+own:{self.own_first}" if self.own_first else "") + (f"+from:{self.own_from}" if self.own_from
-                                                                       else "")  # fmt: skip
+        return ((f"+own:{self.own_first}" if self.own_first else "") + (f"+from:{self.own_from}" if self.own_from
+                else "") + (f"+to:{self.own_to}" if self.own_to else ""))  # fmt: skip
 
     def share(self, num_layers: int) -> float:
         """The share of the receiver's own prefill (layers over the brief) this knob costs."""
-        return (self.own_first + (num_layers - self.own_from if self.own_from else 0)) / num_layers
+        return (self.own_first + ((self.own_to or num_layers) - self.own_from if self.own_from else 0)) / num_layers
+
+    def top(self, num_layers: int) -> int:
+        """The layer the receiver's own layers from `own_from` end before."""
+        return self.own_to or num_layers
+
+    def written(self, num_layers: int) -> list[int]:
+        """The receiver layers the translator writes under this knob (the others the receiver computes)."""
+        own = set(range(self.own_first)) | set(range(self.own_from, self.top(num_layers)) if self.own_from else ())
+        return [r for r in range(num_layers) if r not in own]
 
     def meta(self) -> dict:
-        return {"own_layers": self.own_first, "own_from": self.own_from}
+        return {"own_layers": self.own_first, "own_from": self.own_from} | ({"own_to": self.own_to} if self.own_to
+                                                                          else {})  # fmt: skip
 
 
 @torch.no_grad()
@@ -76,12 +93,12 @@ def lower_layers(model: LoadedModel, ids: list[int], m: int) -> tuple[list[torch
 
 
 @torch.no_grad()
-def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor, m: int
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
-    """The model's own cache keys (rotated) and values at layers m..L-1 over `prefix`'s tokens followed by `ids`,
-    each (kv_heads, len(prefix) + len(ids), d): the prefix's from its cache, the new tokens' computed by running
-    only layers m..L-1 from `state` (len(ids), hidden), the hidden state entering layer m at those tokens."""
-    n_layers, start = len(decoder_layers(model.model)), len(prefix)
+def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor, m: int,
+                 end: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """The model's own cache keys (rotated) and values at layers m..end-1 (end: L) over `prefix`'s tokens followed
+    by `ids`, each (kv_heads, len(prefix) + len(ids), d): the prefix's from its cache, the new tokens' computed by
+    running only those layers from `state` (len(ids), hidden), the hidden state entering layer m at those tokens."""
+    n_layers, start = end or len(decoder_layers(model.model)), len(prefix)
     if state.shape[0] != len(ids):
         raise C2CError(f"{state.shape[0]} entering states for {len(ids)} tokens")
     cache = prefix.to_transformers(model) if start else new_cache(model.model.config, keep_full_history=True)
