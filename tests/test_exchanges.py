@@ -79,6 +79,32 @@ def test_distilling_on_exchanges_scores_only_the_answer_and_lowers_its_held_out_
     assert report.kl_after < report.kl_before
 
 
+def test_nonlinear_branches_start_at_zero_train_by_distillation_and_round_trip(tmp_path):
+    """`with_mlps` adds a branch beside every map that writes nothing until distilled; distillation trains it (and
+    lowers the held-out KL); saved and loaded it writes the same; a translator without branches keeps its config."""
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
+    t = solve(accumulate(r, s, TEXTS, tmp_path / "s.safetensors"), progress=False)
+    wide = t.with_mlps(8)
+    pairs = record_exchanges(r, s, NOTES)
+    p = pairs[0]
+    feats = ([k.float() for k in p.s_keys], [v.float() for v in p.s_values], p.embedding.float())
+    for (k0, v0), (k1, v1) in zip(t(*feats), wide(*feats)):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert wide.config.mlp_width == 8 and wide.fingerprint() != t.fingerprint()
+    assert "mlp_width" not in t.config.to_json()
+    report = distill(wide, r, pairs[2:], pairs[:2], steps=20, lr=1e-4, check_every=5, teacher=s, branch_lr=1e-2)
+    assert report.kl_after < report.kl_before and wide.config.fit["distilled"]["branch_lr"] == 1e-2
+    assert any(b.down.weight.abs().sum() > 0 for b in wide.key_mlps)
+    wide.save_pretrained(tmp_path / "w")
+    again = Translator.from_pretrained(tmp_path / "w")
+    assert again.config.mlp_width == 8 and again.fingerprint() == wide.fingerprint()
+    for (k0, v0), (k1, v1) in zip(wide(*feats), again(*feats)):
+        torch.testing.assert_close(k0, k1)
+        torch.testing.assert_close(v0, v1)
+    with pytest.raises(C2CError, match="mlp_width"):
+        FitRecipe(mlp_width=8, refine=0)
+
+
 def test_a_recipe_distils_on_exchanges_and_names_them_and_the_cli_builds_them(sciq_rows, tmp_path, capsys):
     with pytest.raises(C2CError, match="give distill STEPS"):
         FitRecipe(distill_on="note:sciq")

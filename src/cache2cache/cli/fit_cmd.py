@@ -139,6 +139,12 @@ def register(sub) -> None:
                    help="distil the entry map of layer M alone, through the knob: the receiver recomputes its layers "
                         "M.. from the state the map writes, and that map is trained so that what the receiver reads "
                         "next matches its own reading (the translator needs an entry map for M: --entry-layers)")
+    p.add_argument("--mlp-width", type=int, default=None, metavar="W",
+                   help="before distilling, give every key and value map a nonlinear branch W wide (normalised "
+                        "features, one GELU layer, an output starting at zero), trained with the maps by --distill "
+                        "(default 0: affine maps only)")  # fmt: skip
+    p.add_argument("--mlp-lr", type=float, default=None, metavar="LR",
+                   help="the branches' Adam step, absolute (default 3e-4)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="of the saved weights (default float32)")
     p.add_argument("--out", type=output_dir, default=None, help="translator folder (default runs/translators/PAIR)")
     p.add_argument("--stats", type=output_file, default=None,

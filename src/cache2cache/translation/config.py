@@ -48,6 +48,7 @@ class TranslatorConfig:
     entry_layers: list = field(default_factory=list)
     sharer_hidden: int = 0  # the sharer's hidden size (what the entry maps read)
     entry_window: int = 1  # sharer layers around that depth whose entering states an entry map reads
+    mlp_width: int = 0  # > 0: each key and value map adds a nonlinear branch this wide (translator.Residual)
     c2c_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class TranslatorConfig:
                            f"got {self.entry_layers!r}")  # fmt: skip
         if self.entry_layers and (type(self.sharer_hidden) is not int or self.sharer_hidden < 1):
             raise C2CError("translator config: entry maps need sharer_hidden, the sharer's hidden size")
+        if type(self.mlp_width) is not int or self.mlp_width < 0:
+            raise C2CError(f"translator config: mlp_width must be an integer >= 0, got {self.mlp_width!r}")
         if type(self.entry_window) is not int or not 1 <= self.entry_window <= shar.num_layers:
             raise C2CError(f"translator config: entry_window must be 1-{shar.num_layers}, got {self.entry_window!r}")
         uses_embedding = any(f in TOKEN_FEATURES for f in self.key_features + self.value_features)
@@ -137,6 +140,8 @@ class TranslatorConfig:
             del d["entry_layers"], d["sharer_hidden"]
         if self.entry_window == 1:  # likewise one with entry maps of one sharer layer
             del d["entry_window"]
+        if not self.mlp_width:  # and one of affine maps only
+            del d["mlp_width"]
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod

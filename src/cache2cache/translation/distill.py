@@ -177,11 +177,13 @@ def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePai
 
 def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
             steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25,
-            teacher: LoadedModel | None = None, top_k: int = 0, own_from: int = 0) -> DistillReport:  # fmt: skip
+            teacher: LoadedModel | None = None, top_k: int = 0, own_from: int = 0, branch_lr: float = 3e-4
+            ) -> DistillReport:  # fmt: skip
     """Adam on every key and value map together (or, with `own_from` m, on the entry map of layer m alone, the
     receiver recomputing its layers m.. from it) (from where they are) to lower `distill_loss` on `train` at random
     cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
-    the best weights are kept. `lr` is relative to each map's mean absolute weight. `teacher` (default: the
+    the best weights are kept. `lr` is relative to each map's mean absolute weight; the maps' nonlinear branches
+    (`Translator.with_mlps`), which start at zero, train at `branch_lr` itself. `teacher` (default: the
     receiver) is the model whose reading of the whole passage the student must match: exactly, read again at
     each use, or (`top_k` > 0) its top-k recorded once per passage. Records the report in the translator's fit
     under `distilled` (`distilled_entry` with `own_from`)."""
@@ -193,10 +195,13 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     rng = random.Random(seed)
     if own_from and str(own_from) not in translator.entries:
         raise C2CError(f"the translator has no entry map for layer {own_from} to distil")
-    maps = [translator.entries[str(own_from)]] if own_from else [*translator.keys, *translator.values]
-    params = [p for lin in maps for p in lin.parameters()]
-    scale = sum(p.detach().abs().mean().item() for p in params) / len(params) or 1.0
-    opt = torch.optim.Adam(params, lr=lr * scale)
+    maps, branches = ([translator.entries[str(own_from)]], []) if own_from else translator.maps_and_branches()
+    affine = [p for lin in maps for p in lin.parameters()]
+    scale = sum(p.detach().abs().mean().item() for p in affine) / len(affine) or 1.0
+    extra = [p for b in branches for p in b.parameters()]
+    opt = torch.optim.Adam([{"params": affine, "lr": lr * scale}] + ([{"params": extra, "lr": branch_lr}] if extra
+                                                                     else []))  # fmt: skip
+    params = affine + extra
     checks = [(p, c) for p in held for c in dict.fromkeys(cut_of(p, f) for f in HELD_CUTS)]
     if top_k:
         record_top_k(train + held, teacher, top_k, vocab)
@@ -233,5 +238,6 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     report = DistillReport(before, best, best_step, steps)
     translator.config.fit["distilled_entry" if own_from else "distilled"] = {
         **report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held), "teacher": teacher.name,
+        **({"branch_lr": branch_lr} if extra else {}),
         **({"top_k": top_k} if top_k else {}), **({"own_from": own_from} if own_from else {})}  # fmt: skip
     return report

@@ -8,7 +8,8 @@ Steps, each optional after the first:
     values     (`refine_values`) the value maps against its attention output on the same passages
     entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text` (entries.py): what
                `--own-from M`, the knob from the top, reads
-    distill    (`distill` steps) every key and value map end to end on the same passages, or on exchanges shaped
+    distill    (`distill` steps) every key and value map end to end (with `mlp_width`, each with a nonlinear
+               branch beside it, translator.Residual) on the same passages, or on exchanges shaped
                like a message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py); with
                `distill_own_from` M, the entry map of M alone, the receiver recomputing its layers M.. from it
 The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
@@ -71,6 +72,8 @@ class FitRecipe:
     distill_own_from: int = 0  # > 0: distil the entry map of this layer alone, through the knob (not the maps)
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     entry_window: int = 1  # sharer layers whose entering states each entry map reads
+    mlp_width: int = 0  # > 0: give every map a nonlinear branch this wide before distilling (translator.Residual)
+    mlp_lr: float = 3e-4  # the branches' learning rate (absolute: they start at zero)
     dtype: str = "float32"  # of the saved weights
     chat: bool = True
 
@@ -85,8 +88,11 @@ class FitRecipe:
                            "(or distill_on exchanges)")
         if (self.distill_on or self.distill_own_from) and not self.distill:
             raise C2CError("distill_on and distill_own_from shape the distillation: give distill STEPS > 0 too")
-        if self.distill_lr <= 0:
-            raise C2CError(f"recipe: distill_lr must be > 0, got {self.distill_lr}")
+        if self.distill_lr <= 0 or self.mlp_lr <= 0:
+            raise C2CError(f"recipe: distill_lr and mlp_lr must be > 0, got {self.distill_lr}, {self.mlp_lr}")
+        if self.mlp_width < 0 or (self.mlp_width and (not self.distill or self.distill_own_from)):
+            raise C2CError("mlp_width: the maps' nonlinear branches train only by distilling the maps: give distill "
+                           "STEPS > 0 (and no distill_own_from), or mlp_width 0")
         if self.distill_own_from < 0:
             raise C2CError(f"recipe: distill_own_from must be a receiver layer >= 1, got {self.distill_own_from}")
         if self.distill_own_from and not self.start_from and self.distill_own_from not in self.entry_layers:
@@ -174,6 +180,8 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
                                  recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
                                  f"{recipe.text} (passages cut to {recipe.max_chars} characters)",
                                  recipe.entry_window)  # fmt: skip
+    if recipe.mlp_width and recipe.mlp_width != translator.config.mlp_width:
+        translator = translator.with_mlps(recipe.mlp_width)  # branches at zero: distillation trains them
     states_of = translator.config.entry_sharer_layers(entry) if entry else None  # what the entry map reads
     exchanges = exchanges or []
     top_k = recipe.distill_top_k if recipe.distill else 0
@@ -216,7 +224,7 @@ def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel,
                       f"{len(shaped)} exchanges of {recipe.distill_on}" if shaped else where,
                       lambda: distill(translator, receiver, d_train, d_held, recipe.distill, recipe.distill_lr,
                                       recipe.distill_batch, teacher=teacher, top_k=recipe.distill_top_k,
-                                      own_from=recipe.distill_own_from)))  # fmt: skip
+                                      own_from=recipe.distill_own_from, branch_lr=recipe.mlp_lr)))  # fmt: skip
     for kind, text, step in steps:
         step()
         translator.config.fit[kind]["text"] = text

@@ -15,6 +15,7 @@ the features, the fitting text and the held-out R² per layer) and model.safeten
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,8 +69,23 @@ def entry_features(sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch
     return torch.cat([sharer_state.float(), embedding.float(), previous_tokens(embedding).float()], -1)
 
 
+class Residual(nn.Module):
+    """A nonlinear branch beside an affine map: normalised features, one GELU layer `width` wide, an output layer
+    that starts at zero, so a translator gains it without changing what it writes until distillation trains it."""
+
+    def __init__(self, d_in: int, d_out: int, width: int) -> None:
+        super().__init__()
+        self.norm, self.up, self.down = nn.LayerNorm(d_in), nn.Linear(d_in, width), nn.Linear(width, d_out)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(nn.functional.gelu(self.up(self.norm(x))))
+
+
 class Translator(nn.Module):
-    """Per receiver layer, an affine map for keys (`k{r}`) and one for values (`v{r}`)."""
+    """Per receiver layer, an affine map for keys (`k{r}`) and one for values (`v{r}`), each with a `Residual`
+    branch beside it when the config asks for one (`mlp_width`)."""
 
     def __init__(self, config: TranslatorConfig) -> None:
         super().__init__()
@@ -82,7 +98,23 @@ class Translator(nn.Module):
                                     for r, g in enumerate(recv.layers))  # fmt: skip
         self.entries = nn.ModuleDict({str(m): nn.Linear(config.entry_dim(), config.receiver_hidden)
                                       for m in config.entry_layers})  # fmt: skip
+        w = config.mlp_width
+        self.key_mlps = nn.ModuleList(Residual(m.in_features, m.out_features, w) for m in self.keys) if w else None
+        self.value_mlps = nn.ModuleList(Residual(m.in_features, m.out_features, w) for m in self.values) if w else None
         self.requires_grad_(False)
+
+    def with_mlps(self, width: int) -> "Translator":
+        """A copy with `Residual` branches `width` wide beside every key and value map (new ones, starting at zero:
+        it writes what this one writes until distilled); its other weights are this one's."""
+        out = Translator(replace(self.config, mlp_width=width, fit=dict(self.config.fit)))
+        kept = {k: v for k, v in self.state_dict().items() if "_mlps." not in k}
+        out.load_state_dict(kept, strict=False)
+        out.source = self.source
+        return out.to(next(self.parameters()).device).eval()
+
+    def maps_and_branches(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """(the affine key and value maps, their nonlinear branches if any): what distillation trains."""
+        return [*self.keys, *self.values], [*self.key_mlps, *self.value_mlps] if self.config.mlp_width else []
 
     @property
     def uses_embedding(self) -> bool:
@@ -120,9 +152,11 @@ class Translator(nn.Module):
         out = []
         for r, g in enumerate(self.config.receiver_geo.layers[:layers]):
             cfg = self.config
-            k = self.keys[r](gather_features(cfg.key_features, cfg.window(r), sharer_keys, sharer_values, embedding))
-            v = self.values[r](gather_features(cfg.value_features, cfg.window(r, "values"), sharer_keys, sharer_values,
-                                               embedding))  # fmt: skip
+            x_k = gather_features(cfg.key_features, cfg.window(r), sharer_keys, sharer_values, embedding)
+            x_v = gather_features(cfg.value_features, cfg.window(r, "values"), sharer_keys, sharer_values, embedding)
+            k, v = self.keys[r](x_k), self.values[r](x_v)
+            if cfg.mlp_width:
+                k, v = k + self.key_mlps[r](x_k), v + self.value_mlps[r](x_v)
             shape = (-1, g.kv_heads, g.head_dim)
             out.append((k.view(shape).transpose(0, 1), v.view(shape).transpose(0, 1)))
         return out
@@ -208,6 +242,8 @@ class Translator(nn.Module):
                 if "distilled_entry" in fit
                 else ""
             )
+            + (f"- every map with a nonlinear branch {cfg.mlp_width} wide (trained by the distillation)\n"
+               if cfg.mlp_width else "")
             + f"- written by cache2cache {cfg.c2c_version}\n\n"
             "Load with `cache2cache.Translator.from_pretrained(dir)`, or `c2c generate --translator DIR`.\n"
         )
