@@ -65,16 +65,11 @@ class Recompute:
 
     def share(self, num_layers: int) -> float:
         """The share of the receiver's own prefill (layers over the brief) this knob costs."""
-        return (self.own_first + ((self.own_to or num_layers) - self.own_from if self.own_from else 0)) / num_layers
+        return (self.own_first + (self.top(num_layers) - self.own_from if self.own_from else 0)) / num_layers
 
     def top(self, num_layers: int) -> int:
         """The layer the receiver's own layers from `own_from` end before."""
         return self.own_to or num_layers
-
-    def written(self, num_layers: int) -> list[int]:
-        """The receiver layers the translator writes under this knob (the others the receiver computes)."""
-        own = set(range(self.own_first)) | set(range(self.own_from, self.top(num_layers)) if self.own_from else ())
-        return [r for r in range(num_layers) if r not in own]
 
     def meta(self) -> dict:
         return {"own_layers": self.own_first, "own_from": self.own_from} | ({"own_to": self.own_to} if self.own_to
