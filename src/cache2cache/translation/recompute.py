@@ -93,14 +93,14 @@ def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state:
     """The model's own cache keys (rotated) and values at layers m..end-1 (end: L) over `prefix`'s tokens followed
     by `ids`, each (kv_heads, len(prefix) + len(ids), d): the prefix's from its cache, the new tokens' computed by
     running only those layers from `state` (len(ids), hidden), the hidden state entering layer m at those tokens."""
-    n_layers, start = end or len(decoder_layers(model.model)), len(prefix)
+    top, start = end or len(decoder_layers(model.model)), len(prefix)
     if state.shape[0] != len(ids):
         raise C2CError(f"{state.shape[0]} entering states for {len(ids)} tokens")
     cache = prefix.to_transformers(model) if start else new_cache(model.model.config, keep_full_history=True)
-    view = only_layers(model.model, m, n_layers, state[None].to(model.device, model.model.dtype))
+    view = only_layers(model.model, m, top, state[None].to(model.device, model.model.dtype))
     view(input_ids=torch.tensor([ids], device=model.device),
          attention_mask=torch.ones(1, start + len(ids), dtype=torch.long, device=model.device),
          position_ids=torch.arange(start, start + len(ids), device=model.device)[None], past_key_values=cache,
          use_cache=True)  # fmt: skip
-    return ([cache.layers[i].keys[0] for i in range(m, n_layers)],
-            [cache.layers[i].values[0] for i in range(m, n_layers)])  # fmt: skip
+    return ([cache.layers[i].keys[0] for i in range(m, top)],
+            [cache.layers[i].values[0] for i in range(m, top)])  # fmt: skip
