@@ -1,8 +1,9 @@
 """The fidelity knob's curve: accuracy of translated briefs against the share of the receiver's own prefill the
-knob costs, from `c2c eval` runs (`--own-layers M`: its first M layers; `--own-from M`: its layers M..L-1), with
+knob costs, from `c2c eval` runs (`--own-layers M`: its first M layers; `--own-from M`: its layers M..L-1;
+`--own-tokens P`: every layer over a share P of the brief's tokens, the share read from the run's header), with
 the receiver alone (0% of reading, nothing sent) and the receiver reading the brief itself (100%) from a base run.
 
-    .venv/bin/python scripts/knob_curve.py --base RUN --layers 30 first:8:RUN_A from:21:RUN_B ... \
+    .venv/bin/python scripts/knob_curve.py --base RUN --layers 30 first:8:RUN_A from:21:RUN_B tokens:0.25:RUN_C \
         --out docs/results/knob_curve.png     # also writes the .json beside it; prints a markdown table
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cache2cache.plotting import pyplot
+from cache2cache.translation.recompute import Recompute
 
 
 def accuracy(run: Path, mode: str) -> float:
@@ -21,6 +23,16 @@ def accuracy(run: Path, mode: str) -> float:
     if mode not in summary["modes"]:
         sys.exit(f"error: {run} has no mode {mode!r} (it has {', '.join(summary['modes'])})")
     return summary["modes"][mode]["accuracy"]
+
+
+def selective_share(run: Path, layers: int) -> float:
+    """The share of the receiver's prefill a run with `--own-tokens` cost, from its header (`Recompute.share`)."""
+    with (run / "records.jsonl").open() as f:
+        h = json.loads(f.readline())["header"]
+    if "own_tokens" not in h:
+        sys.exit(f"error: {run} was not run with --own-tokens")
+    knob = Recompute(own_from=h["own_from"], own_to=h.get("own_to", 0), own_tokens=h["own_tokens"], pick=h["pick"])
+    return knob.share(layers)
 
 
 def main() -> None:
@@ -34,26 +46,32 @@ def main() -> None:
     args = ap.parse_args()
     alone, read = accuracy(args.base, "receiver"), accuracy(args.base, "receiver_brief")
     translated = accuracy(args.base, "translated")
-    rows = {"first": [(0.0, 0, translated)], "from": [(0.0, 0, translated)]}
+    rows = {"first": [(0.0, 0, translated)], "from": [(0.0, 0, translated)], "tokens": [(0.0, 0, translated)]}
     for spec in args.points:
         kind, m, run = spec.split(":", 2)
-        if kind not in rows or not m.isdigit():
-            sys.exit(f"error: expected first:M:RUN or from:M:RUN, got {spec!r}")
-        m = int(m)
-        share = m / args.layers if kind == "first" else (args.layers - m) / args.layers
-        rows[kind].append((share, m, accuracy(Path(run), "translated")))
+        if kind not in rows or not m.replace(".", "", kind == "tokens").isdigit():
+            sys.exit(f"error: expected first:M:RUN, from:M:RUN or tokens:P:RUN, got {spec!r}")
+        if kind == "tokens":
+            share = selective_share(Path(run), args.layers)
+        else:
+            share = int(m) / args.layers if kind == "first" else (args.layers - int(m)) / args.layers
+        rows[kind].append((share, float(m) if kind == "tokens" else int(m), accuracy(Path(run), "translated")))
     gap = lambda acc: (acc - alone) / (read - alone) if read != alone else float("nan")  # noqa: E731
     print("| knob | M | share of the receiver's prefill | translated | gap closed |\n|---|---:|---:|---:|---:|")
     print(f"| receiver alone | - | 0% | {alone:.3f} | 0% |")
     for kind, points in rows.items():
-        for share, m, acc in sorted(points)[1 if kind == "from" else 0:]:
+        for share, m, acc in sorted(points)[0 if kind == "first" else 1:]:
             print(f"| own {kind} | {m} | {share:.0%} | {acc:.3f} | {gap(acc):.0%} |")
     print(f"| reading it | - | 100% | {read:.3f} | 100% |")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, marker in (("first", "o"), ("from", "s")):
+    labels = {"first": "own first M layers", "from": "own layers from M (entry map)",
+              "tokens": "own layers over a share of the tokens"}  # fmt: skip
+    for kind, marker in (("first", "o"), ("from", "s"), ("tokens", "^")):
+        if len(rows[kind]) == 1:
+            continue
         points = sorted(rows[kind]) + [(1.0, None, read)]
-        label = "own first M layers" if kind == "first" else "own layers from M (entry map)"
+        label = labels[kind]
         ax.plot([100 * p[0] for p in points], [p[2] for p in points], marker=marker, label=label)
     ax.axhline(alone, color="grey", linestyle=":", label="receiver alone")
     ax.set_xlabel("share of the receiver's own prefill over the brief (%)")

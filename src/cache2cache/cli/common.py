@@ -12,7 +12,7 @@ from ..alignment.tokens import STRATEGIES
 from ..fuser.config import PRESETS
 from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, DEFAULT_TRANSLATOR, build
 from ..inference.pipeline import C2CModel
-from ..translation.recompute import Recompute
+from ..translation.recompute import PICKS, Recompute
 
 
 def positive_int(text: str) -> int:
@@ -119,6 +119,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--own-to", type=int, default=0, metavar="U",
                    help="with --own-from M: the receiver's own layers stop before layer U ((U-M)/L of reading it); "
                         "the translator writes layers U..L-1 too: a window of critical layers (default 0: the top)")
+    p.add_argument("--own-tokens", type=float, default=1.0, metavar="P",
+                   help="translated briefs: the receiver's own layers (from --own-from M, else all of them) run over "
+                        "only the share P of the brief's tokens whose translated keys miss its own most at layer M; "
+                        "the rest stay translated: costs P*(L-M)/L of reading it, plus one layer (default 1: all)")
+    p.add_argument("--own-pick", choices=PICKS, default="drift",
+                   help="with --own-tokens: drift (the tokens whose translated keys miss most) or spread (evenly "
+                        "spaced; no picking layer: the control for the choice)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")
@@ -153,6 +160,6 @@ def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
-                     recompute=Recompute(args.own_layers, args.own_from, args.own_to),
+                     recompute=Recompute(args.own_layers, args.own_from, args.own_to, args.own_tokens, args.own_pick),
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

@@ -19,7 +19,7 @@ from ..kv import ModelGeometry, new_cache
 from ..models.layer_view import first_layers
 from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans, rotary, rotate, unrotate
-from .recompute import Recompute, lower_layers, upper_layers
+from .recompute import Recompute, lower_layers, pick_tokens, selected_layers, upper_layers
 from .translator import Translator
 
 
@@ -139,7 +139,8 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
     alone and written by its translator: several senders' documents in one receiver cache, each at the
     receiver positions it holds in the whole brief. A token that straddles two parts belongs to the first.
     `recompute` is the fidelity knob (recompute.py): the receiver's own first layers over the brief, and/or its
-    own layers from m on, run from the hidden state the translators' entry maps write; then each sharer reads
+    own layers from m on, run from the hidden state the translators' entry maps write (with `own_tokens`, over
+    only the brief tokens it picks, the others keeping translated layers: then the sharers read whole); each reads
     only as deep as its translator's maps of the layers below m and its entry map need (`sharer_depth`)."""
     parts = [part.strip() for part in parts]
     if len(parts) != len(senders) or not all(parts):
@@ -162,12 +163,13 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
                  (r_span.spans[t] for t in mine)]  # fmt: skip
         read = sharer_reading(sharer, messages, parts[j], spans, receiver.device, chat, store,
                               translator.config.entry_sharer_layers(entry) if entry else None,
-                              translator.config.sharer_depth(entry, recompute.own_to) if entry else None)  # fmt: skip
+                              translator.config.sharer_depth(entry, recompute.own_to)
+                              if entry and not recompute.selective else None)  # fmt: skip
         s_keys, s_values = read[:2]
         idx = torch.tensor(mine, device=receiver.device)
         if entry:
             states[idx] = translator.entry_state(entry, read[2], emb[idx])
-        below = entry if entry and not recompute.own_to else None  # the knob from the top: only the layers below
+        below = entry if entry and not (recompute.own_to or recompute.selective) else None  # only those below m
         written = translator(s_keys, s_values, emb[idx] if translator.uses_embedding else None, below)
         for i, (k, v) in enumerate(written):  # the recomputed layers among them are replaced below
             k_pre[i][:, idx], v_new[i][:, idx] = k, v
@@ -181,8 +183,12 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
     if recompute.own_first:
         m = recompute.own_first
         keys[:m], values[:m] = lower_layers(receiver, r_span.ids[:r_span.end], m)
-    if entry:
-        top = recompute.top(len(keys))
+    top = recompute.top(len(keys))
+    if recompute.selective:
+        picked = pick_tokens(receiver, prefix, r_span.brief_ids, states, entry, keys[entry][:, r_span.start:],
+                             values[entry][:, r_span.start:], recompute.own_tokens, recompute.pick)  # fmt: skip
+        keys, values = selected_layers(receiver, prefix, r_span.brief_ids, states, entry, top, keys, values, picked)
+    elif entry:
         keys[entry:top], values[entry:top] = upper_layers(receiver, prefix, r_span.brief_ids, states, entry, top)
     meta = {"translated_from": ",".join(sharer.name for _, sharer in senders),
             "brief_tokens": [r_span.start, r_span.end], **recompute.meta()}  # fmt: skip

@@ -12,6 +12,11 @@ docs/RESULTS.md). The knob buys fidelity back with a share of the receiver's own
     own_to u      with own_from m: the receiver runs only its layers m..u-1 from that state ((u - m) / L); the
                   translator writes the layers below m and from u on. A window of the layers that matter most
                   (DroidSpeak profiles its critical layers) instead of the whole top.
+    own_tokens p  the receiver's own layers (from own_from, or all of them from its embeddings) run over only the
+                  share p of the brief's tokens whose translated keys and values miss its own most at the first
+                  of those layers (one layer over every token finds them); the other tokens keep the translated
+                  ones at every layer. CacheBlend's selective recompute (arXiv 2405.16444) across families: a fact
+                  is a few tokens, and copying it needs those tokens' own keys, not every token's.
 
 This is DroidSpeak's partial recompute (arXiv 2411.02820: recompute a few layers from the stored hidden state,
 reuse the others' KV) carried across model families, the E-cache being translated instead of shared.
@@ -19,6 +24,7 @@ reuse the others' KV) carried across model families, the E-cache being translate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,10 +32,12 @@ import torch
 
 from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
-from ..kv import new_cache
+from ..kv import ModelGeometry, new_cache
 from ..models.layer_view import first_layers, only_layers
 from ..models.loading import LoadedModel, decoder_layers
 from .translator import Translator
+
+PICKS = ("drift", "span", "facts", "spread")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Recompute:
     own_first: int = 0
     own_from: int = 0
     own_to: int = 0  # with own_from: the receiver's own layers end before this one (0: at the top)
+    own_tokens: float = 1.0  # the share of the brief's tokens those layers run over (1: all)
+    pick: str = "drift"  # which tokens: those whose translation misses most, or "spread" evenly (no picking layer)
 
     def check(self, receiver: LoadedModel, translators: Sequence[Translator]) -> None:
         """Raise C2CError unless both ends fit the receiver's depth, do not overlap, and every translator has an
@@ -52,28 +62,45 @@ class Recompute:
         if self.own_to and (type(self.own_to) is not int or not self.own_from or not self.own_from < self.own_to <= n):
             raise C2CError(f"own-to layer must follow an own-from layer M and be M+1-{n} ({receiver.name} has {n} "
                            f"layers), got {self.own_to!r} with own-from {self.own_from}")
+        if not isinstance(self.own_tokens, (int, float)) or not 0 < self.own_tokens <= 1:
+            raise C2CError(f"own-tokens must be a share in (0, 1], got {self.own_tokens!r}")
+        if self.pick not in PICKS:
+            raise C2CError(f"pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
+        if self.selective and self.own_first:
+            raise C2CError("own-tokens applies to the layers from own-from (or all layers), not to own layers")
+        if self.selective and any(g.sliding_window for g in ModelGeometry.from_config(receiver.model.config).layers):
+            raise C2CError(f"own-tokens needs full-attention layers; {receiver.name} has sliding-window ones")
         for t in translators if self.own_from else ():
             if self.own_from not in t.config.entry_layers:
                 have = ", ".join(map(str, t.config.entry_layers)) or "none"
                 raise C2CError(f"translator {t.source or ''} has no entry map for layer {self.own_from} (it has: "
                                f"{have}); fit one with `c2c fit --from DIR --entry-layers {self.own_from}`")
 
+    @property
+    def selective(self) -> bool:
+        """Whether the receiver's own layers run over only some of the brief's tokens."""
+        return self.own_tokens < 1
+
     def space(self) -> str:
         """What a store namespace adds for heads written with this knob (apart from the translated ones)."""
         return ((f"+own:{self.own_first}" if self.own_first else "") + (f"+from:{self.own_from}" if self.own_from
-                else "") + (f"+to:{self.own_to}" if self.own_to else ""))  # fmt: skip
+                else "") + (f"+to:{self.own_to}" if self.own_to else "")
+                + (f"+tokens:{self.own_tokens:g}:{self.pick}" if self.selective else ""))  # fmt: skip
 
     def share(self, num_layers: int) -> float:
-        """The share of the receiver's own prefill (layers over the brief) this knob costs."""
-        return (self.own_first + (self.top(num_layers) - self.own_from if self.own_from else 0)) / num_layers
+        """The share of the receiver's own prefill (layers over the brief) this knob costs; selective recompute
+        adds the one layer over every token that picks its tokens."""
+        own = self.top(num_layers) - self.own_from if self.own_from or self.selective else 0
+        picking = 1 if self.selective and self.pick != "spread" else 0
+        return (self.own_first + own * self.own_tokens + picking) / num_layers
 
     def top(self, num_layers: int) -> int:
         """The layer the receiver's own layers from `own_from` end before."""
         return self.own_to or num_layers
 
     def meta(self) -> dict:
-        return {"own_layers": self.own_first, "own_from": self.own_from} | ({"own_to": self.own_to} if self.own_to
-                                                                          else {})  # fmt: skip
+        return ({"own_layers": self.own_first, "own_from": self.own_from} | ({"own_to": self.own_to} if self.own_to
+                else {}) | ({"own_tokens": self.own_tokens, "pick": self.pick} if self.selective else {}))  # fmt: skip
 
 
 @torch.no_grad()
@@ -104,3 +131,76 @@ def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state:
          use_cache=True)  # fmt: skip
     return ([cache.layers[i].keys[0] for i in range(m, top)],
             [cache.layers[i].values[0] for i in range(m, top)])  # fmt: skip
+
+
+@torch.no_grad()
+def pick_tokens(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor | None, m: int,
+                keys: torch.Tensor, values: torch.Tensor, share: float, how: str = "drift") -> list[int]:  # fmt: skip
+    """The ceil(share * T) of the brief's T tokens (`ids`, after `prefix`'s) whose translated keys and values of
+    layer m (`keys`, `values`: (kv_heads, T, d), rotated) lie farthest from the model's own, computed by running
+    layer m alone from `state` (T, hidden; None at m = 0: from the embeddings), in order. Distances are relative
+    to the own vector's size, so no head or token dominates by scale. `how` "spread": evenly spaced ones instead
+    (the control for the picking: no layer runs)."""
+    k = min(len(ids), max(1, math.ceil(share * len(ids))))
+    if how == "spread":
+        return sorted(set(torch.linspace(0, len(ids) - 1, k).round().long().tolist()))
+    start = len(prefix)
+    own_k, own_v = (upper_layers(model, prefix, ids, state, m, m + 1) if state is not None
+                    else lower_layers(model, list(prefix.token_ids) + list(ids), 1))  # fmt: skip
+    miss = [(a.float() - b[:, start:].float()).pow(2).sum((0, 2)) / b[:, start:].float().pow(2).sum((0, 2))
+            .clamp_min(1e-6) for a, b in ((keys, own_k[0]), (values, own_v[0]))]  # fmt: skip
+    score = miss[0] + miss[1]
+    if how in ("span", "facts"):  # a token after a missed one is missed too: copying reads its predecessor in it
+        score = torch.maximum(score, torch.cat([score[:1], score[:-1]]))
+    if how == "facts":  # names and numbers first (by that score among them), then the others
+        score = score + score.max() * fact_tokens(model, ids).to(score.device)
+    return sorted(score.topk(k).indices.tolist())
+
+
+def fact_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """(T,) bool: the tokens of words that state a fact a reader must copy exactly: a word holding a digit, or a
+    capitalised word that does not start a sentence (names, places, months). Words are runs of tokens up to the
+    next one that starts with a space, so every piece of a name or a number is in."""
+    texts = [model.tokenizer.decode([t]) for t in ids]
+    out, word, sentence_start = [False] * len(ids), [], True
+    for i, text in enumerate(texts + [" "]):
+        if word and (text[:1].isspace() or i == len(ids)):
+            w = "".join(texts[j] for j in word).strip()
+            fact = any(c.isdigit() for c in w) or (w[:1].isupper() and not sentence_start)
+            for j in word:
+                out[j] = fact
+            sentence_start = w[-1] in ".!?:" if w else sentence_start
+            word = []
+        word.append(i)
+    return torch.tensor(out)
+
+
+@torch.no_grad()
+def selected_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor | None, m: int,
+                    end: int, keys: list[torch.Tensor], values: list[torch.Tensor], picked: list[int]
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """Every layer's keys and values over `prefix`'s tokens followed by `ids` (`keys`, `values`: the translated
+    ones, (kv_heads, len(prefix) + T, d)), the model's own at layers m..end-1 for the `picked` brief tokens: those
+    tokens run through only those layers (from `state`, the (T, hidden) states entering layer m; None at m = 0),
+    attending to the translated keys and values of every other token before them and to each other's own."""
+    start, n, k = len(prefix), len(ids), len(picked)
+    at = torch.tensor(picked, device=model.device)
+    full = PromptCache(prefix.identity, list(prefix.token_ids) + list(ids), keys, values, None, None, prefix.chat)
+    cache = full.to_transformers(model)
+    allowed = torch.zeros(k, start + n + k, dtype=torch.bool, device=model.device)
+    allowed[:, :start] = True
+    others = torch.ones(n, dtype=torch.bool, device=model.device)
+    others[at] = False
+    allowed[:, start:start + n] = (torch.arange(n, device=model.device)[None] < at[:, None]) & others[None]
+    allowed[:, start + n:] = at[None] <= at[:, None]
+    mask = torch.zeros(allowed.shape, dtype=model.model.dtype, device=model.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)[None, None]
+    hidden = None if state is None else state[at][None].to(model.device, model.model.dtype)
+    view = only_layers(model.model, m, end, hidden)
+    view(input_ids=torch.tensor([ids], device=model.device)[:, at], attention_mask=mask,
+         position_ids=(start + at)[None], past_key_values=cache, use_cache=True)  # fmt: skip
+    keys, values = [t.clone() for t in keys], [t.clone() for t in values]
+    for i in range(m, end):
+        keys[i][:, start + at] = cache.layers[i].keys[0][:, start + n:].to(keys[i].dtype)
+        values[i][:, start + at] = cache.layers[i].values[0][:, start + n:].to(values[i].dtype)
+    return keys, values

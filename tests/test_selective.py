@@ -1,0 +1,113 @@
+"""Selective recompute (`Recompute.own_tokens`): the receiver's own layers run over only the brief tokens whose
+translated keys miss its own most, every other token keeping the translated keys and values."""
+
+import math
+
+import pytest
+import torch
+
+from cache2cache import C2CModel
+from cache2cache.caches.prompt_cache import PromptCache
+from cache2cache.errors import C2CError
+from cache2cache.models.loading import decoder_layers
+from cache2cache.translation.entries import entering_states
+from cache2cache.translation.features import BriefSpan
+from cache2cache.translation.reading import translate_brief, translate_parts
+from cache2cache.translation.recompute import Recompute, fact_tokens, pick_tokens, selected_layers
+
+from .conftest import make_fuser, tiny
+from .test_recompute import self_entries  # noqa: F401  (a module fixture: tiny-llama into itself, entry maps 1, 2)
+from .test_translation import QUESTION, TEXTS
+
+
+def own_reading(m, brief: str) -> tuple[PromptCache, PromptCache, BriefSpan]:
+    span = BriefSpan.of(m, QUESTION, brief)
+    prefix = PromptCache.empty(m).extend(m, span.ids[:span.start])
+    return prefix, PromptCache.empty(m).extend(m, span.ids[:span.end]), span
+
+
+@pytest.mark.parametrize("m_layer", [0, 1])
+def test_picked_tokens_recomputed_over_an_exact_context_are_the_models_own(m_layer):
+    """Fed the model's own cache as the 'translation', recomputing any tokens from layer m gives back exactly its
+    own keys and values: positions, the mask (each picked token sees the others' cache before it and the picked
+    ones up to itself) and the write-back are right."""
+    m = tiny("tiny-llama")
+    prefix, own, span = own_reading(m, TEXTS[4][1])
+    n = len(decoder_layers(m.model))
+    state = entering_states(m, span.ids[:span.end], [m_layer])[0][span.start:] if m_layer else None
+    picked = [0, 2, 3, len(span.brief_ids) - 1]
+    at = [span.start + t for t in picked]
+    noisy = [k.clone() for k in own.keys]
+    for k in noisy:  # wrong keys where the picked tokens sit: they must never be read
+        k[:, at] += 0.5 * torch.randn_like(k[:, at])
+    keys, values = selected_layers(m, prefix, span.brief_ids, state, m_layer, n, noisy, own.values, picked)
+    for i in range(m_layer, n):
+        torch.testing.assert_close(keys[i], own.keys[i], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(values[i], own.values[i], atol=2e-5, rtol=1e-4)
+    for i in range(m_layer):
+        assert torch.equal(keys[i], noisy[i])  # below m: what was given, untouched
+
+
+def test_own_tokens_keeps_the_others_translated_and_at_full_share_is_the_knob(self_entries):  # noqa: F811
+    m = tiny("tiny-llama")
+    n = len(decoder_layers(m.model))
+    plain, span = translate_brief(self_entries, m, m, QUESTION, TEXTS[5][1])
+    t = span.end - span.start
+    knob = Recompute(own_from=1, own_tokens=0.3)
+    some = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=knob)[0]
+    assert some.meta["own_tokens"] == 0.3 and knob.share(n) == pytest.approx(((n - 1) * 0.3 + 1) / n)
+    changed = {p for i in range(1, n) for p in range(span.start, span.end)
+               if not torch.equal(some.keys[i][:, p], plain.keys[i][:, p])}  # fmt: skip
+    assert 0 < len(changed) <= math.ceil(0.3 * t)  # only the picked tokens, and only at layers from m
+    assert torch.equal(some.keys[0], plain.keys[0]) and torch.equal(some.values[0], plain.values[0])
+    top = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_from=1))[0]
+    every = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]],
+                            recompute=Recompute(own_from=1, own_tokens=0.999))[0]  # fmt: skip
+    own = own_reading(m, TEXTS[5][1])[1]
+    whole = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=Recompute(own_tokens=0.999))[0]
+    for i in range(n):  # every token picked: the knob from the top, and from layer 0 the receiver's own reading
+        torch.testing.assert_close(every.keys[i], top.keys[i], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(whole.keys[i], own.keys[i], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(whole.values[i], own.values[i], atol=1e-4, rtol=1e-3)
+
+
+def test_own_tokens_refusals(self_entries):  # noqa: F811
+    m = tiny("tiny-llama")
+    for bad, match in ((Recompute(own_tokens=0), "own-tokens must be"), (Recompute(own_tokens=1.5), "own-tokens must"),
+                       (Recompute(own_first=1, own_tokens=0.5), "applies to the layers"),
+                       (Recompute(own_tokens=0.5, pick="best"), "pick must be")):  # fmt: skip
+        with pytest.raises(C2CError, match=match):
+            C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=bad)
+    g = tiny("tiny-gemma3")
+    with pytest.raises(C2CError, match="sliding-window"):
+        Recompute(own_tokens=0.5).check(g, [])
+
+
+def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():
+    m = tiny("tiny-llama")
+    text = "The inspector, Tomas Brenner, found 37 bolts. Traffic fell in October."
+    ids = m.tokenizer(text, add_special_tokens=False)["input_ids"]
+    marked = fact_tokens(m, ids)
+    stated = "".join(m.tokenizer.decode([t]) for t, f in zip(ids, marked) if f)
+    assert stated.split() == ["Tomas", "Brenner,", "37", "October."]
+
+
+def test_picking_policies(self_entries):  # noqa: F811
+    """`spread` is evenly spaced and costs no picking layer; `span` adds the successor of each token it keeps for
+    its miss; `facts` takes names and numbers first."""
+    m = tiny("tiny-llama")
+    n = len(decoder_layers(m.model))
+    brief = "The inspector, Tomas Brenner, found 37 cracked bolts on the east span during the check in the rain."
+    prefix, own, span = own_reading(m, brief)
+    keys = own.keys[0][:, span.start:] + 0.3 * torch.randn_like(own.keys[0][:, span.start:])
+    values = own.values[0][:, span.start:]
+    t = len(span.brief_ids)
+    spread = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 0.25, "spread")
+    assert spread[0] == 0 and spread[-1] == t - 1 and len(spread) == math.ceil(0.25 * t)
+    drift = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 1 / t, "drift")
+    pair = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 2 / t, "span")
+    assert drift[0] in pair and (drift[0] + 1 in pair or drift[0] == t - 1)
+    facts = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 0.5, "facts")
+    assert set(torch.nonzero(fact_tokens(m, span.brief_ids)).flatten().tolist()) <= set(facts)
+    assert Recompute(own_tokens=0.25, pick="spread").share(n) == 0.25
+    assert Recompute(own_tokens=0.25, pick="facts").share(n) == pytest.approx(0.25 + 1 / n)
