@@ -26,9 +26,8 @@ def accuracy(run: Path, mode: str) -> float:
 
 
 def selective_share(run: Path, layers: int) -> float:
-    """The share of the receiver's prefill a run with `--own-tokens` cost, from its header (`Recompute.share`)."""
-    with (run / "records.jsonl").open() as f:
-        h = json.loads(f.readline())["header"]
+    """The share of the receiver's prefill a run with `--own-tokens` cost, from its summary (`Recompute.share`)."""
+    h = json.loads((run / "summary.json").read_text())["models"].get("recompute", {})
     if "own_tokens" not in h:
         sys.exit(f"error: {run} was not run with --own-tokens")
     knob = Recompute(own_from=h["own_from"], own_to=h.get("own_to", 0), own_tokens=h["own_tokens"], pick=h["pick"])
@@ -39,13 +38,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("points", nargs="+", help="first:M:RUN or from:M:RUN (a run of mode translated with the knob)")
     ap.add_argument("--base", type=Path, required=True,
-                    help="a run with modes receiver, translated and receiver_brief (the knob at 0)")
+                    help="a run with modes receiver and receiver_brief (and translated: the knob at 0)")
+    ap.add_argument("--knob-free", type=Path, default=None,
+                    help="the run whose mode translated is the knob at 0 (default: --base)")
     ap.add_argument("--layers", type=int, required=True, help="the receiver's number of layers")
     ap.add_argument("--title", default="")
     ap.add_argument("--out", type=Path, required=True, help="the PNG (the JSON goes beside it)")
     args = ap.parse_args()
     alone, read = accuracy(args.base, "receiver"), accuracy(args.base, "receiver_brief")
-    translated = accuracy(args.base, "translated")
+    translated = accuracy(args.knob_free or args.base, "translated")
     rows = {"first": [(0.0, 0, translated)], "from": [(0.0, 0, translated)], "tokens": [(0.0, 0, translated)]}
     for spec in args.points:
         kind, m, run = spec.split(":", 2)
@@ -59,8 +60,9 @@ def main() -> None:
     gap = lambda acc: (acc - alone) / (read - alone) if read != alone else float("nan")  # noqa: E731
     print("| knob | M | share of the receiver's prefill | translated | gap closed |\n|---|---:|---:|---:|---:|")
     print(f"| receiver alone | - | 0% | {alone:.3f} | 0% |")
+    print(f"| translated, knob-free | - | 0% | {translated:.3f} | {gap(translated):.0%} |")
     for kind, points in rows.items():
-        for share, m, acc in sorted(points)[0 if kind == "first" else 1:]:
+        for share, m, acc in sorted(points)[1:]:
             print(f"| own {kind} | {m} | {share:.0%} | {acc:.3f} | {gap(acc):.0%} |")
     print(f"| reading it | - | 100% | {read:.3f} | 100% |")
     plt = pyplot()

@@ -55,7 +55,7 @@ def test_own_tokens_keeps_the_others_translated_and_at_full_share_is_the_knob(se
     t = span.end - span.start
     knob = Recompute(own_from=1, own_tokens=0.3)
     some = translate_parts([(self_entries, m)], m, QUESTION, [TEXTS[5][1]], recompute=knob)[0]
-    assert some.meta["own_tokens"] == 0.3 and knob.share(n) == pytest.approx(((n - 1) * 0.3 + 1) / n)
+    assert some.meta["own_tokens"] == 0.3 and some.meta["pick"] == "facts"
     changed = {p for i in range(1, n) for p in range(span.start, span.end)
                if not torch.equal(some.keys[i][:, p], plain.keys[i][:, p])}  # fmt: skip
     assert 0 < len(changed) <= math.ceil(0.3 * t)  # only the picked tokens, and only at layers from m
@@ -92,22 +92,20 @@ def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():
     assert stated.split() == ["Tomas", "Brenner,", "37", "October."]
 
 
-def test_picking_policies(self_entries):  # noqa: F811
-    """`spread` is evenly spaced and costs no picking layer; `span` adds the successor of each token it keeps for
-    its miss; `facts` takes names and numbers first."""
+def test_picking_policies():
+    """`spread` is evenly spaced, first and last included; `facts` takes every token of names and numbers, then
+    spreads the rest evenly over the other tokens, and thins the facts evenly when they alone exceed the share;
+    neither runs a layer, so the share is the tokens' alone."""
     m = tiny("tiny-llama")
     n = len(decoder_layers(m.model))
     brief = "The inspector, Tomas Brenner, found 37 cracked bolts on the east span during the check in the rain."
-    prefix, own, span = own_reading(m, brief)
-    keys = own.keys[0][:, span.start:] + 0.3 * torch.randn_like(own.keys[0][:, span.start:])
-    values = own.values[0][:, span.start:]
-    t = len(span.brief_ids)
-    spread = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 0.25, "spread")
+    ids = m.tokenizer(brief, add_special_tokens=False)["input_ids"]
+    t, stated = len(ids), set(torch.nonzero(fact_tokens(m, ids)).flatten().tolist())
+    spread = pick_tokens(m, ids, 0.25, "spread")
     assert spread[0] == 0 and spread[-1] == t - 1 and len(spread) == math.ceil(0.25 * t)
-    drift = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 1 / t, "drift")
-    pair = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 2 / t, "span")
-    assert drift[0] in pair and (drift[0] + 1 in pair or drift[0] == t - 1)
-    facts = pick_tokens(m, prefix, span.brief_ids, None, 0, keys, values, 0.5, "facts")
-    assert set(torch.nonzero(fact_tokens(m, span.brief_ids)).flatten().tolist()) <= set(facts)
-    assert Recompute(own_tokens=0.25, pick="spread").share(n) == 0.25
-    assert Recompute(own_tokens=0.25, pick="facts").share(n) == pytest.approx(0.25 + 1 / n)
+    facts = pick_tokens(m, ids, 0.5, "facts")
+    assert stated < set(facts) and len(facts) == math.ceil(0.5 * t) and facts == sorted(facts)
+    few = pick_tokens(m, ids, 1 / t, "facts")
+    assert len(few) == 1 and set(few) <= stated
+    assert Recompute(own_tokens=0.25, pick="facts").share(n) == 0.25
+    assert Recompute(own_from=1, own_tokens=0.5).share(n) == pytest.approx((n - 1) * 0.5 / n)

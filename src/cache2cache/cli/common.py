@@ -15,6 +15,17 @@ from ..inference.pipeline import C2CModel
 from ..translation.recompute import PICKS, Recompute
 
 
+def token_share(text: str) -> float:
+    """A share of a brief's tokens, in (0, 1]: checked before any model loads."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 0.25, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], got {value:g}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -119,13 +130,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--own-to", type=int, default=0, metavar="U",
                    help="with --own-from M: the receiver's own layers stop before layer U ((U-M)/L of reading it); "
                         "the translator writes layers U..L-1 too: a window of critical layers (default 0: the top)")
-    p.add_argument("--own-tokens", type=float, default=1.0, metavar="P",
+    p.add_argument("--own-tokens", type=token_share, default=1.0, metavar="P",
                    help="translated briefs: the receiver's own layers (from --own-from M, else all of them) run over "
-                        "only the share P of the brief's tokens whose translated keys miss its own most at layer M; "
-                        "the rest stay translated: costs P*(L-M)/L of reading it, plus one layer (default 1: all)")
-    p.add_argument("--own-pick", choices=PICKS, default="drift",
-                   help="with --own-tokens: drift (the tokens whose translated keys miss most) or spread (evenly "
-                        "spaced; no picking layer: the control for the choice)")  # fmt: skip
+                        "only a share P of the brief's tokens, the others staying translated: the knob's token axis, "
+                        "P*(L-M)/L of reading it (default 1: all tokens)")
+    p.add_argument("--own-pick", choices=PICKS, default="facts",
+                   help="with --own-tokens: facts (the tokens of names and numbers first, the rest evenly spaced) "
+                        "or spread (evenly spaced: the control for the choice) (default facts)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")

@@ -185,8 +185,7 @@ def translate_parts(senders: list[tuple[Translator, LoadedModel]], receiver: Loa
         keys[:m], values[:m] = lower_layers(receiver, r_span.ids[:r_span.end], m)
     top = recompute.top(len(keys))
     if recompute.selective:
-        picked = pick_tokens(receiver, prefix, r_span.brief_ids, states, entry, keys[entry][:, r_span.start:],
-                             values[entry][:, r_span.start:], recompute.own_tokens, recompute.pick)  # fmt: skip
+        picked = pick_tokens(receiver, r_span.brief_ids, recompute.own_tokens, recompute.pick)
         keys, values = selected_layers(receiver, prefix, r_span.brief_ids, states, entry, top, keys, values, picked)
     elif entry:
         keys[entry:top], values[entry:top] = upper_layers(receiver, prefix, r_span.brief_ids, states, entry, top)

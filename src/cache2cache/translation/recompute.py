@@ -12,11 +12,10 @@ docs/RESULTS.md). The knob buys fidelity back with a share of the receiver's own
     own_to u      with own_from m: the receiver runs only its layers m..u-1 from that state ((u - m) / L); the
                   translator writes the layers below m and from u on. A window of the layers that matter most
                   (DroidSpeak profiles its critical layers) instead of the whole top.
-    own_tokens p  the receiver's own layers (from own_from, or all of them from its embeddings) run over only the
-                  share p of the brief's tokens whose translated keys and values miss its own most at the first
-                  of those layers (one layer over every token finds them); the other tokens keep the translated
-                  ones at every layer. CacheBlend's selective recompute (arXiv 2405.16444) across families: a fact
-                  is a few tokens, and copying it needs those tokens' own keys, not every token's.
+    own_tokens p  the receiver's own layers (from own_from, or all of them from its embeddings) run over only a
+                  share p of the brief's tokens, names and numbers first (`pick`); the other tokens keep the
+                  translated keys and values at every layer. CacheBlend's selective recompute (arXiv 2405.16444)
+                  across families: a fact is a few tokens, and copying it needs those tokens' own keys.
 
 This is DroidSpeak's partial recompute (arXiv 2411.02820: recompute a few layers from the stored hidden state,
 reuse the others' KV) carried across model families, the E-cache being translated instead of shared.
@@ -37,7 +36,7 @@ from ..models.layer_view import first_layers, only_layers
 from ..models.loading import LoadedModel, decoder_layers
 from .translator import Translator
 
-PICKS = ("drift", "span", "facts", "spread")
+PICKS = ("facts", "spread")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Recompute:
     own_from: int = 0
     own_to: int = 0  # with own_from: the receiver's own layers end before this one (0: at the top)
     own_tokens: float = 1.0  # the share of the brief's tokens those layers run over (1: all)
-    pick: str = "drift"  # which tokens: those whose translation misses most, or "spread" evenly (no picking layer)
+    pick: str = "facts"  # which tokens: names and numbers first, or "spread" evenly (pick_tokens)
 
     def check(self, receiver: LoadedModel, translators: Sequence[Translator]) -> None:
         """Raise C2CError unless both ends fit the receiver's depth, do not overlap, and every translator has an
@@ -88,11 +87,9 @@ class Recompute:
                 + (f"+tokens:{self.own_tokens:g}:{self.pick}" if self.selective else ""))  # fmt: skip
 
     def share(self, num_layers: int) -> float:
-        """The share of the receiver's own prefill (layers over the brief) this knob costs; selective recompute
-        adds the one layer over every token that picks its tokens."""
+        """The share of the receiver's own prefill (layers over the brief, tokens over the brief) this knob costs."""
         own = self.top(num_layers) - self.own_from if self.own_from or self.selective else 0
-        picking = 1 if self.selective and self.pick != "spread" else 0
-        return (self.own_first + own * self.own_tokens + picking) / num_layers
+        return (self.own_first + own * self.own_tokens) / num_layers
 
     def top(self, num_layers: int) -> int:
         """The layer the receiver's own layers from `own_from` end before."""
@@ -133,28 +130,25 @@ def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state:
             [cache.layers[i].values[0] for i in range(m, top)])  # fmt: skip
 
 
-@torch.no_grad()
-def pick_tokens(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor | None, m: int,
-                keys: torch.Tensor, values: torch.Tensor, share: float, how: str = "drift") -> list[int]:  # fmt: skip
-    """The ceil(share * T) of the brief's T tokens (`ids`, after `prefix`'s) whose translated keys and values of
-    layer m (`keys`, `values`: (kv_heads, T, d), rotated) lie farthest from the model's own, computed by running
-    layer m alone from `state` (T, hidden; None at m = 0: from the embeddings), in order. Distances are relative
-    to the own vector's size, so no head or token dominates by scale. `how` "spread": evenly spaced ones instead
-    (the control for the picking: no layer runs)."""
+def pick_tokens(model: LoadedModel, ids: list[int], share: float, how: str = "facts") -> list[int]:
+    """ceil(share * T) of the brief's T tokens (`ids`), in order, for the receiver to recompute. "facts": the
+    tokens of names and numbers first (`fact_tokens`; evenly thinned when they alone exceed the share), the rest
+    evenly spaced over the other tokens; "spread": evenly spaced over all of them (what the choice is judged by)."""
     k = min(len(ids), max(1, math.ceil(share * len(ids))))
     if how == "spread":
-        return sorted(set(torch.linspace(0, len(ids) - 1, k).round().long().tolist()))
-    start = len(prefix)
-    own_k, own_v = (upper_layers(model, prefix, ids, state, m, m + 1) if state is not None
-                    else lower_layers(model, list(prefix.token_ids) + list(ids), 1))  # fmt: skip
-    miss = [(a.float() - b[:, start:].float()).pow(2).sum((0, 2)) / b[:, start:].float().pow(2).sum((0, 2))
-            .clamp_min(1e-6) for a, b in ((keys, own_k[0]), (values, own_v[0]))]  # fmt: skip
-    score = miss[0] + miss[1]
-    if how in ("span", "facts"):  # a token after a missed one is missed too: copying reads its predecessor in it
-        score = torch.maximum(score, torch.cat([score[:1], score[:-1]]))
-    if how == "facts":  # names and numbers first (by that score among them), then the others
-        score = score + score.max() * fact_tokens(model, ids).to(score.device)
-    return sorted(score.topk(k).indices.tolist())
+        return evenly(list(range(len(ids))), k)
+    marked = fact_tokens(model, ids).tolist()
+    facts = [i for i, f in enumerate(marked) if f]
+    if len(facts) >= k:
+        return evenly(facts, k)
+    return sorted(facts + evenly([i for i, f in enumerate(marked) if not f], k - len(facts)))
+
+
+def evenly(candidates: list[int], k: int) -> list[int]:
+    """k of `candidates` (in order), evenly spaced, the first and last among them."""
+    if k <= 0:
+        return []
+    return sorted({candidates[j] for j in torch.linspace(0, len(candidates) - 1, k).round().long().tolist()})
 
 
 def fact_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
