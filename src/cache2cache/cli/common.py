@@ -166,11 +166,16 @@ def translator_names(args) -> list[Path]:
     return [DEFAULT_TRANSLATOR] if default and (DEFAULT_TRANSLATOR / "config.json").is_file() else []
 
 
+def recompute_from_args(args) -> Recompute:
+    """The fidelity knob the `--own-*` options ask for (`add_model_args`)."""
+    return Recompute(args.own_layers, args.own_from, args.own_to, args.own_tokens, args.own_pick)
+
+
 def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
     receiver, sharers, fusers = model_names(args)
     with Console(stderr=True).status("loading models..."):
         return build(receiver, sharers, fusers, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                      chat=not args.no_chat, skeleton_sharers=skeleton_sharers, translators=translator_names(args),
-                     recompute=Recompute(args.own_layers, args.own_from, args.own_to, args.own_tokens, args.own_pick),
+                     recompute=recompute_from_args(args),
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip

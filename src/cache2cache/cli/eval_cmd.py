@@ -17,8 +17,15 @@ from ..evaluation.scoring import METHODS
 from ..evaluation.tasks import TASKS, mmlu_subjects
 from ..inference.modes import EVAL_MODES, modes_help
 from ..inference.wire import human_bytes
-from ..translation.recompute import Recompute
-from .common import add_model_args, build_from_args, layer_list, model_names, output_dir, positive_int
+from .common import (
+    add_model_args,
+    build_from_args,
+    layer_list,
+    model_names,
+    output_dir,
+    positive_int,
+    recompute_from_args,
+)
 
 
 def register(sub) -> None:
@@ -80,7 +87,7 @@ def run(args) -> int:
     header = {"config": asdict(cfg), "receiver": args.receiver, "sharers": args.sharer,
               "fusers": [str(f) for f in args.fuser], "close_gates": args.close_gates, "dtype": args.dtype,
               "chat": not args.no_chat}  # fmt: skip
-    knob = Recompute(args.own_layers, args.own_from, args.own_to, args.own_tokens, args.own_pick).meta()
+    knob = recompute_from_args(args).meta()
     if args.translator or any(knob.values()):  # (older headers had neither: their runs still continue)
         header |= {"translators": [str(t) for t in args.translator], **knob}
     out = choose_output(args.out, default, header, args.overwrite)  # before minutes of work, not after

@@ -193,7 +193,8 @@ def selected_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], sta
     view = only_layers(model.model, m, end, hidden)
     view(input_ids=torch.tensor([ids], device=model.device)[:, at], attention_mask=mask,
          position_ids=(start + at)[None], past_key_values=cache, use_cache=True)  # fmt: skip
-    keys, values = [t.clone() for t in keys], [t.clone() for t in values]
+    keys = [t.clone() if m <= i < end else t for i, t in enumerate(keys)]  # only the layers written below
+    values = [t.clone() if m <= i < end else t for i, t in enumerate(values)]
     for i in range(m, end):
         keys[i][:, start + at] = cache.layers[i].keys[0][:, start + n:].to(keys[i].dtype)
         values[i][:, start + at] = cache.layers[i].values[0][:, start + n:].to(values[i].dtype)
