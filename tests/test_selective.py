@@ -13,7 +13,7 @@ from cache2cache.models.loading import decoder_layers
 from cache2cache.translation.entries import entering_states
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.reading import translate_brief, translate_parts
-from cache2cache.translation.recompute import Recompute, fact_tokens, pick_tokens, selected_layers
+from cache2cache.translation.recompute import Recompute, fact_tokens, lead_tokens, pick_tokens, selected_layers
 
 from .conftest import make_fuser, tiny
 from .test_recompute import self_entries  # noqa: F401  (a module fixture: tiny-llama into itself, entry maps 1, 2)
@@ -92,19 +92,32 @@ def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():
     assert stated.split() == ["Tomas", "Brenner,", "37", "October."]
 
 
+def test_lead_tokens_are_the_word_before_each_fact():
+    m = tiny("tiny-llama")
+    text = "The team leader, Mara Ilves, counted 412 herons. It rained in May."
+    ids = m.tokenizer(text, add_special_tokens=False)["input_ids"]
+    leads = lead_tokens(m, ids)
+    stated = "".join(m.tokenizer.decode([t]) for t, f in zip(ids, leads) if f)
+    assert stated.split() == ["leader,", "counted", "in"]  # "Mara" leads into "Ilves", but it is a fact itself
+    assert not (leads & fact_tokens(m, ids)).any()
+
+
 def test_picking_policies():
     """`spread` is evenly spaced, first and last included; `facts` takes every token of names and numbers, then
-    spreads the rest evenly over the other tokens, and thins the facts evenly when they alone exceed the share;
-    neither runs a layer, so the share is the tokens' alone."""
+    those of the word before each, then spreads the rest evenly over the other tokens, and thins a tier evenly
+    when it exceeds what is left of the share; neither runs a layer, so the share is the tokens' alone."""
     m = tiny("tiny-llama")
     n = len(decoder_layers(m.model))
     brief = "The inspector, Tomas Brenner, found 37 cracked bolts on the east span during the check in the rain."
     ids = m.tokenizer(brief, add_special_tokens=False)["input_ids"]
     t, stated = len(ids), set(torch.nonzero(fact_tokens(m, ids)).flatten().tolist())
+    leads = set(torch.nonzero(lead_tokens(m, ids)).flatten().tolist())
     spread = pick_tokens(m, ids, 0.25, "spread")
     assert spread[0] == 0 and spread[-1] == t - 1 and len(spread) == math.ceil(0.25 * t)
-    facts = pick_tokens(m, ids, 0.5, "facts")
-    assert stated < set(facts) and len(facts) == math.ceil(0.5 * t) and facts == sorted(facts)
+    facts = pick_tokens(m, ids, 0.6, "facts")
+    assert stated | leads < set(facts) and len(facts) == math.ceil(0.6 * t) and facts == sorted(facts)
+    some = pick_tokens(m, ids, (len(stated) + 1) / t, "facts")
+    assert set(some) - stated < leads and len(some) == len(stated) + 1
     few = pick_tokens(m, ids, 1 / t, "facts")
     assert len(few) == 1 and set(few) <= stated
     assert Recompute(own_tokens=0.25, pick="facts").share(n) == 0.25

@@ -135,8 +135,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "only a share P of the brief's tokens, the others staying translated: the knob's token axis, "
                         "P*(L-M)/L of reading it (default 1: all tokens)")
     p.add_argument("--own-pick", choices=PICKS, default="facts",
-                   help="with --own-tokens: facts (the tokens of names and numbers first, the rest evenly spaced) "
-                        "or spread (evenly spaced: the control for the choice) (default facts)")  # fmt: skip
+                   help="with --own-tokens: facts (the tokens of names and numbers first, then of the word before "
+                        "each, the rest evenly spaced) or spread (evenly spaced: the control for the choice) "
+                        "(default facts)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed prompts as raw text, no chat template")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 real receivers, fp32 sharers on CPU, fp32 tiny), float32, bfloat16, float16")

@@ -13,9 +13,10 @@ docs/RESULTS.md). The knob buys fidelity back with a share of the receiver's own
                   translator writes the layers below m and from u on. A window of the layers that matter most
                   (DroidSpeak profiles its critical layers) instead of the whole top.
     own_tokens p  the receiver's own layers (from own_from, or all of them from its embeddings) run over only a
-                  share p of the brief's tokens, names and numbers first (`pick`); the other tokens keep the
-                  translated keys and values at every layer. CacheBlend's selective recompute (arXiv 2405.16444)
-                  across families: a fact is a few tokens, and copying it needs those tokens' own keys.
+                  share p of the brief's tokens, names and numbers and the word before each first (`pick`);
+                  the other tokens keep the translated keys and values at every layer. CacheBlend's selective
+                  recompute (arXiv 2405.16444) across families: a fact is a few tokens, and copying it needs
+                  those tokens' own keys and the key of the word that leads into it.
 
 This is DroidSpeak's partial recompute (arXiv 2411.02820: recompute a few layers from the stored hidden state,
 reuse the others' KV) carried across model families, the E-cache being translated instead of shared.
@@ -132,41 +133,64 @@ def upper_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state:
 
 def pick_tokens(model: LoadedModel, ids: list[int], share: float, how: str = "facts") -> list[int]:
     """ceil(share * T) of the brief's T tokens (`ids`), in order, for the receiver to recompute. "facts": the
-    tokens of names and numbers first (`fact_tokens`; evenly thinned when they alone exceed the share), the rest
-    evenly spaced over the other tokens; "spread": evenly spaced over all of them (what the choice is judged by)."""
+    tokens of names and numbers first (`fact_tokens`), then those of the word before each (`lead_tokens`), then
+    evenly spaced tokens among the others; a tier that exceeds what is left of the share is thinned evenly.
+    "spread": evenly spaced over all of them (what the choice is judged by)."""
     k = min(len(ids), max(1, math.ceil(share * len(ids))))
     if how == "spread":
         return evenly(list(range(len(ids))), k)
-    marked = fact_tokens(model, ids).tolist()
-    facts = [i for i, f in enumerate(marked) if f]
-    if len(facts) >= k:
-        return evenly(facts, k)
-    return sorted(facts + evenly([i for i, f in enumerate(marked) if not f], k - len(facts)))
+    facts, leads = fact_tokens(model, ids), lead_tokens(model, ids)
+    picked: list[int] = []
+    for tier in (facts, leads, ~(facts | leads)):
+        picked += evenly(torch.nonzero(tier).flatten().tolist(), k - len(picked))
+    return sorted(picked)
 
 
 def evenly(candidates: list[int], k: int) -> list[int]:
     """k of `candidates` (in order), evenly spaced, the first and last among them."""
-    if k <= 0:
+    if k <= 0 or not candidates:
         return []
     return sorted({candidates[j] for j in torch.linspace(0, len(candidates) - 1, k).round().long().tolist()})
 
 
-def fact_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """(T,) bool: the tokens of words that state a fact a reader must copy exactly: a word holding a digit, or a
-    capitalised word that does not start a sentence (names, places, months). Words are runs of tokens up to the
-    next one that starts with a space, so every piece of a name or a number is in."""
+def words(model: LoadedModel, ids: list[int]) -> list[tuple[str, list[int]]]:
+    """The brief's words with their tokens: runs of tokens up to the next one that starts with a space."""
     texts = [model.tokenizer.decode([t]) for t in ids]
-    out, word, sentence_start = [False] * len(ids), [], True
-    for i, text in enumerate(texts + [" "]):
-        if word and (text[:1].isspace() or i == len(ids)):
-            w = "".join(texts[j] for j in word).strip()
-            fact = any(c.isdigit() for c in w) or (w[:1].isupper() and not sentence_start)
-            for j in word:
-                out[j] = fact
-            sentence_start = w[-1] in ".!?:" if w else sentence_start
-            word = []
-        word.append(i)
-    return torch.tensor(out)
+    out: list[tuple[str, list[int]]] = []
+    for i, text in enumerate(texts):
+        if not out or text[:1].isspace():
+            out.append(("", []))
+        out[-1] = (out[-1][0] + text, out[-1][1] + [i])
+    return [(w.strip(), tokens) for w, tokens in out]
+
+
+def fact_words(model: LoadedModel, ids: list[int]) -> list[bool]:
+    """Per word (`words`): whether it states a fact a reader must copy exactly: it holds a digit, or it is a
+    capitalised word that does not start a sentence (names, places, months)."""
+    out, sentence_start = [], True
+    for w, _ in words(model, ids):
+        out.append(any(c.isdigit() for c in w) or (w[:1].isupper() and not sentence_start))
+        sentence_start = w[-1] in ".!?:" if w else sentence_start
+    return out
+
+
+def fact_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """(T,) bool: every token of the fact words (`fact_words`), so every piece of a name or a number is in."""
+    out = torch.zeros(len(ids), dtype=torch.bool)
+    for (_, tokens), fact in zip(words(model, ids), fact_words(model, ids)):
+        out[tokens] = fact
+    return out
+
+
+def lead_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """(T,) bool: the tokens of the word just before each run of fact words ("leader," before "Mara Ilves",
+    "counted" before "412"). A question finds a fact through the words that lead into it, and copying the fact's first
+    piece needs the key of the token before it, the one previous-token heads read."""
+    out, ws, facts = torch.zeros(len(ids), dtype=torch.bool), words(model, ids), fact_words(model, ids)
+    for j in range(1, len(ws)):
+        if facts[j] and not facts[j - 1]:
+            out[ws[j - 1][1]] = True
+    return out
 
 
 @torch.no_grad()
