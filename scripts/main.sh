@@ -9,8 +9,9 @@
 #     on the report alone, the receiver reads them) and the receiver reading the report itself;
 #  3. five more reports of the kind (examples/field_reports.jsonl, 15 facts: counts, names, times, measures), each
 #     answer scored by whether it states the fact, translated beside its controls and the receiver reading them;
-#     then the fidelity knob from the top (`--own-from 15`: the receiver recomputes its upper 15 of 30 layers over
-#     the translated report, from the hidden state the translator's entry map writes) beside its control;
+#     then the fidelity knob's token axis (`--own-tokens 0.5`: the receiver recomputes its own layers over half of
+#     the translated report's tokens, names and numbers and the word before each first) beside its controls, and
+#     the example report again under `--own-tokens 0.4`;
 #  4. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
 #     receiver alone, from the translated paragraph, from another question's translated paragraph and from a
 #     neutral translated passage (the controls: a gain they share is not communication) and by the receiver reading
@@ -30,7 +31,10 @@ bash scripts/setup.sh
 .venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/field_reports --overwrite
 .venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 \
-  --own-from 15 --modes translated,translated_mismatched --out runs/main/field_reports_own_from15 --overwrite
+  --own-tokens 0.5 --modes translated,translated_mismatched,neutral --out runs/main/field_reports_own_tokens0.5 \
+  --overwrite
+.venv/bin/c2c generate --mode translated --own-tokens 0.4 --brief-file examples/brief.txt \
+  --prompt-file examples/brief_questions.txt --max-new-tokens 24 "$@"
 .venv/bin/c2c eval --task sciq_brief --split heldout --limit "${C2C_MAIN_LIMIT:-100}" --method cloze \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/sciq_brief --overwrite
 exec .venv/bin/c2c eval --task arc_easy --split validation --limit "${C2C_MAIN_LIMIT:-100}" \
