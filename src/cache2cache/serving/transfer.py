@@ -44,6 +44,7 @@ from ..caches.prompt_cache import PromptCache, measure_scale
 from ..caches.signing import validate
 from ..errors import C2CError
 from ..inference.batching import sharer_messages, to_messages
+from ..translation.recompute import Recompute
 from .schemas import ApiError, ChatMessage
 
 
@@ -86,6 +87,7 @@ async def fetch_remote_translated(server, model, prompt) -> None:
                             f"this server's translator from {sharer}")  # fmt: skip
     if cache.token_ids != ids:
         raise ApiError(502, "the sharer service sent the translation of another brief")
+    same_knob(model, cache, status=502)
     check(server, model.receiver, cache, status=502)
     model.heads.store.put(cache.to(model.receiver.device, model.receiver.model.dtype),
                                  model.heads.space())  # fmt: skip
@@ -147,6 +149,15 @@ def check(server, model, cache: PromptCache, status: int = 400) -> None:
         validate(cache, identity_of(model), server.scales[model.name], model.tokenizer)
     except C2CError as e:
         raise ApiError(status, str(e)) from None
+
+
+def same_knob(model, cache: PromptCache, status: int = 400) -> None:
+    """Refuse a translated head written under another fidelity knob than `model` serves (`--own-*`): filed under
+    this server's knob, it would answer as if this server's receiver had computed what it did not."""
+    theirs, ours = Recompute.of(cache.meta).space(), model.heads.recompute.space()
+    if theirs != ours:
+        raise ApiError(status, f"this translated cache was written under the fidelity knob {theirs or 'none'!r}, this "
+                               f"server serves {ours or 'none'!r}: start both hosts with the same --own-* options")
 
 
 def claims_cache(model, cache: PromptCache) -> bool:
@@ -217,6 +228,7 @@ def add_cache_routes(app: FastAPI, server) -> None:
             if pair is None:
                 raise ApiError(400, f"this translated cache was written by translator {cache.meta['translator']}, "
                                     "which this server does not serve")  # fmt: skip
+            same_knob(pair, cache)
             space = pair.heads.space()
         server.store.put(cache.to(model.device, model.model.dtype), space)
         return {"model": model.name, "tokens": len(cache), "bytes": cache.nbytes,

@@ -96,6 +96,12 @@ class Recompute:
         """The layer the receiver's own layers from `own_from` end before."""
         return self.own_to or num_layers
 
+    @classmethod
+    def of(cls, meta: dict) -> Recompute:
+        """The knob a translated cache was written with, from its meta (`meta()`; none when the keys are absent)."""
+        return cls(meta.get("own_layers", 0), meta.get("own_from", 0), meta.get("own_to", 0),
+                   meta.get("own_tokens", 1.0), meta.get("pick", "facts"))  # fmt: skip
+
     def meta(self) -> dict:
         return ({"own_layers": self.own_first, "own_from": self.own_from} | ({"own_to": self.own_to} if self.own_to
                 else {}) | ({"own_tokens": self.own_tokens, "pick": self.pick} if self.selective else {}))  # fmt: skip
