@@ -258,6 +258,9 @@ def test_translated_heads_export_with_their_translator_and_import_only_where_it_
     cache.meta.update(translator=local.heads.fingerprint(), own_tokens=0.5, pick="facts")  # another knob
     knob = httpx.post(f"{remote_url}/v1/caches/import", content=cache.to_bytes(key=KEYS), timeout=30)
     assert knob.status_code == 400 and "'+tokens:0.5:facts'" in knob.json()["error"]["message"]
+    cache.meta.update(own_tokens="half")
+    bad = httpx.post(f"{remote_url}/v1/caches/import", content=cache.to_bytes(key=KEYS), timeout=30)
+    assert bad.status_code == 400 and "malformed" in bad.json()["error"]["message"]
     no_brief = httpx.post(f"{sharer_url}/v1/caches", json={**req, "brief": " "}, timeout=30)
     assert no_brief.status_code == 400 and "brief" in no_brief.json()["error"]["message"]
     too_long = httpx.post(f"{sharer_url}/v1/caches", json={**req, "brief": "lamp " * 1500}, timeout=60)

@@ -154,7 +154,10 @@ def check(server, model, cache: PromptCache, status: int = 400) -> None:
 def same_knob(model, cache: PromptCache, status: int = 400) -> None:
     """Refuse a translated head written under another fidelity knob than `model` serves (`--own-*`): filed under
     this server's knob, it would answer as if this server's receiver had computed what it did not."""
-    theirs, ours = Recompute.of(cache.meta).space(), model.heads.recompute.space()
+    try:
+        theirs, ours = Recompute.of(cache.meta).space(), model.heads.recompute.space()
+    except (TypeError, ValueError):
+        raise ApiError(status, "this translated cache names its fidelity knob in a malformed way") from None
     if theirs != ours:
         raise ApiError(status, f"this translated cache was written under the fidelity knob {theirs or 'none'!r}, this "
                                f"server serves {ours or 'none'!r}: start both hosts with the same --own-* options")
