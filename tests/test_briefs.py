@@ -253,8 +253,8 @@ def test_a_fact_is_stated_however_it_is_spelled_but_not_when_it_differs():
 
 
 def test_a_jsonl_question_without_choices_is_asked_exactly(tmp_path):
-    """The bundled field reports (both sets): an answer and no choices make an exact item (generate only)."""
-    for name in ("field_reports.jsonl", "field_reports_more.jsonl"):
+    """The bundled field reports (all three sets): an answer and no choices make an exact item (generate only)."""
+    for name in ("field_reports.jsonl", "field_reports_more.jsonl", "field_reports_check.jsonl"):
         items = load_jsonl_task(Path(__file__).resolve().parents[1] / "examples" / name)
         assert len(items) == 15 and all(it.exact and not it.choices and it.answer in it.brief for it in items)
     path = tmp_path / "mixed.jsonl"
