@@ -9,7 +9,7 @@ import torch
 from cache2cache import C2CModel
 from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
-from cache2cache.models.loading import decoder_layers
+from cache2cache.models.loading import decoder_layers, load_model
 from cache2cache.translation.entries import entering_states
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.reading import translate_brief, translate_parts
@@ -48,6 +48,26 @@ def test_picked_tokens_recomputed_over_an_exact_context_are_the_models_own(m_lay
         assert torch.equal(keys[i], noisy[i])  # below m: what was given, untouched
 
 
+def test_a_sliding_window_receiver_is_exact_within_its_window_and_refused_beyond():
+    """One mask serves every layer while the prompt up to the brief's end fits the sliding window; past it a
+    sliding layer would show the picked tokens another window, so the brief is refused with a one-line error."""
+    g = load_model("tiny-gemma3")  # its own copy: the window is changed below
+    prefix, own, span = own_reading(g, TEXTS[4][1])
+    n, picked = len(decoder_layers(g.model)), [0, 2, len(span.brief_ids) - 1]
+    assert g.model.config.sliding_window - 1 < span.end
+    with pytest.raises(C2CError, match="sliding-window layers see 7 tokens back"):
+        selected_layers(g, prefix, span.brief_ids, None, 0, n, own.keys, own.values, picked)
+    g.model.config.sliding_window = 4 * span.end  # a window the prompt fits in, as a real receiver's (512 and more)
+    prefix, own, span = own_reading(g, TEXTS[4][1])
+    noisy = [k.clone() for k in own.keys]
+    for k in noisy:
+        k[:, [span.start + t for t in picked]] += 0.5
+    keys, values = selected_layers(g, prefix, span.brief_ids, None, 0, n, noisy, own.values, picked)
+    for i in range(n):
+        torch.testing.assert_close(keys[i], own.keys[i], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(values[i], own.values[i], atol=2e-5, rtol=1e-4)
+
+
 def test_own_tokens_keeps_the_others_translated_and_at_full_share_is_the_knob(self_entries):  # noqa: F811
     m = tiny("tiny-llama")
     n = len(decoder_layers(m.model))
@@ -78,9 +98,6 @@ def test_own_tokens_refusals(self_entries):  # noqa: F811
                        (Recompute(own_tokens=0.5, pick="best"), "pick must be")):  # fmt: skip
         with pytest.raises(C2CError, match=match):
             C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=bad)
-    g = tiny("tiny-gemma3")
-    with pytest.raises(C2CError, match="sliding-window"):
-        Recompute(own_tokens=0.5).check(g, [])
 
 
 def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():

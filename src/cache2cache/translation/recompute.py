@@ -68,8 +68,6 @@ class Recompute:
             raise C2CError(f"pick must be one of {', '.join(PICKS)}, got {self.pick!r}")
         if self.selective and self.own_first:
             raise C2CError("own-tokens applies to the layers from own-from (or all layers), not to own layers")
-        if self.selective and any(g.sliding_window for g in ModelGeometry.from_config(receiver.model.config).layers):
-            raise C2CError(f"own-tokens needs full-attention layers; {receiver.name} has sliding-window ones")
         for t in translators if self.own_from else ():
             if self.own_from not in t.config.entry_layers:
                 have = ", ".join(map(str, t.config.entry_layers)) or "none"
@@ -206,8 +204,14 @@ def selected_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], sta
     """Every layer's keys and values over `prefix`'s tokens followed by `ids` (`keys`, `values`: the translated
     ones, (kv_heads, len(prefix) + T, d)), the model's own at layers m..end-1 for the `picked` brief tokens: those
     tokens run through only those layers (from `state`, the (T, hidden) states entering layer m; None at m = 0),
-    attending to the translated keys and values of every other token before them and to each other's own."""
+    attending to the translated keys and values of every other token before them and to each other's own. A
+    sliding-window receiver is served while the prompt up to the brief's end fits in its window (one mask for every
+    layer is then exact), refused beyond."""
     start, n, k = len(prefix), len(ids), len(picked)
+    windows = [g.sliding_window for g in ModelGeometry.from_config(model.model.config).layers if g.sliding_window]
+    if windows and start + n > min(windows) - 1:  # then a sliding layer would show the picked tokens another window
+        raise C2CError(f"own-tokens on {model.name}: its sliding-window layers see {min(windows) - 1} tokens back, "
+                       f"and the prompt up to the brief's end is {start + n}; use --own-from or a shorter brief")
     at = torch.tensor(picked, device=model.device)
     full = PromptCache(prefix.identity, list(prefix.token_ids) + list(ids), keys, values, None, None, prefix.chat)
     cache = full.to_transformers(model)
