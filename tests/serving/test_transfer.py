@@ -200,7 +200,7 @@ def translated_servers(tmp_path_factory):
     fuser_dir = make_fuser(receiver, sharer).save_pretrained(base / "f")
     key_file = base / "key.json"
     key_file.write_text('{"active": "k1", "keys": {"k1": "0123456789abcdef-shared-secret"}}')
-    ports = [_free_port(), _free_port()]
+    ports = [_free_port(), _free_port(), _free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     common = ("--translator", str(t_dir), "--cache-key-file", str(key_file))
     procs = [_serve(fuser_dir, ports[0], *common)]
@@ -208,6 +208,7 @@ def translated_servers(tmp_path_factory):
               "tiny-qwen2", "--port", str(ports[1]), "--sharer-url", urls[0], *common]  # fmt: skip
     procs.append(subprocess.Popen(remote, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+    procs.append(_serve(fuser_dir, ports[2], *common, "--own-tokens", "0.5"))  # a sharer host under the token knob
     try:
         for url, proc in zip(urls, procs):
             _wait(url, proc)
@@ -219,7 +220,7 @@ def translated_servers(tmp_path_factory):
 
 
 def test_a_receiver_host_without_sharer_weights_answers_from_fetched_translated_briefs(translated_servers):
-    (sharer_url, remote_url), local = translated_servers
+    (sharer_url, remote_url, _), local = translated_servers
     assert [m["id"] for m in httpx.get(f"{remote_url}/v1/models").json()["data"]] == \
         ["tiny-llama", "receiver", "translated", "translated/tiny-qwen2"]  # fmt: skip
     body = {"model": "translated", "messages": QUESTION, "brief": BRIEF, "max_tokens": 6, "temperature": 0}
@@ -242,7 +243,7 @@ def test_a_receiver_host_without_sharer_weights_answers_from_fetched_translated_
 
 
 def test_translated_heads_export_with_their_translator_and_import_only_where_it_is_served(translated_servers):
-    (sharer_url, remote_url), local = translated_servers
+    (sharer_url, remote_url, _), local = translated_servers
     req = {"model": "translated/tiny-qwen2", "messages": QUESTION, "brief": BRIEF, "dtype": "bfloat16"}
     exported = httpx.post(f"{sharer_url}/v1/caches", json=req, timeout=60)
     assert exported.status_code == 200, exported.text
@@ -267,3 +268,25 @@ def test_translated_heads_export_with_their_translator_and_import_only_where_it_
     assert too_long.status_code == 400 and "context" in too_long.json()["error"]["message"]
     no_weights = httpx.post(f"{remote_url}/v1/caches", json=req, timeout=30)
     assert no_weights.status_code == 404 and "no translated caches" in no_weights.json()["error"]["message"]
+
+
+def test_a_host_under_the_token_knob_answers_as_the_library_does_and_its_heads_stay_under_it(translated_servers):
+    """`c2c serve --own-tokens 0.5`: model "translated" answers what the library answers under the same knob; the
+    head it exports says so, and a host serving no knob refuses to import it."""
+    from cache2cache.inference.batching import Briefed
+    from cache2cache.translation.recompute import Recompute
+
+    (_, remote_url, knob_url), local = translated_servers
+    body = {"model": "translated", "messages": QUESTION, "brief": BRIEF, "max_tokens": 6, "temperature": 0}
+    answer = httpx.post(f"{knob_url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    knob = C2CModel(local.receiver, local.sharers, [], translators=local.heads.translators,
+                    recompute=Recompute(own_tokens=0.5))  # fmt: skip
+    want = knob.generate([Briefed(QUESTION, BRIEF)], "translated", GenerateOptions(6)).results[0].text
+    assert answer.json()["choices"][0]["message"]["content"] == want
+    req = {"model": "translated/tiny-qwen2", "messages": QUESTION, "brief": BRIEF}
+    exported = httpx.post(f"{knob_url}/v1/caches", json=req, timeout=60)
+    assert exported.status_code == 200, exported.text
+    assert PromptCache.from_bytes(exported.content, key=KEYS).meta["own_tokens"] == 0.5
+    refused = httpx.post(f"{remote_url}/v1/caches/import", content=exported.content, timeout=30)
+    assert refused.status_code == 400 and "'+tokens:0.5:facts'" in refused.json()["error"]["message"]
