@@ -168,11 +168,11 @@ def words(model: LoadedModel, ids: list[int]) -> list[tuple[str, list[int]]]:
     return [(w.strip(), tokens) for w, tokens in out]
 
 
-def fact_words(model: LoadedModel, ids: list[int]) -> list[bool]:
-    """Per word (`words`): whether it states a fact a reader must copy exactly: it holds a digit, or it is a
+def fact_words(ws: list[tuple[str, list[int]]]) -> list[bool]:
+    """Per word (of `words`): whether it states a fact a reader must copy exactly: it holds a digit, or it is a
     capitalised word that does not start a sentence (names, places, months)."""
     out, sentence_start = [], True
-    for w, _ in words(model, ids):
+    for w, _ in ws:
         out.append(any(c.isdigit() for c in w) or (w[:1].isupper() and not sentence_start))
         sentence_start = w[-1] in ".!?:" if w else sentence_start
     return out
@@ -180,8 +180,8 @@ def fact_words(model: LoadedModel, ids: list[int]) -> list[bool]:
 
 def fact_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
     """(T,) bool: every token of the fact words (`fact_words`), so every piece of a name or a number is in."""
-    out = torch.zeros(len(ids), dtype=torch.bool)
-    for (_, tokens), fact in zip(words(model, ids), fact_words(model, ids)):
+    out, ws = torch.zeros(len(ids), dtype=torch.bool), words(model, ids)
+    for (_, tokens), fact in zip(ws, fact_words(ws)):
         out[tokens] = fact
     return out
 
@@ -190,7 +190,8 @@ def lead_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
     """(T,) bool: the tokens of the word just before each run of fact words ("leader," before "Mara Ilves",
     "counted" before "412"). A question finds a fact through the words that lead into it, and copying the fact's first
     piece needs the key of the token before it, the one previous-token heads read."""
-    out, ws, facts = torch.zeros(len(ids), dtype=torch.bool), words(model, ids), fact_words(model, ids)
+    out, ws = torch.zeros(len(ids), dtype=torch.bool), words(model, ids)
+    facts = fact_words(ws)
     for j in range(1, len(ws)):
         if facts[j] and not facts[j - 1]:
             out[ws[j - 1][1]] = True
