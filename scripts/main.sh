@@ -19,8 +19,9 @@
 #  5. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
 #     on the 100 seeded ARC-Easy validation questions that docs/RESULTS.md reports.
 # Tables 4 and 5 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
-# 39 minutes on 2 CPU cores (a fresh clone took 33 to the end of the SciQ table on 2026-12-02, before table 3 was
-# added; table 3 adds about 2, the knob about 2); C2C_MAIN_LIMIT=20 takes about 16. The full tables, with T2T, are in docs/RESULTS.md.
+# 12 minutes on 2 free CPU cores once set up (2026-12-06: a clone with its environment and the models in place;
+# C2C_MAIN_LIMIT=20 about 10); a fresh machine adds the set-up and the models' pull, and other work on the cores
+# slows it several times. The full tables, with T2T, are in docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
