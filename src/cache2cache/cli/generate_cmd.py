@@ -143,6 +143,8 @@ def _print(prompts: list[str], outputs: list[GenerationOutput], sent: list[int],
              "translated": "translated (receiver reads the sharer's translated cache of the brief)",
              "receiver_brief": "receiver reads the brief itself (the upper bound)",
              "sharer": f"sharer alone ({model.sharers[0].name})" if model.sharers else "sharer"}  # fmt: skip
+    if knob := model.heads.recompute.space():  # the fidelity knob's share of the receiver's own reading
+        names["translated"] += f", under the knob {knob.lstrip('+')}"
     for i, prompt in enumerate(prompts):
         table = Table(title=f"prompt {i + 1}: {prompt[:100]}", title_justify="left", show_lines=True)
         table.add_column("mode", style="bold")
