@@ -100,22 +100,23 @@ def test_own_tokens_refusals(self_entries):  # noqa: F811
             C2CModel(m, [m], [make_fuser(m, m)], translators=[self_entries], recompute=bad)
 
 
-def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():
-    m = tiny("tiny-llama")
-    text = "The inspector, Tomas Brenner, found 37 bolts. Traffic fell in October."
+def marked_words(m, text: str, mark) -> tuple[list[str], torch.Tensor, list[int]]:
+    """The words of `text` whose tokens `mark` (fact_tokens, lead_tokens) marks, with the marks and the ids."""
     ids = m.tokenizer(text, add_special_tokens=False)["input_ids"]
-    marked = fact_tokens(m, ids)
-    stated = "".join(m.tokenizer.decode([t]) for t, f in zip(ids, marked) if f)
-    assert stated.split() == ["Tomas", "Brenner,", "37", "October."]
+    marked = mark(m, ids)
+    return "".join(m.tokenizer.decode([t]) for t, f in zip(ids, marked) if f).split(), marked, ids
+
+
+def test_fact_tokens_mark_every_piece_of_names_and_numbers_only():
+    text = "The inspector, Tomas Brenner, found 37 bolts. Traffic fell in October."
+    assert marked_words(tiny("tiny-llama"), text, fact_tokens)[0] == ["Tomas", "Brenner,", "37", "October."]
 
 
 def test_lead_tokens_are_the_word_before_each_fact():
     m = tiny("tiny-llama")
     text = "The team leader, Mara Ilves, counted 412 herons. It rained in May."
-    ids = m.tokenizer(text, add_special_tokens=False)["input_ids"]
-    leads = lead_tokens(m, ids)
-    stated = "".join(m.tokenizer.decode([t]) for t, f in zip(ids, leads) if f)
-    assert stated.split() == ["leader,", "counted", "in"]  # "Mara" leads into "Ilves", but it is a fact itself
+    stated, leads, ids = marked_words(m, text, lead_tokens)
+    assert stated == ["leader,", "counted", "in"]  # "Mara" leads into "Ilves", but it is a fact itself
     assert not (leads & fact_tokens(m, ids)).any()
 
 
