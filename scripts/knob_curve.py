@@ -30,8 +30,7 @@ def selective_share(run: Path, layers: int) -> float:
     h = json.loads((run / "summary.json").read_text())["models"].get("recompute", {})
     if "own_tokens" not in h:
         sys.exit(f"error: {run} was not run with --own-tokens")
-    knob = Recompute(own_from=h["own_from"], own_to=h.get("own_to", 0), own_tokens=h["own_tokens"], pick=h["pick"])
-    return knob.share(layers)
+    return Recompute.of(h).share(layers)
 
 
 def main() -> None:
