@@ -21,6 +21,8 @@ from cache2cache.translation.translator import Translator
 from .conftest import make_fuser, tiny
 from .test_translation import QUESTION, TEXTS
 
+KNOB2 = Recompute(own_from=2)  # the knob from layer 2 of tiny-llama's 4
+
 
 @pytest.fixture(scope="module")
 def self_entries(tmp_path_factory) -> Translator:
@@ -170,15 +172,15 @@ def test_the_distillation_student_through_the_knob_is_the_pipelines_cache_read_o
     want = m.model(input_ids=rest, position_ids=torch.arange(end, len(pair.ids))[None],
                    past_key_values=cache.to_transformers(m), use_cache=True).logits[0]  # fmt: skip
     with torch.no_grad():
-        got = student_logits(self_entries, m, pair, len(pair.embedding), own_from=2)
+        got = student_logits(self_entries, m, pair, len(pair.embedding), KNOB2)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert float(distill_loss(self_entries, m, pair, len(pair.embedding), own_from=2)) < 1e-3  # near-exact maps
+    assert float(distill_loss(self_entries, m, pair, len(pair.embedding), knob=KNOB2)) < 1e-3  # near-exact maps
     broken = Translator(self_entries.config)
     broken.load_state_dict({k: v for k, v in self_entries.state_dict().items() if not k.startswith("entries.")},
                            strict=False)  # fmt: skip
-    assert float(distill_loss(broken, m, pair, len(pair.embedding), own_from=2)) > 1e-2
+    assert float(distill_loss(broken, m, pair, len(pair.embedding), knob=KNOB2)) > 1e-2
     with pytest.raises(C2CError, match="sharer's states"):
-        student_logits(self_entries, m, record(m, m, TEXTS[3:4])[0], 3, own_from=2)
+        student_logits(self_entries, m, record(m, m, TEXTS[3:4])[0], 3, KNOB2)
 
 
 def test_distilling_an_entry_map_trains_it_alone_and_is_recorded(self_entries, tmp_path):
@@ -196,13 +198,13 @@ def test_distilling_an_entry_map_trains_it_alone_and_is_recorded(self_entries, t
     pairs = load_pairs(tmp_path / "p.safetensors")
     assert all(p.s_states is not None for p in pairs)
     before = {k: v.clone() for k, v in t.state_dict().items()}
-    report = distill(t, m, pairs[2:], pairs[:2], steps=20, lr=1e-3, check_every=5, own_from=2)
+    report = distill(t, m, pairs[2:], pairs[:2], steps=20, lr=1e-3, check_every=5, knob=KNOB2)
     assert report.kl_after < report.kl_before
     moved = {k for k, v in t.state_dict().items() if not torch.equal(v, before[k])}
     assert moved and all(k.startswith("entries.2.") for k in moved)
     assert t.config.fit["distilled_entry"]["own_from"] == 2 and "distilled" not in t.config.fit
     with pytest.raises(C2CError, match="no entry map for layer 3"):
-        distill(t, m, pairs[2:], pairs[:2], steps=1, own_from=3)
+        distill(t, m, pairs[2:], pairs[:2], steps=1, knob=Recompute(own_from=3))
 
 
 def test_a_recipe_fits_an_entry_map_then_distils_it_and_refuses_one_it_lacks(tmp_path, capsys):

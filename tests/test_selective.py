@@ -1,6 +1,7 @@
 """Selective recompute (`Recompute.own_tokens`): the receiver's own layers run over only the brief tokens whose
 translated keys miss its own most, every other token keeping the translated keys and values."""
 
+import contextlib
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from cache2cache.translation.entries import entering_states
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.reading import translate_brief, translate_parts
 from cache2cache.translation.recompute import Recompute, fact_tokens, lead_tokens, pick_tokens, selected_layers
+from cache2cache.translation.translator import Translator
 
 from .conftest import make_fuser, tiny
 from .test_recompute import self_entries  # noqa: F401  (a module fixture: tiny-llama into itself, entry maps 1, 2)
@@ -140,3 +142,60 @@ def test_picking_policies():
     assert len(few) == 1 and set(few) <= stated
     assert Recompute(own_tokens=0.25, pick="facts").share(n) == 0.25
     assert Recompute(own_from=1, own_tokens=0.5).share(n) == pytest.approx((n - 1) * 0.5 / n)
+
+
+def noisy_translator(t: Translator, scale: float = 0.6) -> Translator:
+    """A copy of `t` with its key maps scaled off the near-identity, so recomputed tokens visibly differ."""
+    out = Translator(t.config)
+    out.load_state_dict(t.state_dict())
+    with torch.no_grad():
+        for lin in out.keys:
+            lin.weight.mul_(scale)
+    return out
+
+
+def test_the_distillation_student_under_own_tokens_is_the_pipelines_cache_read_on(self_entries):  # noqa: F811
+    """Through `--own-tokens`, the distillation's student (the picked tokens recomputed at every layer beside the
+    translated others) reads on exactly as the receiver does from the pipeline's cache under the same knob, and
+    not as from the knob-free one; gradients reach every layer's maps through the recomputed tokens."""
+    from cache2cache.translation.distill import distill_loss, student_logits
+    from cache2cache.translation.fit import FIT_QUESTION, passage_pair
+
+    m, t = tiny("tiny-llama"), noisy_translator(self_entries)
+    pair = passage_pair(m, m, TEXTS[3][1])
+    knob, n = Recompute(own_tokens=0.4), len(pair.embedding)
+    cache = translate_parts([(t, m)], m, [{"role": "user", "content": FIT_QUESTION}], [TEXTS[3][1]], recompute=knob)[0]
+    end = len(cache)
+    rest = torch.tensor([pair.ids[end:]])
+    want = m.model(input_ids=rest, position_ids=torch.arange(end, len(pair.ids))[None],
+                   past_key_values=cache.to_transformers(m), use_cache=True).logits[0]  # fmt: skip
+    with torch.no_grad():
+        got, plain = student_logits(t, m, pair, n, knob), student_logits(t, m, pair, n)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (plain - want).abs().max() > 1e-2
+    t.requires_grad_(True)
+    distill_loss(t, m, pair, n, knob=knob).backward()
+    assert all(lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0 for lin in list(t.keys) + list(t.values))
+
+
+def test_a_fit_distils_through_own_tokens_and_names_it(tmp_path, capsys):
+    """`c2c fit --distill-own-tokens P` distils every map through the token knob and says so in its fit and README;
+    a share without distillation steps, out of (0, 1], or beside --distill-own-from is refused in one line."""
+    import json
+
+    from cache2cache.cli.main import main
+
+    texts = tmp_path / "passages.txt"
+    texts.write_text("\n\n".join(t for _, t in TEXTS))
+    common = ["fit", "--receiver", "tiny-llama", "--sharer", "tiny-qwen2", "--text", str(texts), "--refine", "6",
+              "--refine-steps", "0", "--distill", "2"]  # fmt: skip
+    assert main([*common, "--distill-own-tokens", "0.5", "--out", str(tmp_path / "t"), "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["distilled"]["own_tokens"] == 0.5 and fit["distilled"]["pick"] == "facts"
+    assert "through `--own-tokens 0.5`" in (tmp_path / "t" / "README.md").read_text()
+    for bad, says in ((["fit", "--distill-own-tokens", "0.5"], "distill STEPS"),
+                      (["fit", "--distill", "2", "--distill-own-tokens", "1.5"], "share in (0, 1]"),
+                      ([*common, "--distill-own-tokens", "0.5", "--distill-own-from", "2"], "not both")):
+        with pytest.raises(SystemExit) if "1.5" in bad else contextlib.nullcontext():
+            assert main(bad) != 0
+        assert says in capsys.readouterr().err

@@ -16,7 +16,7 @@ from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER, check_device, 
 from ..translation.config import FEATURES
 from ..translation.recipe import DTYPES, FitRecipe
 from ..translation.text import DEFAULT_TEXT
-from .common import output_dir, output_file, positive_int
+from .common import output_dir, output_file, positive_int, token_share
 
 
 def feature_list(text: str) -> list[str]:
@@ -67,6 +67,8 @@ def register(sub) -> None:
             "  c2c fit --from DIR --refine 0 --entry-layers 21,24 --text sciq:100,boolq:100   # the knob from the top\n"
             "  c2c fit --from DIR --refine-text sciq:300 --refine 96 --refine-steps 0 --distill 200 \\\n"
             "      --distill-own-from 21                                    # distil the entry map of 21 alone\n"
+            "  c2c fit --from DIR --refine 0 --distill 300 --distill-on brief:sciq_brief:300 --distill-own-tokens 0.3\n"
+            "                                                   # train the maps for what --own-tokens 0.3 serves\n"
             "  c2c fit --from DIR --refine 0 --distill 300 --distill-on note:sciq:400 --recordings notes.safetensors\n"
             "                                 # a rerun with another --distill-lr reads the recorded exchanges back\n"
             "then: c2c eval --task sciq_brief --split heldout --method cloze --translator DIR \\\n"
@@ -139,6 +141,10 @@ def register(sub) -> None:
                    help="distil the entry map of layer M alone, through the knob: the receiver recomputes its layers "
                         "M.. from the state the map writes, and that map is trained so that what the receiver reads "
                         "next matches its own reading (the translator needs an entry map for M: --entry-layers)")
+    p.add_argument("--distill-own-tokens", type=token_share, default=None, metavar="P",
+                   help="distil every map through `--own-tokens P`: the receiver recomputes its picked share P of "
+                        "each brief's tokens (names and numbers first) beside the translated others, and the maps are "
+                        "trained for what it then reads (serve the result with --own-tokens P)")
     p.add_argument("--mlp-width", type=int, default=None, metavar="W",
                    help="before distilling, give every key and value map a nonlinear branch W wide (normalised "
                         "features, one GELU layer, an output starting at zero), trained with the maps by --distill "

@@ -22,10 +22,13 @@ the sender reads (a note, a paragraph), the question after it, and an answer; th
 only the answer's tokens are scored, so a sharer teacher's prediction of the answer (what it knows about the
 note) is the whole target (issue 33).
 
-Through the knob (`own_from` m, recompute.py) the student is what `--own-from m` serves: translated layers below m,
-the receiver's own layers from m on, run from the state the entry map of m writes; only that map trains, so the
-state it writes is judged by what the receiver's upper layers make of it, not by its distance to the receiver's
-own state (the ridge fit's criterion, entries.py).
+Through the knob (`Recompute`, recompute.py) the student is what the knob serves. With `own_from` m: translated
+layers below m, the receiver's own layers from m on, run from the state the entry map of m writes; only that map
+trains, so the state it writes is judged by what the receiver's upper layers make of it, not by its distance to
+the receiver's own state (the ridge fit's criterion, entries.py). With `own_tokens` p (and no m): the receiver
+recomputes its picked share of the brief's tokens at every layer, attending to the translated others, and every
+map trains: the translated tokens are then judged as what the recomputed ones and the question read beside the
+receiver's own, not as a stand-in for all of it.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..alignment.tokens import Messages, same_tokenization
+from ..caches.identity import identity_of
+from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..kl import TopK, top_logprobs
 from ..kv import ModelGeometry, new_cache
-from ..models.layer_view import only_layers
 from ..models.loading import LoadedModel
 from .features import rotary, rotate
 from .fit import PassagePair, passage_pair
+from .recompute import Recompute, pick_tokens, selected_layers
 from .refine import compact
 from .translator import Translator
 
@@ -95,39 +100,38 @@ def unscored(pair: PassagePair, cut: int) -> int:
     return max(0, pair.scored_from - pair.start - cut)
 
 
-def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int, own_from: int = 0
-                   ) -> torch.Tensor:  # fmt: skip
+def student_logits(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
+                   knob: Recompute = Recompute()) -> torch.Tensor:  # fmt: skip
     """(L - s0, V) logits of the receiver reading ids[s0:] (s0 = start + cut) after its own template keys and the
-    translated first `cut` passage tokens; differentiable in the translator's maps. With `own_from` m (the knob
-    from the top, recompute.py) layers m.. of the translated tokens are the receiver's own, run from the state
-    the entry map of m writes (differentiable in it)."""
+    translated first `cut` passage tokens; differentiable in the translator's maps. Under a `knob` (recompute.py)
+    the receiver's own layers from `own_from` (run from the state its entry map writes, differentiable in it) or
+    from its embeddings over the `own_tokens` share it picks replace the translated ones, as the pipeline does."""
     if pair.ids is None:
         raise C2CError("distillation needs passages recorded with their token ids (re-record them)")
-    if own_from and pair.s_states is None:
+    m = knob.own_from
+    if m and pair.s_states is None:
         raise C2CError("distilling through an entry map needs passages recorded with the sharer's states")
     geo = ModelGeometry.from_config(receiver.model.config).layers
     s, c = pair.start, cut
     maps = translator.maps([k[:c].float() for k in pair.s_keys], [v[:c].float() for v in pair.s_values],
                            pair.embedding[:c].float() if translator.uses_embedding else None)  # fmt: skip
-    cache = new_cache(receiver.model.config)
     dtype = next(receiver.model.parameters()).dtype  # the cache in the receiver's own precision
     positions = torch.arange(s + c, device=receiver.device)
-    own = [(rotate(k[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1), *rotary(receiver, i, positions[:s])),
-            v[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1))
-           for i, (k, v, g) in enumerate(zip(pair.r_keys, pair.r_values, geo))]  # the template, rotated at 0..s
-    top = own_from or len(geo)
-    if own_from:  # the template first at every layer (the view reads it), then the receiver's own upper layers
-        for i, (k, v) in enumerate(own):
-            cache.update(k[None].to(dtype), v[None].to(dtype), i)
-        state = translator.entry_state(own_from, pair.s_states[:c].float(), pair.embedding[:c].float())
-        view = only_layers(receiver.model, own_from, len(geo), state[None].to(dtype))
-        view(input_ids=torch.tensor([pair.ids[s:s + c]], device=receiver.device), past_key_values=cache,
-             attention_mask=torch.ones(1, s + c, dtype=torch.long, device=receiver.device),
-             position_ids=positions[s:][None], use_cache=True)  # fmt: skip
-    for i, ((k, v), (ok, ov)) in enumerate(zip(maps[:top], own)):
-        k = rotate(k, *rotary(receiver, i, positions[s:]))  # pre-RoPE, placed at s..s+c
-        keys, values = (k, v) if own_from else (torch.cat([ok, k], dim=1), torch.cat([ov, v], dim=1))
-        cache.update(keys[None].to(dtype), values[None].to(dtype), i)
+    keys, values = [], []
+    for i, ((k, v), rk, rv, g) in enumerate(zip(maps, pair.r_keys, pair.r_values, geo)):
+        own_k, own_v = (t[:s].float().view(s, g.kv_heads, g.head_dim).transpose(0, 1) for t in (rk, rv))
+        own_k = rotate(own_k, *rotary(receiver, i, positions[:s]))  # the template, rotated at 0..s
+        keys.append(torch.cat([own_k, rotate(k, *rotary(receiver, i, positions[s:]))], dim=1).to(dtype))
+        values.append(torch.cat([own_v, v], dim=1).to(dtype))
+    if m or knob.selective:
+        ids = pair.ids[s:s + c]
+        prefix = PromptCache(identity_of(receiver), pair.ids[:s], [k[:, :s] for k in keys], [v[:, :s] for v in values])
+        picked = pick_tokens(receiver, ids, knob.own_tokens, knob.pick) if knob.selective else list(range(c))
+        state = translator.entry_state(m, pair.s_states[:c].float(), pair.embedding[:c].float()) if m else None
+        keys, values = selected_layers(receiver, prefix, ids, state, m, len(geo), keys, values, picked)
+    cache = new_cache(receiver.model.config)
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k[None], v[None], i)
     ids = torch.tensor([pair.ids[s + c:]], device=receiver.device)
     pos = torch.arange(s + c, len(pair.ids), device=receiver.device)[None]
     return receiver.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True).logits[0]
@@ -161,11 +165,12 @@ def check_teacher(receiver: LoadedModel, teacher: LoadedModel) -> None:
 
 
 def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePair, cut: int,
-                 teacher: torch.Tensor | TopK | None = None, own_from: int = 0) -> torch.Tensor:  # fmt: skip
+                 teacher: torch.Tensor | TopK | None = None, knob: Recompute = Recompute()
+                 ) -> torch.Tensor:  # fmt: skip
     """Mean over the tokens the student reads (an exchange: its answer's) of KL(teacher || student): `teacher` its
     log-probabilities from the cut on, or its recorded reading of the passage, or (None) the receiver's own."""
     skip = unscored(pair, cut)
-    student = student_logits(translator, receiver, pair, cut, own_from).float()[skip:]
+    student = student_logits(translator, receiver, pair, cut, knob).float()[skip:]
     if isinstance(teacher, TopK):
         return teacher.kl(student, cut + skip)
     if teacher is None:
@@ -177,10 +182,11 @@ def distill_loss(translator: Translator, receiver: LoadedModel, pair: PassagePai
 
 def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePair], held: list[PassagePair],
             steps: int = 300, lr: float = 3e-5, batch: int = 4, seed: int = 0, check_every: int = 25,
-            teacher: LoadedModel | None = None, top_k: int = 0, own_from: int = 0, branch_lr: float = 3e-4
-            ) -> DistillReport:  # fmt: skip
-    """Adam on every key and value map together (or, with `own_from` m, on the entry map of layer m alone, the
-    receiver recomputing its layers m.. from it) (from where they are) to lower `distill_loss` on `train` at random
+            teacher: LoadedModel | None = None, top_k: int = 0, knob: Recompute = Recompute(),
+            branch_lr: float = 3e-4) -> DistillReport:  # fmt: skip
+    """Adam on every key and value map together (or, with the knob's `own_from` m, on the entry map of layer m
+    alone, the receiver recomputing its layers m.. from it) (from where they are) to lower `distill_loss` (through
+    the `knob`: the student is what it serves) on `train` at random
     cuts; the held-out loss (each passage cut at HELD_CUTS) is checked every `check_every` steps and
     the best weights are kept. `lr` is relative to each map's mean absolute weight; the maps' nonlinear branches
     (`Translator.with_mlps`), which start at zero, train at `branch_lr` itself. `teacher` (default: the
@@ -189,6 +195,9 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     under `distilled` (`distilled_entry` with `own_from`)."""
     if not train or not held:
         raise C2CError("distillation needs training and held-out passages")
+    if knob.own_first or knob.own_to:
+        raise C2CError("the distillation's student takes the knob from own-from and own-tokens only")
+    own_from = knob.own_from
     teacher = teacher or receiver
     check_teacher(receiver, teacher)
     vocab = receiver.model.get_output_embeddings().weight.shape[0]
@@ -209,7 +218,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
 
     def held_loss() -> float:
         with torch.no_grad():
-            return sum(distill_loss(translator, receiver, p, c, t, own_from).item()
+            return sum(distill_loss(translator, receiver, p, c, t, knob).item()
                        for (p, c), t in zip(checks, teachers)) / len(checks)  # fmt: skip
 
     before = best = held_loss()
@@ -223,7 +232,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
                 cut = cut_of(pair, rng.uniform(*CUT_RANGE))
                 target = pair.top_k if top_k else (None if teacher is receiver
                                                    else teacher_logprobs(teacher, pair, cut, vocab))  # fmt: skip
-                (distill_loss(translator, receiver, pair, cut, target, own_from) / batch).backward()
+                (distill_loss(translator, receiver, pair, cut, target, knob) / batch).backward()
             opt.step()
             if step % check_every == 0 or step == steps:
                 now = held_loss()
@@ -239,5 +248,6 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     translator.config.fit["distilled_entry" if own_from else "distilled"] = {
         **report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held), "teacher": teacher.name,
         **({"branch_lr": branch_lr} if extra else {}),
-        **({"top_k": top_k} if top_k else {}), **({"own_from": own_from} if own_from else {})}  # fmt: skip
+        **({"top_k": top_k} if top_k else {}), **({"own_from": own_from} if own_from else {}),
+        **({"own_tokens": knob.own_tokens, "pick": knob.pick} if knob.selective else {})}  # fmt: skip
     return report

@@ -11,7 +11,9 @@ Steps, each optional after the first:
     distill    (`distill` steps) every key and value map end to end (with `mlp_width`, each with a nonlinear
                branch beside it, translator.Residual) on the same passages, or on exchanges shaped
                like a message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py); with
-               `distill_own_from` M, the entry map of M alone, the receiver recomputing its layers M.. from it
+               `distill_own_from` M, the entry map of M alone, the receiver recomputing its layers M.. from it;
+               with `distill_own_tokens` P, every map, the receiver recomputing its picked share P of the brief's
+               tokens (`--own-tokens P`): the maps learn to serve beside the receiver's own tokens
 The refinement's passages are `refine` of the fit's own (spread over them, read once with the moments) or, with
 `refine_text`, the `refine_skip`-th on of that text (read apart). A fifth of them is held out.
 """
@@ -30,6 +32,7 @@ from .config import FEATURES
 from .distill import Exchange, check_teacher, distill, record_exchanges, record_top_k
 from .entries import check_entry_layers, fit_entries
 from .fit import accumulate, solve
+from .recompute import Recompute
 from .recordings import Reading, recorded
 from .refine import compact, record, refine_keys, refine_values
 from .text import DEFAULT_TEXT, parse_text_spec, passages
@@ -70,6 +73,7 @@ class FitRecipe:
     distill_top_k: int = 0  # > 0: the target's top-k recorded once per passage (kl.py); 0: exact, read at each use
     distill_on: str = ""  # exchanges to distil on instead of the refinement passages, e.g. "note:sciq:400"
     distill_own_from: int = 0  # > 0: distil the entry map of this layer alone, through the knob (not the maps)
+    distill_own_tokens: float = 1.0  # < 1: distil the maps through `--own-tokens` this share (recompute.py)
     entry_layers: list = field(default_factory=list)  # receiver layers m for `--own-from m` (entries.py)
     entry_window: int = 1  # sharer layers whose entering states each entry map reads
     mlp_width: int = 0  # > 0: give every map a nonlinear branch this wide before distilling (translator.Residual)
@@ -86,8 +90,13 @@ class FitRecipe:
         if (self.refine_values or (self.distill and not self.distill_on)) and not self.refine:
             raise C2CError("refine_values and distill train on the refinement passages: give refine N > 0 "
                            "(or distill_on exchanges)")
-        if (self.distill_on or self.distill_own_from) and not self.distill:
-            raise C2CError("distill_on and distill_own_from shape the distillation: give distill STEPS > 0 too")
+        if (self.distill_on or self.distill_own_from or self.distill_own_tokens != 1) and not self.distill:
+            raise C2CError("distill_on, distill_own_from and distill_own_tokens shape the distillation: give distill "
+                           "STEPS > 0 too")
+        if not isinstance(self.distill_own_tokens, (int, float)) or not 0 < self.distill_own_tokens <= 1:
+            raise C2CError(f"recipe: distill_own_tokens must be a share in (0, 1], got {self.distill_own_tokens!r}")
+        if self.distill_own_from and self.distill_own_tokens != 1:
+            raise C2CError("recipe: distil through distill_own_from or distill_own_tokens, not both")
         if self.distill_lr <= 0 or self.mlp_lr <= 0:
             raise C2CError(f"recipe: distill_lr and mlp_lr must be > 0, got {self.distill_lr}, {self.mlp_lr}")
         if self.mlp_width < 0 or (self.mlp_width and (not self.distill or self.distill_own_from)):
@@ -132,6 +141,11 @@ class FitRecipe:
             if not ok:
                 raise C2CError(f"recipe {path}: {key} must be of type {want.__name__}, got {value!r}")
         return cls(**{**raw, **overrides})
+
+    @property
+    def knob(self) -> Recompute:
+        """The knob the distillation's student is served under (recompute.py)."""
+        return Recompute(own_from=self.distill_own_from, own_tokens=self.distill_own_tokens)
 
     def refinement_texts(self, fit_texts: list[tuple[str, str]]) -> tuple[list[int], list[tuple[str, str]]]:
         """Which fit passages the refinement reuses (their indices), or the passages it reads apart."""
@@ -224,7 +238,7 @@ def refine_all(recipe: FitRecipe, translator: Translator, receiver: LoadedModel,
                       f"{len(shaped)} exchanges of {recipe.distill_on}" if shaped else where,
                       lambda: distill(translator, receiver, d_train, d_held, recipe.distill, recipe.distill_lr,
                                       recipe.distill_batch, teacher=teacher, top_k=recipe.distill_top_k,
-                                      own_from=recipe.distill_own_from, branch_lr=recipe.mlp_lr)))  # fmt: skip
+                                      knob=recipe.knob, branch_lr=recipe.mlp_lr)))  # fmt: skip
     for kind, text, step in steps:
         step()
         translator.config.fit[kind]["text"] = text

@@ -198,7 +198,6 @@ def lead_tokens(model: LoadedModel, ids: list[int]) -> torch.Tensor:
     return out
 
 
-@torch.no_grad()
 def selected_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], state: torch.Tensor | None, m: int,
                     end: int, keys: list[torch.Tensor], values: list[torch.Tensor], picked: list[int]
                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
@@ -207,7 +206,8 @@ def selected_layers(model: LoadedModel, prefix: PromptCache, ids: list[int], sta
     tokens run through only those layers (from `state`, the (T, hidden) states entering layer m; None at m = 0),
     attending to the translated keys and values of every other token before them and to each other's own. A
     sliding-window receiver is served while the prompt up to the brief's end fits in its window (one mask for every
-    layer is then exact), refused beyond."""
+    layer is then exact), refused beyond. Differentiable in `keys`, `values` and `state` (the distillation's student,
+    distill.py); the pipeline calls it without gradients."""
     start, n, k = len(prefix), len(ids), len(picked)
     windows = [g.sliding_window for g in ModelGeometry.from_config(model.model.config).layers if g.sliding_window]
     if windows and start + n > min(windows) - 1:  # then a sliding layer would show the picked tokens another window

@@ -225,7 +225,9 @@ class Translator(nn.Module):
             + (
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
                 f"brief, against {fit['distilled'].get('teacher', 'the receiver')} reading it) on "
-                f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}\n"
+                f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}"
+                + (f" through `--own-tokens {fit['distilled']['own_tokens']:g}` (serve it so)"
+                   if "own_tokens" in fit["distilled"] else "") + "\n"
                 if "distilled" in fit
                 else ""
             )
