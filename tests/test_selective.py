@@ -193,6 +193,13 @@ def test_a_fit_distils_through_own_tokens_and_names_it(tmp_path, capsys):
     fit = json.loads(capsys.readouterr().out)
     assert fit["distilled"]["own_tokens"] == 0.5 and fit["distilled"]["pick"] == "facts"
     assert "through `--own-tokens 0.5`" in (tmp_path / "t" / "README.md").read_text()
+    again = ["fit", "--from", str(tmp_path / "t"), *common[5:]]
+    assert main([*again, "--out", str(tmp_path / "t2"), "--json"]) == 0  # distilled again: both kept, both named
+    fit = json.loads(capsys.readouterr().out)
+    assert "own_tokens" not in fit["distilled"] and fit["distilled"]["after"]["own_tokens"] == 0.5
+    assert "after an earlier distillation" in (tmp_path / "t2" / "README.md").read_text()
+    assert main([*again, "--sharer", "tiny-llama", "--out", str(tmp_path / "t3")]) != 0  # not the saved pair
+    assert "translator" in capsys.readouterr().err and not (tmp_path / "t3").exists()
     for bad, says in ((["fit", "--distill-own-tokens", "0.5"], "distill STEPS"),
                       (["fit", "--distill", "2", "--distill-own-tokens", "1.5"], "share in (0, 1]"),
                       ([*common, "--distill-own-tokens", "0.5", "--distill-own-from", "2"], "not both")):

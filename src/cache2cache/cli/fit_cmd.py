@@ -82,7 +82,8 @@ def register(sub) -> None:
     p.add_argument("--receiver", default=None, help=f"receiver model (default {DEFAULT_RECEIVER})")
     p.add_argument("--sharer", default=None, help=f"sharer model (default {DEFAULT_SHARER})")
     p.add_argument("--from", dest="start_from", default=None, metavar="DIR",
-                   help="start from this saved translator (no ridge fit): refine and/or distil it")
+                   help="start from this saved translator (no ridge fit): refine and/or distil it, for the pair it "
+                        "names (another --receiver/--sharer is refused)")  # fmt: skip
     p.add_argument("--text", default=None,
                    help=f"fitting text: comma list of sciq, boolq, sharegpt, .txt/.jsonl files, each with an "
                         f"optional :N passages (default {DEFAULT_TEXT})")  # fmt: skip
@@ -174,6 +175,11 @@ def recipe_of(args) -> FitRecipe:
     """The recipe file's settings (or the defaults), the flags given on the command line on top."""
     given = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
     recipe = FitRecipe.load(args.recipe, **given) if args.recipe else FitRecipe(**given)
+    if recipe.start_from:  # a saved translator names its pair: continue with that pair unless told otherwise
+        from ..translation.config import TranslatorConfig
+
+        saved = TranslatorConfig.load(Path(recipe.start_from))
+        return replace(recipe, receiver=recipe.receiver or saved.receiver, sharer=recipe.sharer or saved.sharer)
     return replace(recipe, receiver=recipe.receiver or DEFAULT_RECEIVER, sharer=recipe.sharer or DEFAULT_SHARER)
 
 

@@ -192,7 +192,7 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
     (`Translator.with_mlps`), which start at zero, train at `branch_lr` itself. `teacher` (default: the
     receiver) is the model whose reading of the whole passage the student must match: exactly, read again at
     each use, or (`top_k` > 0) its top-k recorded once per passage. Records the report in the translator's fit
-    under `distilled` (`distilled_entry` with `own_from`)."""
+    under `distilled` (`distilled_entry` with `own_from`), an earlier distillation's report kept under `after`."""
     if not train or not held:
         raise C2CError("distillation needs training and held-out passages")
     if knob.own_first or knob.own_to:
@@ -245,9 +245,12 @@ def distill(translator: Translator, receiver: LoadedModel, train: list[PassagePa
         for p, kept in zip(params, best_state):
             p.copy_(kept)
     report = DistillReport(before, best, best_step, steps)
-    translator.config.fit["distilled_entry" if own_from else "distilled"] = {
+    key = "distilled_entry" if own_from else "distilled"
+    earlier = translator.config.fit.get(key)  # a translator distilled again still lists all the text it has seen
+    translator.config.fit[key] = {
         **report.to_dict(), "lr": lr, "passages": len(train), "held_out": len(held), "teacher": teacher.name,
         **({"branch_lr": branch_lr} if extra else {}),
         **({"top_k": top_k} if top_k else {}), **({"own_from": own_from} if own_from else {}),
-        **({"own_tokens": knob.own_tokens, "pick": knob.pick} if knob.selective else {})}  # fmt: skip
+        **({"own_tokens": knob.own_tokens, "pick": knob.pick} if knob.selective else {}),
+        **({"after": earlier} if earlier else {})}  # fmt: skip
     return report

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..caches.identity import identity_of
 from ..errors import C2CError
 from ..models.loading import LoadedModel
 from .config import FEATURES
@@ -178,6 +179,7 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     pairs: dict[int, object] = {}  # the refinement's passages, kept while the moments read them
     if recipe.start_from:
         translator = Translator.from_pretrained(recipe.start_from, receiver.device)
+        translator.check_pair(identity_of(receiver), identity_of(sharer))  # one line, not a shape error mid-fit
     else:
         reuse = recordings is not None and recordings.is_file()  # the refinement's passages come from there
         state = accumulate(receiver, sharer, texts, stats, recipe.window, chat=chat,

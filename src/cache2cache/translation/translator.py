@@ -227,7 +227,9 @@ class Translator(nn.Module):
                 f"brief, against {fit['distilled'].get('teacher', 'the receiver')} reading it) on "
                 f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}"
                 + (f" through `--own-tokens {fit['distilled']['own_tokens']:g}` (serve it so)"
-                   if "own_tokens" in fit["distilled"] else "") + "\n"
+                   if "own_tokens" in fit["distilled"] else "")
+                + (f", after an earlier distillation on {fit['distilled']['after'].get('text', '')}"
+                   if "after" in fit["distilled"] else "") + "\n"
                 if "distilled" in fit
                 else ""
             )
