@@ -332,7 +332,9 @@ def test_cli_fit_then_generate_translated(tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["outputs"][0]["mode"] == "translated"
+    shown = json.loads(run.stdout)  # which translator answered, under which knob
+    assert shown["outputs"][0]["mode"] == "translated" and shown["translators"] == [str(out)]
+    assert shown["recompute"]["own_from"] == 0 and not shown["recompute"].get("own_tokens")
     task = tmp_path / "t.jsonl"
     task.write_text("".join(json.dumps({"question": f"Which gate is number {i}?", "choices": ["7", "14"], "answer": 0,
                                         "brief": TEXTS[i][1]}) + "\n" for i in range(3)))  # fmt: skip

@@ -125,6 +125,8 @@ def run(args) -> int:
             "sharers": [s.name for s in model.sharers],
             "fusers": [{"path": f.source, "untrained": f.source is None} for f in model.fusers],
             "fuser_parameters": [f.num_parameters() for f in model.fusers],
+            "translators": [t.source or "fitted in memory" for t in model.translators],
+            "recompute": model.recompute.meta(),  # which knob the translated answers were served under
             "prompts": prompts,
             "brief_chars": len(brief),
             "outputs": [{**o.to_dict(), "wire_bytes": b} for o, b in zip(outputs, sent)],
