@@ -69,6 +69,11 @@ def entry_features(sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch
     return torch.cat([sharer_state.float(), embedding.float(), previous_tokens(embedding).float()], -1)
 
 
+def distilled_on(record: dict) -> str:
+    """What a distillation's fit record says it read (older records only count their passages)."""
+    return record.get("text") or f"{record['passages']} passages"
+
+
 class Residual(nn.Module):
     """A nonlinear branch beside an affine map: normalised features, one GELU layer `width` wide, an output layer
     that starts at zero, so a translator gains it without changing what it writes until distillation trains it."""
@@ -225,10 +230,10 @@ class Translator(nn.Module):
             + (
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
                 f"brief, against {fit['distilled'].get('teacher', 'the receiver')} reading it) on "
-                f"{fit['distilled'].get('text') or str(fit['distilled']['passages']) + ' passages'}"
+                f"{distilled_on(fit['distilled'])}"
                 + (f" through `--own-tokens {fit['distilled']['own_tokens']:g}` (serve it so)"
                    if "own_tokens" in fit["distilled"] else "")
-                + (f", after an earlier distillation on {fit['distilled']['after'].get('text', '')}"
+                + (f", after an earlier distillation on {distilled_on(fit['distilled']['after'])}"
                    if "after" in fit["distilled"] else "") + "\n"
                 if "distilled" in fit
                 else ""
