@@ -197,7 +197,12 @@ def test_a_fit_distils_through_own_tokens_and_names_it(tmp_path, capsys):
     assert main([*again, "--out", str(tmp_path / "t2"), "--json"]) == 0  # distilled again: both kept, both named
     fit = json.loads(capsys.readouterr().out)
     assert "own_tokens" not in fit["distilled"] and fit["distilled"]["after"]["own_tokens"] == 0.5
-    assert "after an earlier distillation" in (tmp_path / "t2" / "README.md").read_text()
+    assert "after an earlier distillation: on " in (tmp_path / "t2" / "README.md").read_text()
+    assert main(["fit", "--from", str(tmp_path / "t2"), *common[5:], "--out", str(tmp_path / "t4")]) == 0
+    card = (tmp_path / "t4" / "README.md").read_text()  # a third: the whole history, oldest first
+    assert "after earlier distillations: on " in card and ", then on " in card.split("earlier distillations")[1]
+    assert "through `--own-tokens 0.5`, then on" in card
+    capsys.readouterr()
     assert main([*again, "--sharer", "tiny-llama", "--out", str(tmp_path / "t3")]) != 0  # not the saved pair
     assert "translator" in capsys.readouterr().err and not (tmp_path / "t3").exists()
     for bad, says in ((["fit", "--distill-own-tokens", "0.5"], "distill STEPS"),

@@ -151,8 +151,12 @@ def test_save_load_round_trip_and_refusals(cross_translator, tmp_path):
     with pytest.raises(C2CError, match="fitted for"):
         C2CModel(r, [tiny("tiny-gemma3")], [make_fuser(r, tiny("tiny-gemma3"))], translators=[loaded])
     make_fuser(r, s).save_pretrained(tmp_path / "fuser")
-    with pytest.raises(C2CError, match="not a translator"):
+    with pytest.raises(C2CError, match="is a fuser, not a translator"):
         Translator.from_pretrained(tmp_path / "fuser")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    with pytest.raises(C2CError, match="is not a translator"):
+        Translator.from_pretrained(tmp_path / "other")
     (path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(C2CError, match="corrupt translator weights"):
         Translator.from_pretrained(path)
@@ -455,6 +459,9 @@ def test_a_recipe_file_and_start_from_a_saved_translator(tmp_path):
         recipe.write_text(body)
         run = subprocess.run(cmd + ["--recipe", str(recipe)], capture_output=True, text=True)
         assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
+    make_fuser(tiny("tiny-llama"), tiny("tiny-qwen2")).save_pretrained(tmp_path / "fuser")
+    run = subprocess.run(cmd + ["--from", str(tmp_path / "fuser")], capture_output=True, text=True)
+    assert run.returncode != 0 and "is a fuser, not a translator" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_a_narrower_window_solved_from_wide_moments_equals_one_fitted_narrow(tmp_path):

@@ -146,6 +146,10 @@ class TranslatorConfig:
 
     @classmethod
     def load(cls, directory: Path) -> "TranslatorConfig":
-        if "windows" not in read_config(directory, "translator"):
-            raise C2CError(f"{directory} is not a translator (a fuser? use --fuser for fusers)")
+        raw = read_config(directory, "translator")
+        if "layer_map" in raw:  # the other adapter kind: say so, not which flag (it depends on the command)
+            raise C2CError(f"{directory} is a fuser, not a translator (fusers train with `c2c train` and serve "
+                           "through --fuser)")  # fmt: skip
+        if "windows" not in raw:
+            raise C2CError(f"{directory} is not a translator (its config.json names no windows)")
         return load_config(cls, directory, "translator", ("receiver_geometry", "sharer_geometry", "windows"))

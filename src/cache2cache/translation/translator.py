@@ -70,8 +70,23 @@ def entry_features(sharer_state: torch.Tensor, embedding: torch.Tensor) -> torch
 
 
 def distilled_on(record: dict) -> str:
-    """What a distillation's fit record says it read (older records only count their passages)."""
-    return record.get("text") or f"{record['passages']} passages"
+    """What a distillation's fit record says it read (older records only count their passages), and through which
+    knob, if any."""
+    knob = f" through `--own-tokens {record['own_tokens']:g}`" if "own_tokens" in record else ""
+    return (record.get("text") or f"{record['passages']} passages") + knob
+
+
+def earlier(record: dict) -> str:
+    """', after earlier distillations: on A, then on B' for the records a distillation kept under `after` (oldest
+    first), or '' for a first distillation."""
+    chain = []
+    while "after" in record:
+        record = record["after"]
+        chain.insert(0, distilled_on(record))
+    if not chain:
+        return ""
+    return f", after {'an earlier distillation' if len(chain) == 1 else 'earlier distillations'}: on " + \
+        ", then on ".join(chain)
 
 
 class Residual(nn.Module):
@@ -230,11 +245,8 @@ class Translator(nn.Module):
             + (
                 f"- all maps then distilled end to end (the receiver's next-token distributions after a translated "
                 f"brief, against {fit['distilled'].get('teacher', 'the receiver')} reading it) on "
-                f"{distilled_on(fit['distilled'])}"
-                + (f" through `--own-tokens {fit['distilled']['own_tokens']:g}` (serve it so)"
-                   if "own_tokens" in fit["distilled"] else "")
-                + (f", after an earlier distillation on {distilled_on(fit['distilled']['after'])}"
-                   if "after" in fit["distilled"] else "") + "\n"
+                f"{distilled_on(fit['distilled'])}" + (" (serve it so)" if "own_tokens" in fit["distilled"] else "")
+                + f"{earlier(fit['distilled'])}\n"
                 if "distilled" in fit
                 else ""
             )
@@ -247,7 +259,7 @@ class Translator(nn.Module):
             )
             + (
                 f"- the entry map of layer {fit['distilled_entry']['own_from']} then distilled end to end through "
-                f"the knob on {fit['distilled_entry'].get('text', '')}\n"
+                f"the knob on {distilled_on(fit['distilled_entry'])}{earlier(fit['distilled_entry'])}\n"
                 if "distilled_entry" in fit
                 else ""
             )
