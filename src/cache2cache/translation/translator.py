@@ -85,8 +85,8 @@ def earlier(record: dict) -> str:
         chain.insert(0, distilled_on(record))
     if not chain:
         return ""
-    return f", after {'an earlier distillation' if len(chain) == 1 else 'earlier distillations'}: on " + \
-        ", then on ".join(chain)
+    kind = "an earlier distillation" if len(chain) == 1 else "earlier distillations"
+    return f", after {kind}: on " + ", then on ".join(chain)
 
 
 class Residual(nn.Module):
