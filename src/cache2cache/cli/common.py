@@ -180,3 +180,10 @@ def build_from_args(args, skeleton_sharers: bool = False) -> C2CModel:
                      recompute=recompute_from_args(args),
                      preset=args.preset,
                      layer_alignment=args.layer_alignment, token_alignment=args.token_alignment)  # fmt: skip
+
+
+def message_path(model: C2CModel) -> dict:
+    """What a run's translated answers were served by (its translators and the fidelity knob), as `c2c eval`'s
+    summary and `c2c generate --json` report it."""
+    return {"translators": [t.source or "fitted in memory" for t in model.translators],
+            "recompute": model.recompute.meta()}  # fmt: skip

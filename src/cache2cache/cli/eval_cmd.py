@@ -21,6 +21,7 @@ from .common import (
     add_model_args,
     build_from_args,
     layer_list,
+    message_path,
     model_names,
     output_dir,
     positive_int,
@@ -106,8 +107,7 @@ def run(args) -> int:
                   "fusers": [f.source or "untrained" for f in model.fusers], "closed_gates": args.close_gates,
                   "dtypes": {"receiver": str(model.receiver.model.dtype),
                              "sharers": [str(s.model.dtype) for s in model.sharers]},
-                  "translators": [t.source or "fitted in memory" for t in model.translators],
-                  "recompute": model.recompute.meta()}  # fmt: skip
+                  **message_path(model)}  # fmt: skip
     summary = summarise(records, cfg, identities)
     write_results(out, records, summary)
     progress.finish()

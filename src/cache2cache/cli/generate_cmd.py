@@ -15,7 +15,15 @@ from ..inference.batching import Briefed, GenerateOptions, GenerationOutput
 from ..inference.factory import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..inference.modes import ANSWER_MODES, MODES
 from ..inference.wire import human_bytes
-from .common import add_model_args, build_from_args, input_file, model_names, number, positive_int
+from .common import (
+    add_model_args,
+    build_from_args,
+    input_file,
+    message_path,
+    model_names,
+    number,
+    positive_int,
+)
 
 
 def register(sub) -> None:
@@ -125,8 +133,7 @@ def run(args) -> int:
             "sharers": [s.name for s in model.sharers],
             "fusers": [{"path": f.source, "untrained": f.source is None} for f in model.fusers],
             "fuser_parameters": [f.num_parameters() for f in model.fusers],
-            "translators": [t.source or "fitted in memory" for t in model.translators],
-            "recompute": model.recompute.meta(),  # which knob the translated answers were served under
+            **message_path(model),  # which translators and knob the translated answers were served under
             "prompts": prompts,
             "brief_chars": len(brief),
             "outputs": [{**o.to_dict(), "wire_bytes": b} for o, b in zip(outputs, sent)],
