@@ -164,6 +164,27 @@ def test_save_load_round_trip_and_refusals(cross_translator, tmp_path):
         Translator.from_pretrained(tmp_path / "missing")
 
 
+def test_a_translator_shipped_for_a_pair_serves_that_pair_unasked(cross_translator, tmp_path, monkeypatch):
+    import argparse
+
+    from cache2cache.cli.common import translator_names
+    from cache2cache.translation import translator as module
+
+    args = lambda receiver, sharers, given=(): argparse.Namespace(receiver=receiver, sharer=sharers,  # noqa: E731
+                                                                  fuser=[], translator=list(given))  # fmt: skip
+    default = translator_names(args(None, None))  # the default pair: the translator shipped in the package
+    assert default == [module.SHIPPED / "smollm2-135m-from-qwen2.5-coder-1.5b"]
+    cross_translator.save_pretrained(tmp_path / "tiny-llama-from-tiny-qwen2")
+    monkeypatch.setattr(module, "SHIPPED", tmp_path)
+    shipped = [tmp_path / "tiny-llama-from-tiny-qwen2"]
+    assert translator_names(args("tiny-llama", ["tiny-qwen2"])) == shipped
+    assert translator_names(args("tiny-llama", ["tiny-qwen2", "tiny-gemma3"])) == shipped  # for the first sharer
+    assert translator_names(args("tiny-llama", ["tiny-gemma3"])) == []  # another sharer: none shipped
+    assert translator_names(args("tiny-qwen2", ["tiny-llama"])) == []  # the pair reversed: none
+    assert translator_names(args("tiny-llama", [])) == []
+    assert translator_names(args("tiny-llama", ["tiny-qwen2"], [tmp_path / "mine"])) == [tmp_path / "mine"]
+
+
 def test_translated_mode_batches_like_single_rows_and_self_translation_matches_reading(self_translator):
     m = tiny("tiny-llama")
     model = C2CModel(m, [m], [make_fuser(m, m)], translators=[self_translator])

@@ -10,9 +10,10 @@ from rich.console import Console
 
 from ..alignment.tokens import STRATEGIES
 from ..fuser.config import PRESETS
-from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, DEFAULT_TRANSLATOR, build
+from ..inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
 from ..inference.pipeline import C2CModel
 from ..translation.recompute import PICKS, Recompute
+from ..translation.translator import shipped_for
 
 
 def token_share(text: str) -> float:
@@ -119,7 +120,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--translator", action="append", default=[], type=Path,
                    help="fitted translator directory (`c2c fit`) for the first --sharer (repeat for the next "
                         "ones: several senders' brief parts, e.g. task sciq_two_briefs): enables mode translated "
-                        "(default: the shipped translator of the default pair)")  # fmt: skip
+                        "(default: the one shipped for the receiver and the first sharer, if any)")  # fmt: skip
     p.add_argument("--own-layers", type=int, default=0, metavar="M",
                    help="translated briefs: the receiver computes its own first M layers over the brief (M/L of "
                         "reading it itself), the translator the rest: the fidelity knob (default 0)")  # fmt: skip
@@ -159,12 +160,12 @@ def model_names(args) -> tuple[str, list[str], list[Path]]:
 
 
 def translator_names(args) -> list[Path]:
-    """The translators asked for; with none, the default pair's shipped one (when the default pair is used)."""
+    """The translators asked for; with none, the one shipped for the receiver and the first sharer, if any."""
     if getattr(args, "translator", None):
         return list(args.translator)
     receiver, sharers, _ = model_names(args)
-    default = (receiver, sharers[:1]) == (DEFAULT_RECEIVER, [DEFAULT_SHARER])
-    return [DEFAULT_TRANSLATOR] if default and (DEFAULT_TRANSLATOR / "config.json").is_file() else []
+    shipped = shipped_for(receiver, sharers[0]) if sharers else None
+    return [shipped] if shipped else []
 
 
 def recompute_from_args(args) -> Recompute:

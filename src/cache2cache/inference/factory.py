@@ -24,8 +24,6 @@ DEFAULT_RECEIVER = "SmolLM2-135M-Instruct"
 DEFAULT_SHARER = "Qwen2.5-Coder-1.5B-Instruct"
 # The fuser trained for the default pair (configs/smollm2_qwen15.toml), shipped inside the package.
 DEFAULT_FUSER = ASSETS / "fusers" / "smollm2-135m-from-qwen2.5-coder-1.5b"
-# The translator fitted for the default pair (`c2c fit`, see its config.json for the text), shipped likewise.
-DEFAULT_TRANSLATOR = ASSETS / "translators" / "smollm2-135m-from-qwen2.5-coder-1.5b"
 
 
 def default_device() -> str:

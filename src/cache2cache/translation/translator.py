@@ -40,6 +40,15 @@ def shipped_translators() -> list[str]:
     return shipped_names(SHIPPED)
 
 
+def shipped_for(receiver: str, sharer: str) -> Path | None:
+    """The translator shipped for this pair of catalog names, if any: what a run of the pair serves unasked."""
+    for name in shipped_translators():
+        config = TranslatorConfig.load(SHIPPED / name)
+        if (config.receiver, config.sharer) == (receiver, sharer):
+            return SHIPPED / name
+    return None
+
+
 def previous_tokens(embedding: torch.Tensor) -> torch.Tensor:
     """(T, hidden): each token's predecessor's embedding within the message (zeros for its first token)."""
     return torch.cat([torch.zeros_like(embedding[:1]), embedding[:-1]])
