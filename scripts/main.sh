@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed), pull the default pair once, then show what cache communication buys on it:
+# Set up (if needed), pull the default pair (and the reader of 3b) once, then show what cache communication buys:
 #  1. a few questions answered by the receiver alone, the sharer alone, text-to-text (the sharer writes notes,
 #     the receiver reads them) and C2C (the receiver reads the sharer's cache through the shipped fuser),
 #     side by side with their timings;
@@ -12,6 +12,9 @@
 #     then the fidelity knob's token axis (`--own-tokens 0.5`: the receiver recomputes its own layers over half of
 #     the translated report's tokens, names and numbers and the word before each first) beside its controls, and
 #     the example report again under `--own-tokens 0.4`;
+#  3b. the same with a receiver that reads the facts itself: Qwen2.5-Coder-0.5B-Instruct <- the same sharer, through
+#     the translator shipped for that pair, under the token knob (the fifteen facts beside their controls and the
+#     receiver reading the reports itself; the example report under `--own-tokens 0.4`);
 #  4. the capacity probe as a table: SciQ questions whose support paragraph only the sharer reads, answered by the
 #     receiver alone, from the translated paragraph, from another question's translated paragraph and from a
 #     neutral translated passage (the controls: a gain they share is not communication) and by the receiver reading
@@ -25,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-1.5B-Instruct
+.venv/bin/c2c models pull SmolLM2-135M-Instruct Qwen2.5-Coder-1.5B-Instruct Qwen2.5-Coder-0.5B-Instruct
 .venv/bin/c2c generate --compare --prompt-file examples/questions.txt --max-new-tokens 48 "$@"
 .venv/bin/c2c generate --compare --brief-file examples/brief.txt --prompt-file examples/brief_questions.txt \
   --max-new-tokens 24 "$@"
@@ -35,6 +38,12 @@ bash scripts/setup.sh
   --own-tokens 0.5 --modes translated,translated_mismatched,neutral --out runs/main/field_reports_own_tokens0.5 \
   --overwrite
 .venv/bin/c2c generate --mode translated --own-tokens 0.4 --brief-file examples/brief.txt \
+  --prompt-file examples/brief_questions.txt --max-new-tokens 24 "$@"
+READER="--receiver Qwen2.5-Coder-0.5B-Instruct --sharer Qwen2.5-Coder-1.5B-Instruct"
+.venv/bin/c2c eval --task jsonl:examples/field_reports.jsonl --split all --method generate --gen-tokens 24 $READER \
+  --own-tokens 0.5 --modes receiver,translated,translated_mismatched,neutral,receiver_brief \
+  --out runs/main/field_reports_qwen05_own_tokens0.5 --overwrite
+.venv/bin/c2c generate $READER --mode translated --own-tokens 0.4 --brief-file examples/brief.txt \
   --prompt-file examples/brief_questions.txt --max-new-tokens 24 "$@"
 .venv/bin/c2c eval --task sciq_brief --split heldout --limit "${C2C_MAIN_LIMIT:-100}" --method cloze \
   --modes receiver,translated,translated_mismatched,neutral,receiver_brief --out runs/main/sciq_brief --overwrite

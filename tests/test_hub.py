@@ -97,6 +97,16 @@ def test_shipped_fusers_load_by_name():
         Fuser.from_pretrained("no-such-shipped-fuser")
 
 
+def test_shipped_translators_load_by_name_and_serve_their_pair_unasked():
+    from cache2cache.translation.translator import Translator, shipped_for, shipped_translators
+
+    names = shipped_translators()
+    assert {"smollm2-135m-from-qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b-from-qwen2.5-coder-1.5b"} <= set(names)
+    for name in names:
+        config = Translator.from_pretrained(name).config
+        assert shipped_for(config.receiver, config.sharer).name == name
+
+
 def _saved_model(folder, name="tiny-llama"):
     m = tiny(name)
     m.model.save_pretrained(folder)
