@@ -22,9 +22,9 @@
 #  5. the fuser's accuracy table, receiver alone vs C2C vs its control (C2C fed another question's sharer cache),
 #     on the 100 seeded ARC-Easy validation questions that docs/RESULTS.md reports.
 # Tables 4 and 5 are scored by option likelihood (cloze), C2C_MAIN_LIMIT questions each (default 100). About
-# 12 minutes on 2 free CPU cores once set up (2026-12-06: a clone with its environment and the models in place;
-# C2C_MAIN_LIMIT=20 about 10); a fresh machine adds the set-up and the models' pull, and other work on the cores
-# slows it several times. The full tables, with T2T, are in docs/RESULTS.md.
+# 20 minutes on 2 free CPU cores once set up (2026-12-07: 19 min 36 s, a clone with its environment and the models
+# in place; C2C_MAIN_LIMIT=20 saves about 2); a fresh machine adds the set-up and the models' pull, and other work on
+# the cores slows it several times. The full tables, with T2T, are in docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
