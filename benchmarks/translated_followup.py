@@ -45,15 +45,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--receiver", default="SmolLM2-135M-Instruct")
     p.add_argument("--sharer", default="Qwen2.5-Coder-1.5B-Instruct")
-    p.add_argument("--translator", default=None, help="default: the shipped translator of the default pair")
+    p.add_argument("--translator", default=None, help="default: the one shipped for the pair")
     p.add_argument("--items", type=int, default=10, help="sciq_brief held-out items (brief + question)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("docs/results/translated_followup.json"))
     args = p.parse_args()
-    from cache2cache.inference.factory import DEFAULT_TRANSLATOR
+    from cache2cache.translation.translator import shipped_for
 
+    translator = args.translator or shipped_for(args.receiver, args.sharer)
+    if translator is None:
+        sys.exit(f"error: no translator shipped for {args.receiver} <- {args.sharer}: pass --translator (`c2c fit`)")
     try:
-        model = build(args.receiver, [args.sharer], translators=[args.translator or DEFAULT_TRANSLATOR])
+        model = build(args.receiver, [args.sharer], translators=[translator])
     except C2CError as e:
         sys.exit(f"error: {e}")
     # the store holds translated briefs only for the translated paths; the receiver's own paths read their prompt

@@ -40,10 +40,10 @@ from cache2cache.atomic import write_json
 from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.caches.store import PrefixStore
 from cache2cache.inference.answerers import Question, TextToText
-from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, DEFAULT_TRANSLATOR, build
+from cache2cache.inference.factory import DEFAULT_FUSER, DEFAULT_RECEIVER, DEFAULT_SHARER, build
 from cache2cache.translation.fit import accumulate, solve
 from cache2cache.translation.text import passages
-from cache2cache.translation.translator import Translator
+from cache2cache.translation.translator import Translator, shipped_for
 from cache2cache.training.mixture import load_source
 
 CHOICES = [" no", " yes"]
@@ -80,8 +80,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=4)
     ap.add_argument("--per-doc", type=int, default=3, help="passages (and questions) per document")
     ap.add_argument("--t2t-tokens", type=int, default=48)
-    ap.add_argument("--translator", default=None, help="translator folder (default: the shipped one for the default "
-                                                       "pair; for another pair a quick fit on 40 SciQ passages)")  # fmt: skip
+    ap.add_argument("--translator", default=None, help="translator folder (default: the one shipped for the pair; for "
+                                                       "another pair a quick fit on 40 SciQ passages)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("docs/results/document_qa"))
     args = ap.parse_args()
     fuser = args.fuser or (str(DEFAULT_FUSER) if (args.receiver, args.sharer) == (DEFAULT_RECEIVER, DEFAULT_SHARER) else None)
@@ -176,9 +176,8 @@ def main() -> None:
 
 
 def translator_for(args, receiver, sharer) -> Translator:
-    """--translator, else the shipped one for the default pair, else a quick fit (seconds on tiny models)."""
-    path = args.translator or (str(DEFAULT_TRANSLATOR) if (args.receiver, args.sharer) == (DEFAULT_RECEIVER, DEFAULT_SHARER)
-                               else None)  # fmt: skip
+    """--translator, else the one shipped for the pair, else a quick fit (seconds on tiny models)."""
+    path = args.translator or shipped_for(args.receiver, args.sharer)
     if path:
         return Translator.from_pretrained(path)
     print("no translator for this pair: fitting one on 40 SciQ passages (use `c2c fit` for a real one)")
