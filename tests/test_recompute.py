@@ -233,6 +233,27 @@ def test_a_recipe_fits_an_entry_map_then_distils_it_and_refuses_one_it_lacks(tmp
     assert "distill STEPS" in capsys.readouterr().err
 
 
+def test_a_fresh_fit_reads_its_entry_maps_with_the_key_and_value_maps_once(tmp_path):
+    """Entry maps gathered in the key and value maps' own reading are the maps a reading of their own fits: the
+    same key and value maps, entry maps equal to rounding, one statistics file, and a resume that asks for other
+    entry layers is refused."""
+    r, s = tiny("tiny-llama"), tiny("tiny-llama-b")
+    both = solve(accumulate(r, s, TEXTS, tmp_path / "both.safetensors", width=1, entry_layers=[2, 1], entry_window=2),
+                 ["keys", "values"], ["keys", "values"], progress=False)  # fmt: skip
+    apart = solve(accumulate(r, s, TEXTS, tmp_path / "kv.safetensors", width=1), ["keys", "values"],
+                  ["keys", "values"], progress=False)  # fmt: skip
+    apart = fit_entries(apart, r, s, TEXTS, [1, 2], tmp_path / "e.safetensors", window=2)
+    assert both.config.entry_layers == [1, 2] and both.config.entry_window == 2
+    for name, tensor in apart.state_dict().items():
+        torch.testing.assert_close(both.state_dict()[name], tensor, atol=1e-4, rtol=1e-3, msg=name)
+    one, two = both.config.fit["entries"], apart.config.fit["entries"]
+    assert one["read_with_maps"] and one["tokens"] == two["tokens"] and one["passages"] == two["passages"]
+    assert one["r2"] == pytest.approx(two["r2"], abs=1e-3) and one["sharer_layers"] == two["sharer_layers"]
+    assert len(one["r2_central_layer_only"]) == 2
+    with pytest.raises(C2CError, match="other entry layers"):
+        accumulate(r, s, TEXTS, tmp_path / "both.safetensors", width=1, entry_layers=[1])
+
+
 def test_under_the_knob_the_sharer_reads_only_as_deep_as_the_layers_below_it_need(tmp_path, monkeypatch):
     """own_from m: the translator writes only layers below m, so the sharer stops after the layers those maps and
     the entry map read (tiny-llama-b: 2 of 4 for m = 2); the head is the one a whole reading writes."""

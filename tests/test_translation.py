@@ -109,7 +109,7 @@ def test_a_resumed_fit_equals_one_pass(tmp_path):
         torch.testing.assert_close(a.xx, b.xx)
         torch.testing.assert_close(a.xy, b.xy)
     assert FitState.load(tmp_path / "two.safetensors").sources == {"t": 12}
-    with pytest.raises(C2CError, match="other models or another layer window"):
+    with pytest.raises(C2CError, match="other models, another layer window"):
         accumulate(r, s, TEXTS[:12], tmp_path / "two.safetensors", width=1)
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(C2CError, match="corrupt fitting statistics"):

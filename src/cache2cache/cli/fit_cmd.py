@@ -133,7 +133,8 @@ def register(sub) -> None:
                         "(e.g. note:sciq:400 for the knowledge probes, brief:sciq_brief:200; SHAPE:SOURCE:N, "
                         "trainable four fifths only; training/exchanges.py)")  # fmt: skip
     p.add_argument("--entry-layers", type=layer_list, default=None, metavar="M,M",
-                   help="also fit maps of the receiver's hidden state entering these layers, on --text: what "
+                   help="also fit maps of the receiver's hidden state entering these layers, on --text (in the "
+                        "same reading as the key and value maps): what "
                         "`--own-from M` (the knob from the top: the receiver recomputes its layers M..L-1 over a "
                         "translated brief) reads; with --from DIR --refine 0, added to a saved translator")
     p.add_argument("--entry-window", type=positive_int, default=None, metavar="N",

@@ -1,12 +1,13 @@
 """Entry maps: the receiver's hidden state entering layer m, written from the sharer's reading of a brief.
 
 What the knob from the top needs (recompute.py: the receiver runs its layers m..L-1 over a brief from this state).
-Fitted like the key and value maps (fit.py): both models read each passage as a brief, in their own templates;
-per entry layer m, streaming moments of the features (the sharer's state entering its layer of the same relative
-depth, or those of a window of layers around it, the receiver's embedding of the token and of the token before)
-against the receiver's own state entering layer m; then standardised ridge, its strength chosen on every tenth
-passage, the held-out R² recorded. The moments are checkpointed, so a killed fit resumes; the translator's key and
-value maps are kept as they are.
+Fitted like the key and value maps: both models read each passage as a brief, in their own templates; per entry
+layer m, streaming moments of the features (the sharer's state entering its layer of the same relative depth, or
+those of a window of layers around it, the receiver's embedding of the token and of the token before) against the
+receiver's own state entering layer m; then standardised ridge, its strength chosen on every tenth passage, the
+held-out R² recorded (fit.solve_entries). A fresh fit gathers these moments in the same reading as the key and
+value maps' (fit.accumulate); `fit_entries` adds entry maps to a translator that exists, reading the passages for
+them alone. The moments are checkpointed, so a killed fit resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..models.loading import LoadedModel, decoder_layers
 from .features import BriefSpan, align_spans
-from .fit import FIT_QUESTION, ridge, stream_moments
+from .fit import FIT_QUESTION, solve_entries
+from .moments import stream_moments
 from .reading import embeddings
 from .translator import Translator, entry_features
 
@@ -69,22 +71,6 @@ def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedMod
     out = Translator(cfg)
     kept = {k: v for k, v in translator.state_dict().items() if not k.startswith("entries.")}
     out.load_state_dict(kept, strict=False)  # the key and value maps as they were; entry maps anew
-    r2, strength, centre_r2 = [], [], []
-    cols = torch.arange(cfg.entry_dim())
-    h, targets = cfg.sharer_hidden, slice(0, cfg.receiver_hidden)
-    for i, m in enumerate(layers):
-        w, b, lam, score = ridge(state.fit[i], state.held[i], cols, targets)
-        out.entries[str(m)].weight.copy_(w.T.float())
-        out.entries[str(m)].bias.copy_(b.float())
-        r2.append(round(score, 4))
-        strength.append(lam)
-        if window > 1:  # what the window buys: the same moments, the central layer's state and the embeddings alone
-            j = s_layers[i].index(cfg.entry_sharer_layer(m))
-            centre = torch.cat([torch.arange(j * h, (j + 1) * h), torch.arange(window * h, cfg.entry_dim())])
-            centre_r2.append(round(ridge(state.fit[i], state.held[i], centre, targets)[3], 4))
-    out.config.fit["entries"] = {"layers": layers, "sharer_layers": s_layers, "r2": r2, "ridge": strength,
-                                 "passages": dict(state.sources), "tokens": state.tokens, "text": text,
-                                 "seconds": round(state.seconds, 1),
-                                 **({"r2_central_layer_only": centre_r2} if centre_r2 else {})}  # fmt: skip
+    solve_entries(out, state.fit, state.held, state, text)
     out.source = translator.source
     return out.to(receiver.device).eval()

@@ -14,7 +14,6 @@ values separately, the ridge strength chosen on the held-out passages, the held-
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection
@@ -25,27 +24,33 @@ from tqdm import tqdm
 from ..alignment.tokens import Messages, encode
 from ..atomic import write_json
 from ..caches.identity import identity_of
+from ..caches.prompt_cache import layer_inputs
 from ..errors import C2CError
 from ..kl import TopK
 from ..models.loading import LoadedModel
 from ..plotting import pyplot
 from .config import FEATURES, TOKEN_FEATURES, TranslatorConfig, windows
-from .moments import FitState, Moments
+from .moments import HELD_OUT_EVERY, FitState, Moments, ridge, stream_moments
 from .reading import embeddings, prerope_kv, read_brief
-from .translator import Translator, gather_features
+from .translator import Translator, entry_features, gather_features
 
-HELD_OUT_EVERY = 10
-RIDGE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # times the mean feature variance (1 here)
 FIT_QUESTION = "?"  # what follows a brief in a fitting prompt: never read (both models stop at the brief's end)
 
 
-def layout_of(receiver: LoadedModel, sharer: LoadedModel, width: int) -> dict:
+def layout_of(receiver: LoadedModel, sharer: LoadedModel, width: int, entry_layers: Collection[int] = (),
+              entry_window: int = 1) -> dict:  # fmt: skip
+    """What the moments of a fit mean: the pair, the layer windows, and the entry maps read beside them (named
+    only when there are any, so statistics gathered before entry maps existed keep their layout)."""
     r, s = identity_of(receiver), identity_of(sharer)
-    return {"receiver": receiver.name, "sharer": sharer.name, "receiver_geometry": r.geometry.to_dict(),
-            "sharer_geometry": s.geometry.to_dict(), "receiver_fingerprint": r.fingerprint,
-            "sharer_fingerprint": s.fingerprint,
-            "windows": windows(r.geometry.num_layers, s.geometry.num_layers, width),
-            "receiver_hidden": receiver.model.config.get_text_config().hidden_size}  # fmt: skip
+    layout = {"receiver": receiver.name, "sharer": sharer.name, "receiver_geometry": r.geometry.to_dict(),
+              "sharer_geometry": s.geometry.to_dict(), "receiver_fingerprint": r.fingerprint,
+              "sharer_fingerprint": s.fingerprint,
+              "windows": windows(r.geometry.num_layers, s.geometry.num_layers, width),
+              "receiver_hidden": receiver.model.config.get_text_config().hidden_size}  # fmt: skip
+    if entry_layers:
+        layout |= {"entry_layers": sorted(entry_layers), "entry_window": entry_window,
+                   "sharer_hidden": sharer.model.config.get_text_config().hidden_size}  # fmt: skip
+    return layout
 
 
 def full_config(layout: dict) -> TranslatorConfig:
@@ -70,6 +75,7 @@ class PassagePair:
     scored_from: int = 0  # > 0: an exchange; distillation scores the predictions from this position of ids on
     s_states: torch.Tensor | None = None  # (T, window * hidden): the sharer's states entering an entry map's layers
     top_k: TopK | None = None  # a teacher's top-k from the brief's first token on (distill.record_top_k)
+    r_entering: list[torch.Tensor] | None = None  # per asked receiver layer, its entering state (start + T, hidden)
 
     def targets(self, r: int) -> torch.Tensor:
         return torch.cat([self.r_keys[r][self.start:], self.r_values[r][self.start:]], dim=-1)
@@ -78,78 +84,58 @@ class PassagePair:
 @torch.no_grad()
 def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool = True,
                  queries: bool = False, messages: Messages | None = None, answer: str = "",
-                 states_of: list[int] | None = None) -> PassagePair:  # fmt: skip
+                 states_of: list[int] | None = None, entering: list[int] | None = None) -> PassagePair:  # fmt: skip
     """Both models read `passage` as the brief of `messages` (default: the fitting prompt). With an `answer`, its
     tokens follow the receiver's prompt in `ids` and are what distillation scores (an exchange, distill.py). With
-    `states_of` sharer layers, their entering states are kept too (what an entry map reads)."""
+    `states_of` sharer layers, their entering states are kept too (what an entry map reads); with `entering`
+    receiver layers, the receiver's own states entering them (what an entry map writes), from the same forward."""
     messages = messages or [{"role": "user", "content": FIT_QUESTION}]
     r_span, s_keys, s_values, *states = read_brief(receiver, sharer, messages, passage, chat, states_of=states_of)
-    r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
+    mine = layer_inputs(receiver) if entering else None
+    try:
+        r_out = prerope_kv(receiver, r_span.ids[:r_span.end], queries=queries)
+    finally:
+        if mine is not None:
+            mine.close()
     tail = encode(receiver.tokenizer, answer)[0] if answer else []
     return PassagePair([k.cpu() for k in s_keys], [v.cpu() for v in s_values],
                        embeddings(receiver, r_span.brief_ids).cpu(), [k.cpu() for k in r_out[0]],
                        [v.cpu() for v in r_out[1]], r_span.start,
                        [q.cpu() for q in r_out[2]] if queries else None, list(r_span.ids) + tail,
-                       len(r_span.ids) - 1 if tail else 0, states[0].cpu() if states else None)  # fmt: skip
-
-
-def stream_moments(texts: list[tuple[str, str]], state_path: Path, layout: dict, dims: list[tuple[int, int]],
-                   read: Callable[[int, str], list[tuple[torch.Tensor, torch.Tensor]]], every_s: float = 120.0,
-                   desc: str = "fit") -> FitState:  # fmt: skip
-    """Stream `texts` ((source, passage) pairs) into the moments at `state_path`, one (features, targets) block
-    per map as `read(index, passage)` returns them (of sizes `dims`), resuming from what the file holds (it must
-    describe the same `layout`) and checkpointing every `every_s` seconds; every tenth passage is held out."""
-    if state_path.is_file():
-        state = FitState.load(state_path)
-        if state.layout != layout:
-            raise C2CError(f"{state_path} holds statistics for other models or another layer window; "
-                           "use another --stats file or delete it")  # fmt: skip
-        if [(m.sx.numel(), m.sy.numel()) for m in state.fit] != dims:
-            raise C2CError(f"{state_path} holds statistics of other features (an older c2c's?); use another "
-                           "--stats file or delete it")  # fmt: skip
-    else:
-        state = FitState(layout, [Moments.zeros(f, o) for f, o in dims], [Moments.zeros(f, o) for f, o in dims])
-    last_save = time.monotonic()
-    start = time.monotonic()
-    base_seconds = state.seconds
-    with tqdm(total=len(texts), initial=state.done, desc=desc, unit="passage", dynamic_ncols=True) as bar:
-        for source, passage in texts[state.done:]:
-            blocks = read(state.done, passage)
-            into = state.held if state.done % HELD_OUT_EVERY == 0 else state.fit
-            for moments, (x, y) in zip(into, blocks):
-                moments.add(x, y)
-            state.done += 1
-            state.tokens += blocks[0][0].shape[0]
-            state.sources[source] = state.sources.get(source, 0) + 1
-            bar.update(1)
-            bar.set_postfix(tokens=state.tokens)
-            if time.monotonic() - last_save > every_s:
-                state.seconds = base_seconds + time.monotonic() - start
-                state.save(state_path)
-                last_save = time.monotonic()
-    state.seconds = base_seconds + time.monotonic() - start
-    state.save(state_path)
-    return state
+                       len(r_span.ids) - 1 if tail else 0, states[0].cpu() if states else None,
+                       r_entering=[mine.states[m][0].float().cpu() for m in entering] if mine else None)  # fmt: skip
 
 
 def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
                width: int = 3, chat: bool = True, every_s: float = 120.0,
-               keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = ()
-               ) -> FitState:  # fmt: skip
+               keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = (),
+               entry_layers: Collection[int] = (), entry_window: int = 1) -> FitState:  # fmt: skip
     """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path` (stream_moments:
-    resumable), per receiver layer every feature of FEATURES against its keys and values. The passages whose
-    index is in `kept` are read with the receiver's queries too and handed to `keep` (the refinement's pairs: the
-    models read each passage once)."""
-    layout = layout_of(receiver, sharer, width)
+    resumable), per receiver layer every feature of FEATURES against its keys and values; with `entry_layers`
+    (checked by the caller: entries.check_entry_layers), from the same reading the moments of an entry map per
+    layer (the states entering `entry_window` sharer layers and the embeddings, against the receiver's state
+    entering that layer), after the layers' own. The passages whose index is in `kept` are read with the
+    receiver's queries too and handed to `keep` (the refinement's pairs: the models read each passage once)."""
+    layout = layout_of(receiver, sharer, width, entry_layers, entry_window)
     cfg = full_config(layout)
     dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
+    dims += [(cfg.entry_dim(), cfg.receiver_hidden)] * len(cfg.entry_layers)
+    s_layers = [cfg.entry_sharer_layers(m) for m in cfg.entry_layers]
+    read_layers = sorted({s for w in s_layers for s in w})
+    columns = [torch.cat([torch.arange(j * cfg.sharer_hidden, (j + 1) * cfg.sharer_hidden)
+                          for j in map(read_layers.index, w)]) for w in s_layers]  # fmt: skip
 
     def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept)
+        pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept, states_of=read_layers or None,
+                            entering=cfg.entry_layers or None)  # fmt: skip
+        blocks = [(gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding),
+                   pair.targets(r)) for r in range(len(cfg.windows))]  # fmt: skip
+        blocks += [(entry_features(pair.s_states[:, cols], pair.embedding), mine[pair.start:])
+                   for cols, mine in zip(columns, pair.r_entering or [])]  # fmt: skip
         if keep is not None and index in kept:
+            pair.s_states, pair.r_entering = None, None  # the refinement reads neither
             keep(index, pair)
-        return [(gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding),
-                 pair.targets(r)) for r in range(len(cfg.windows))]  # fmt: skip
+        return blocks
 
     return stream_moments(texts, state_path, layout, dims, read, every_s)
 
@@ -183,46 +169,6 @@ def sub_windows(full: list[list[int]], n_sharer: int, width: int | None) -> list
     if any(not set(n) <= set(w) for n, w in zip(narrow, full)):
         raise C2CError(f"a window of {width} is not inside the gathered windows")
     return narrow
-
-
-def ridge(fit: Moments, held: Moments, cols: torch.Tensor, outs: slice
-           ) -> tuple[torch.Tensor, torch.Tensor, float, float]:  # fmt: skip
-    """Standardised ridge on features `cols` for targets `outs`: (weight (F, O), bias (O), ridge, held-out R²),
-    the ridge strength chosen on `held`, then refitted on both."""
-
-    def centred(m: Moments):
-        n = m.n.item()
-        mx, my = m.sx[cols] / n, m.sy[outs] / n
-        cxx = m.xx[cols][:, cols] - n * torch.outer(mx, mx)
-        cxy = m.xy[cols][:, outs] - n * torch.outer(mx, my)
-        return n, mx, my, cxx, cxy
-
-    def solve(m: Moments, lams) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        n, mx, my, cxx, cxy = centred(m)
-        d = (cxx.diagonal() / n).clamp(min=1e-12).sqrt()
-        evals, evecs = torch.linalg.eigh(cxx / n / torch.outer(d, d))
-        proj = evecs.T @ (cxy / n / d[:, None])
-        out = []
-        for lam in lams:
-            w = (evecs @ (proj / (evals.clamp(min=0) + lam)[:, None])) / d[:, None]
-            out.append((w, my - mx @ w))
-        return out
-
-    def sse(m: Moments, w: torch.Tensor, b: torch.Tensor) -> float:
-        sx, sy, n = m.sx[cols], m.sy[outs], m.n.item()
-        pred_sq = (w * (m.xx[cols][:, cols] @ w)).sum() + 2 * b @ (w.T @ sx) + n * (b @ b)
-        cross = (w * m.xy[cols][:, outs]).sum() + b @ sy
-        return float(m.yy[outs].sum() - 2 * cross + pred_sq)
-
-    if held.n.item() > 0:
-        errors = [sse(held, w, b) for w, b in solve(fit, RIDGE_GRID)]
-        best = min(range(len(RIDGE_GRID)), key=errors.__getitem__)
-        total = float(held.yy[outs].sum() - (held.sy[outs] ** 2).sum() / held.n.item())
-        r2 = 1 - errors[best] / max(total, 1e-12)
-    else:
-        best, r2 = RIDGE_GRID.index(1e-2), float("nan")
-    w, b = solve(fit + held, [RIDGE_GRID[best]])[0]
-    return w, b, RIDGE_GRID[best], r2
 
 
 def solve(state: FitState, key_features: list[str] | None = None, value_features: list[str] | None = None,
@@ -263,7 +209,36 @@ def solve(state: FitState, key_features: list[str] | None = None, value_features
         "r2": r2,
         "seconds": round(state.seconds, 1),
     }
+    if cfg.entry_layers:  # read beside the layers' moments: solved from the same reading
+        n = len(cfg.windows)
+        solve_entries(translator, state.fit[n:], state.held[n:], state, shared=True)
     return translator
+
+
+def solve_entries(translator: Translator, fit: list[Moments], held: list[Moments], state: FitState,
+                  text: str = "", shared: bool = False) -> None:
+    """Solve `translator`'s entry maps (one per config.entry_layers, in order) from their moments `fit` and `held`
+    in place, and record them in its fit record: held-out R², ridge, what they read (`state`'s passages; `shared`:
+    the reading the key and value maps' moments were gathered in, whose seconds they are)."""
+    cfg = translator.config
+    r2, strength, centre_r2 = [], [], []
+    cols = torch.arange(cfg.entry_dim())
+    h, targets = cfg.sharer_hidden, slice(0, cfg.receiver_hidden)
+    for i, m in enumerate(cfg.entry_layers):
+        w, b, lam, score = ridge(fit[i], held[i], cols, targets)
+        translator.entries[str(m)].weight.copy_(w.T.float())
+        translator.entries[str(m)].bias.copy_(b.float())
+        r2.append(round(score, 4))
+        strength.append(lam)
+        if cfg.entry_window > 1:  # what the window buys: the same moments, the central layer and the embeddings alone
+            j = cfg.entry_sharer_layers(m).index(cfg.entry_sharer_layer(m))
+            centre = torch.cat([torch.arange(j * h, (j + 1) * h), torch.arange(cfg.entry_window * h, cfg.entry_dim())])
+            centre_r2.append(round(ridge(fit[i], held[i], centre, targets)[3], 4))
+    cfg.fit["entries"] = {"layers": list(cfg.entry_layers),
+                          "sharer_layers": [cfg.entry_sharer_layers(m) for m in cfg.entry_layers], "r2": r2,
+                          "ridge": strength, "passages": dict(state.sources), "tokens": state.tokens, "text": text,
+                          "seconds": round(state.seconds, 1), **({"read_with_maps": True} if shared else {}),
+                          **({"r2_central_layer_only": centre_r2} if centre_r2 else {})}  # fmt: skip
 
 
 def write_report(translator: Translator, out_dir: Path) -> None:

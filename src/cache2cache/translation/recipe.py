@@ -6,8 +6,9 @@ Steps, each optional after the first:
     fit        ridge maps from the moments of `text` (resumable, fit.py), or `start_from` a saved translator
     refine     the key maps against the receiver's attention on `refine` passages (refine.py)
     values     (`refine_values`) the value maps against its attention output on the same passages
-    entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text` (entries.py): what
-               `--own-from M`, the knob from the top, reads
+    entries    (`entry_layers`) maps of the receiver's state entering those layers, on `text`: what `--own-from M`,
+               the knob from the top, reads; gathered in the fit's own reading (fit.accumulate), or after
+               `start_from` in a reading of their own (entries.py)
     distill    (`distill` steps) every key and value map end to end (with `mlp_width`, each with a nonlinear
                branch beside it, translator.Residual) on the same passages, or on exchanges shaped
                like a message's use (`distill_on`, built by the caller: training/exchanges.py) (distill.py); with
@@ -174,6 +175,7 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
     if recipe.entry_layers:
         check_entry_layers(receiver, recipe.entry_layers)
     chat = recipe.chat
+    text_read = f"{recipe.text} (passages cut to {recipe.max_chars} characters)"
     texts = [] if recipe.start_from and recipe.refine_text else passages(recipe.text, recipe.max_chars)
     picked, apart = recipe.refinement_texts(texts)
     pairs: dict[int, object] = {}  # the refinement's passages, kept while the moments read them
@@ -184,18 +186,20 @@ def run_recipe(recipe: FitRecipe, receiver: LoadedModel, sharer: LoadedModel, st
         reuse = recordings is not None and recordings.is_file()  # the refinement's passages come from there
         state = accumulate(receiver, sharer, texts, stats, recipe.window, chat=chat,
                            keep=lambda i, pair: pairs.__setitem__(i, compact(pair)),
-                           kept=set() if recipe.distill_own_from or reuse else set(picked))  # fmt: skip
+                           kept=set() if recipe.distill_own_from or reuse else set(picked),
+                           entry_layers=recipe.entry_layers, entry_window=recipe.entry_window)  # fmt: skip
         translator = solve(state, recipe.key_features, recipe.value_features, width=recipe.use_window,
                            value_width=recipe.value_window)  # fmt: skip
-        translator.config.fit["text"] = f"{recipe.text} (passages cut to {recipe.max_chars} characters)"
+        translator.config.fit["text"] = text_read
+        if recipe.entry_layers:  # solved from the same reading
+            translator.config.fit["entries"]["text"] = text_read
     entry = recipe.distill_own_from
     if entry and entry not in recipe.entry_layers + translator.config.entry_layers:
         raise C2CError(f"distill_own_from {entry}: {recipe.start_from} has no entry map for it; add it to entry_layers")
-    if recipe.entry_layers:  # first: an entry map to distil must exist (the key and value maps are kept as they are)
+    if recipe.entry_layers and recipe.start_from:  # before any distillation: an entry map to distil must exist
         translator = fit_entries(translator, receiver, sharer, texts or passages(recipe.text, recipe.max_chars),
                                  recipe.entry_layers, stats.with_name(f"{stats.stem}.entries.safetensors"), chat,
-                                 f"{recipe.text} (passages cut to {recipe.max_chars} characters)",
-                                 recipe.entry_window)  # fmt: skip
+                                 text_read, recipe.entry_window)  # fmt: skip
     if recipe.mlp_width and recipe.mlp_width != translator.config.mlp_width:
         translator = translator.with_mlps(recipe.mlp_width)  # branches at zero: distillation trains them
     states_of = translator.config.entry_sharer_layers(entry) if entry else None  # what the entry map reads
