@@ -62,6 +62,7 @@ def test_all_modes_and_methods_write_complete_results(tmp_path, method):
     for mode, m in summary["modes"].items():
         assert m["n"] == len(items) and 0 <= m["ci95"][0] <= m["accuracy"] <= m["ci95"][1] <= 1
     assert len(summary["paired"]) == 6 and "Paired on the same questions" in (tmp_path / "results.md").read_text()
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in summary["machine"]  # which CPU's bf16 kernels
     assert all((r["output"] is not None) == (method == "generate") for r in records)
     for r in records:  # cloze keeps each option's per-character log-probability: the prediction is its argmax
         assert (r["scores"] is not None) == (method == "cloze")
@@ -322,3 +323,15 @@ def test_receiver_only_evaluation_does_not_load_the_sharers_weights(tmp_path, mo
     assert main(argv + ["--modes", "receiver,sharer", "--out", str(tmp_path / "b")]) == 0
     assert loaded == ["tiny-llama", "tiny-llama", "tiny-qwen2"]
     assert json.loads(capsys.readouterr().out)["modes"]["receiver"]["accuracy"] == alone
+
+
+def test_the_machine_line_names_the_cpu_and_its_bf16_instructions(tmp_path):
+    """Read from /proc/cpuinfo's first core (flags repeat per core); without the file, the name Python knows."""
+    from cache2cache.evaluation.machine import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx2 amx_bf16 avx512f\n\n"
+                    "processor\t: 1\nmodel name\t: Some CPU 9000\nflags\t\t: fpu\n")  # fmt: skip
+    level = torch.backends.cpu.get_cpu_capability()
+    assert cpu(info) == f"Some CPU 9000, {level} kernels, amx_bf16"
+    assert cpu(tmp_path / "absent").endswith(f", {level} kernels")

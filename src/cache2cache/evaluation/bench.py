@@ -23,6 +23,7 @@ from ..inference.modes import BENCH_MODES
 from ..inference.pipeline import C2CModel
 from ..kv import ModelGeometry
 from ..version import __version__
+from .machine import cpu
 from .scoring import question_block, t2t_prompt
 from .tasks import Item
 
@@ -152,7 +153,7 @@ def ratios(lat: dict) -> dict:
 
 def environment(model: C2CModel) -> dict:
     dev = model.receiver.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()} CPU"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()} CPU ({cpu()})"
     return {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cache2cache": __version__, "receiver": model.receiver.name, "sharers": [s.name for s in model.sharers],
             "dtypes": {"receiver": str(model.receiver.model.dtype),

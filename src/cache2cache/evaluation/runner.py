@@ -35,6 +35,7 @@ from ..inference.modes import BATCH_MATE_MODES, EVAL_MODES, MODES
 from ..inference.pipeline import C2CModel
 from ..inference.wire import human_bytes
 from ..version import __version__
+from .machine import describe
 from .progress import Progress
 from .scoring import (
     METHODS,
@@ -204,7 +205,7 @@ def summarise(records: list[dict], cfg: EvalConfig, identities: dict) -> dict:
             "models": identities, "seed": cfg.seed, "created": datetime.now(timezone.utc).isoformat(),
             "versions": {"cache2cache": __version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "python": platform.python_version()},
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}  # fmt: skip
+            "machine": describe()}  # fmt: skip
 
 
 def markdown(summary: dict) -> str:
