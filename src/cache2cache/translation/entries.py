@@ -20,11 +20,9 @@ import torch
 from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..models.loading import LoadedModel, decoder_layers
-from .features import BriefSpan, align_spans
-from .fit import FIT_QUESTION, solve_entries
+from .fit import EntryReading, solve_entries
 from .moments import stream_moments
-from .reading import embeddings
-from .translator import Translator, entry_features
+from .translator import Translator
 
 
 def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> list[torch.Tensor]:
@@ -50,21 +48,13 @@ def fit_entries(translator: Translator, receiver: LoadedModel, sharer: LoadedMod
     layers = check_entry_layers(receiver, layers)
     cfg = replace(translator.config, entry_layers=layers, fit=dict(translator.config.fit), entry_window=window,
                   sharer_hidden=sharer.model.config.get_text_config().hidden_size)  # fmt: skip
-    s_layers = [cfg.entry_sharer_layers(m) for m in layers]
-    read_layers = sorted({s for w in s_layers for s in w})
+    entries = EntryReading.of(cfg)
     layout = {"kind": "entries", "receiver": cfg.receiver, "sharer": cfg.sharer,
               "receiver_fingerprint": cfg.receiver_fingerprint, "sharer_fingerprint": cfg.sharer_fingerprint,
-              "entry_layers": layers, "windows": s_layers}  # fmt: skip
-    messages = [{"role": "user", "content": FIT_QUESTION}]
+              "entry_layers": layers, "windows": [cfg.entry_sharer_layers(m) for m in layers]}  # fmt: skip
 
     def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        r_span, s_span = BriefSpan.of(receiver, messages, passage, chat), BriefSpan.of(sharer, messages, passage, chat)
-        mine = entering_states(receiver, r_span.ids[:r_span.end], layers)
-        theirs = dict(zip(read_layers, entering_states(sharer, s_span.ids[:s_span.end], read_layers)))
-        index = torch.tensor([s_span.start + j for j in align_spans(r_span.spans, s_span.spans)])
-        emb = embeddings(receiver, r_span.brief_ids).cpu()
-        return [(entry_features(torch.cat([theirs[s][index] for s in w], -1), emb), r[r_span.start:r_span.end])
-                for w, r in zip(s_layers, mine)]
+        return entries.blocks(entries.pair(receiver, sharer, passage, chat))
 
     dims = [(cfg.entry_dim(), cfg.receiver_hidden)] * len(layers)
     state = stream_moments(texts, stats, layout, dims, read, desc="entry maps")

@@ -106,6 +106,35 @@ def passage_pair(receiver: LoadedModel, sharer: LoadedModel, passage: str, chat:
                        r_entering=[mine.states[m][0].float().cpu() for m in entering] if mine else None)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class EntryReading:
+    """What entry maps read from a PassagePair: per receiver layer m of `layers`, the states entering its window of
+    sharer layers (`columns` of the pair's side-by-side states of `sharer_layers`) and the receiver's embeddings,
+    against the receiver's own state entering m."""
+
+    layers: list[int]
+    sharer_layers: list[int]
+    columns: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, cfg: TranslatorConfig) -> "EntryReading":
+        windows_ = [cfg.entry_sharer_layers(m) for m in cfg.entry_layers]
+        read = sorted({s for w in windows_ for s in w})
+        h = cfg.sharer_hidden
+        return cls(list(cfg.entry_layers), read, [torch.cat([torch.arange(read.index(s) * h, (read.index(s) + 1) * h)
+                                                             for s in w]) for w in windows_])  # fmt: skip
+
+    def pair(self, receiver: LoadedModel, sharer: LoadedModel, passage: str, chat: bool, queries: bool = False
+             ) -> PassagePair:  # fmt: skip
+        """`passage_pair` with the states these maps read and write."""
+        return passage_pair(receiver, sharer, passage, chat, queries=queries, states_of=self.sharer_layers or None,
+                            entering=self.layers or None)  # fmt: skip
+
+    def blocks(self, pair: PassagePair) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(entry_features(pair.s_states[:, cols], pair.embedding), mine[pair.start:])
+                for cols, mine in zip(self.columns, pair.r_entering or [])]  # fmt: skip
+
+
 def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str, str]], state_path: Path,
                width: int = 3, chat: bool = True, every_s: float = 120.0,
                keep: Callable[[int, PassagePair], None] | None = None, kept: Collection[int] = (),
@@ -113,25 +142,19 @@ def accumulate(receiver: LoadedModel, sharer: LoadedModel, texts: list[tuple[str
     """Read `texts` ((source, passage) pairs) with both models into the moments at `state_path` (stream_moments:
     resumable), per receiver layer every feature of FEATURES against its keys and values; with `entry_layers`
     (checked by the caller: entries.check_entry_layers), from the same reading the moments of an entry map per
-    layer (the states entering `entry_window` sharer layers and the embeddings, against the receiver's state
-    entering that layer), after the layers' own. The passages whose index is in `kept` are read with the
+    layer (`EntryReading`), after the layers' own. The passages whose index is in `kept` are read with the
     receiver's queries too and handed to `keep` (the refinement's pairs: the models read each passage once)."""
     layout = layout_of(receiver, sharer, width, entry_layers, entry_window)
     cfg = full_config(layout)
     dims = [(cfg.feature_dim(r, cfg.key_features), 2 * g.kv_dim) for r, g in enumerate(cfg.receiver_geo.layers)]
     dims += [(cfg.entry_dim(), cfg.receiver_hidden)] * len(cfg.entry_layers)
-    s_layers = [cfg.entry_sharer_layers(m) for m in cfg.entry_layers]
-    read_layers = sorted({s for w in s_layers for s in w})
-    columns = [torch.cat([torch.arange(j * cfg.sharer_hidden, (j + 1) * cfg.sharer_hidden)
-                          for j in map(read_layers.index, w)]) for w in s_layers]  # fmt: skip
+    entries = EntryReading.of(cfg)
 
     def read(index: int, passage: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pair = passage_pair(receiver, sharer, passage, chat, queries=index in kept, states_of=read_layers or None,
-                            entering=cfg.entry_layers or None)  # fmt: skip
+        pair = entries.pair(receiver, sharer, passage, chat, queries=index in kept)
         blocks = [(gather_features(list(FEATURES), cfg.windows[r], pair.s_keys, pair.s_values, pair.embedding),
                    pair.targets(r)) for r in range(len(cfg.windows))]  # fmt: skip
-        blocks += [(entry_features(pair.s_states[:, cols], pair.embedding), mine[pair.start:])
-                   for cols, mine in zip(columns, pair.r_entering or [])]  # fmt: skip
+        blocks += entries.blocks(pair)
         if keep is not None and index in kept:
             pair.s_states, pair.r_entering = None, None  # the refinement reads neither
             keep(index, pair)
