@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message=".*generation flags.*")
 
 from cache2cache import Fuser, ModelGeometry, load_model  # noqa: E402
+from cache2cache.caches.prompt_cache import PromptCache  # noqa: E402
 from cache2cache.models.loading import LoadedModel  # noqa: E402
 
 PAIRS = [
@@ -26,6 +27,13 @@ PAIRS = [
 @functools.lru_cache(maxsize=None)
 def tiny(name: str) -> LoadedModel:
     return load_model(name)
+
+
+def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> list[torch.Tensor]:
+    """(T, hidden) float32 per layer in `layers`: the hidden state entering that decoder layer over `ids`, read
+    through the E-cache a PromptCache records (`hidden=True`): the reference the layer-input hooks are checked by."""
+    hidden = PromptCache.empty(model, hidden=True).extend(model, ids).hidden
+    return [hidden[m].float().cpu() for m in layers]
 
 
 def make_fuser(receiver: LoadedModel, sharer: LoadedModel, seed: int = 0, **kwargs) -> Fuser:

@@ -11,14 +11,14 @@ from cache2cache.inference.answerers import answerer
 from cache2cache.inference.batching import Briefed, to_messages
 from cache2cache.models.loading import decoder_layers
 from cache2cache.translation.config import TranslatorConfig
-from cache2cache.translation.entries import entering_states, fit_entries
+from cache2cache.translation.entries import fit_entries
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.fit import accumulate, solve
 from cache2cache.translation.reading import translate_brief, translate_parts
 from cache2cache.translation.recompute import Recompute, upper_layers
 from cache2cache.translation.translator import Translator
 
-from .conftest import make_fuser, tiny
+from .conftest import entering_states, make_fuser, tiny
 from .test_translation import QUESTION, TEXTS
 
 KNOB2 = Recompute(own_from=2)  # the knob from layer 2 of tiny-llama's 4

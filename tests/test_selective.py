@@ -11,13 +11,12 @@ from cache2cache import C2CModel
 from cache2cache.caches.prompt_cache import PromptCache
 from cache2cache.errors import C2CError
 from cache2cache.models.loading import decoder_layers, load_model
-from cache2cache.translation.entries import entering_states
 from cache2cache.translation.features import BriefSpan
 from cache2cache.translation.reading import translate_brief, translate_parts
 from cache2cache.translation.recompute import Recompute, fact_tokens, lead_tokens, pick_tokens, selected_layers
 from cache2cache.translation.translator import Translator
 
-from .conftest import make_fuser, tiny
+from .conftest import entering_states, make_fuser, tiny
 from .test_recompute import self_entries  # noqa: F401  (a module fixture: tiny-llama into itself, entry maps 1, 2)
 from .test_translation import QUESTION, TEXTS
 

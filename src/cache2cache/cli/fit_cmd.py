@@ -60,7 +60,7 @@ def register(sub) -> None:
             "  c2c fit --receiver tiny-llama --sharer tiny-qwen2 --text sciq:20 --out runs/translators/tiny\n"
             "  c2c fit --text boolq:500,notes.txt --window 3 --key-features keys,values,embedding\n"
             "  c2c fit --recipe configs/translator_default.toml     # the default pair's shipped translator (slow)\n"
-            "  c2c fit --recipe configs/translator_qwen05.toml      # the Qwen 0.5B <- 1.5B one (~27 CPU-min)\n"
+            "  c2c fit --recipe configs/translator_qwen05.toml      # the Qwen 0.5B <- 1.5B one (~15 CPU-min)\n"
             "  c2c fit --recipe configs/translator_cheap.toml       # cheap: ~25 CPU-min, 51%; 95% at --own-from 15\n"
             "  c2c fit --from runs/translators/tiny --refine 8 --distill 50   # continue a saved translator\n"
             "  c2c fit --from DIR --refine 0 --distill 200 --distill-target sharer --distill-on note:sciq:400\n"

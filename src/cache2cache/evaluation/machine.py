@@ -16,7 +16,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # what decides the bf16 kernels oneDNN
 def cpu(info: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name, torch's CPU kernel level and the bf16 instructions it has, e.g. "Intel(R) Xeon(R)
     Processor, AVX512 kernels, avx512_bf16" (the name alone where `info` cannot be read)."""
-    name, flags = platform.processor() or platform.machine(), set()
+    name, flags = platform.processor() or "unknown CPU", set()  # the architecture is named beside it
     try:
         for line in info.read_text().splitlines():
             key, _, value = line.partition(":")

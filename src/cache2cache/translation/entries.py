@@ -17,19 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..caches.prompt_cache import PromptCache
 from ..errors import C2CError
 from ..models.loading import LoadedModel, decoder_layers
 from .fit import EntryReading, solve_entries
 from .moments import stream_moments
 from .translator import Translator
-
-
-def entering_states(model: LoadedModel, ids: list[int], layers: list[int]) -> list[torch.Tensor]:
-    """(T, hidden) float32 per layer in `layers`: the hidden state entering that decoder layer over `ids` (the
-    E-cache a PromptCache records with `hidden=True`)."""
-    hidden = PromptCache.empty(model, hidden=True).extend(model, ids).hidden
-    return [hidden[m].float().cpu() for m in layers]
 
 
 def check_entry_layers(receiver: LoadedModel, layers: list[int]) -> list[int]:
